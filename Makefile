@@ -6,7 +6,7 @@ CONFIG  ?= configs/default.yaml
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 
-.PHONY: install serve serve-detached stop status test test-fast clean
+.PHONY: install serve serve-detached stop status test test-fast clean lock
 
 install: $(STAMP)
 
@@ -44,3 +44,10 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Re-resolve the CPU pins from pyproject.toml (then review the diff of requirements/cpu.lock).
+lock:
+	rm -rf /tmp/qvs-lock && $(PYTHON) -m venv /tmp/qvs-lock
+	/tmp/qvs-lock/bin/pip install -q -e ".[cpu,test]"
+	(echo "# CPU profile: the exact versions CI installs (pip install -c). Regenerate with \`make lock\`."; \
+	 /tmp/qvs-lock/bin/pip freeze --exclude-editable | grep -v '^qwen-vl-serving' | sort -f) > requirements/cpu.lock

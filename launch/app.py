@@ -76,6 +76,12 @@ def build_app(cfg: ServingConfig, model_path: str | None = None):
     from .ingress import QwenVLIngress, make_ingress_class
 
     llm_config = LLMConfig.model_validate(llm_config_dict(cfg, model_path))
+    # Reads config.json: marks the model as vision-capable in /v1/models (Ray does this only
+    # inside its own builder).
+    llm_config.apply_checkpoint_info(
+        llm_config.model_loading_config.model_source,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     model_id = llm_config.model_id
     llm_deployment = build_llm_deployment(llm_config)
     ingress_options = QwenVLIngress.get_deployment_options([llm_config])

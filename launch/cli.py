@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # This process imports vLLM only to check engine-arg names; its import-time warning about
+    # Triton on CPU (emitted before vLLM configures logging) is noise on a terminal.
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

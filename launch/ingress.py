@@ -15,8 +15,11 @@ from fastapi.responses import JSONResponse
 from ray.llm._internal.serve.core.ingress.ingress import (
     DEFAULT_ENDPOINTS,
     OpenAiIngress,
+    init,
     make_fastapi_ingress,
 )
+
+from .errors import error_body, openai_errors_middleware
 
 HEALTH_TIMEOUT_S = 10.0
 SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
@@ -35,15 +38,7 @@ class QwenVLIngress(OpenAiIngress):
         if all(v == "healthy" for v in results.values()):
             return JSONResponse({"status": "ok", "models": results})
         return JSONResponse(
-            {
-                "error": {
-                    "message": "engine unhealthy",
-                    "type": "service_unavailable",
-                    "param": None,
-                    "code": 503,
-                },
-                "models": results,
-            },
+            {**error_body(503, "engine unhealthy"), "models": results},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
@@ -54,4 +49,6 @@ ENDPOINTS["health"] = lambda app: app.get("/health")
 
 def make_ingress_class():
     """The ``@serve.ingress``-wrapped class (a fresh FastAPI app each call)."""
-    return make_fastapi_ingress(QwenVLIngress, endpoint_map=ENDPOINTS)
+    app = init()  # Ray's app: request ids, CORS, HTTP metrics, exception handling
+    app.middleware("http")(openai_errors_middleware)  # outermost: every error leaves in one shape
+    return make_fastapi_ingress(QwenVLIngress, endpoint_map=ENDPOINTS, app=app)

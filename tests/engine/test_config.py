@@ -1,0 +1,146 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import (
+    ConfigError,
+    check_engine_arg_names,
+    load_config,
+    parse_config,
+    vllm_engine_arg_names,
+)
+from tests.conftest import CONFIGS
+
+MINIMAL = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
+
+
+def with_(**sections):
+    data = {k: dict(v) for k, v in MINIMAL.items()}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.model.served_name
+    # Engine kwargs are derived and name-checked without touching the weights.
+    kwargs = cfg.to_engine_kwargs(model_path="/nonexistent/for-naming-only")
+    assert kwargs["max_model_len"] == cfg.engine.max_model_len
+
+
+def test_default_config_values():
+    cfg = load_config(CONFIGS / "default.yaml")
+    assert cfg.model.source == "embedded:qwen2-vl-tiny"
+    assert cfg.deployment.device == "cpu"
+    kw = cfg.to_engine_kwargs(model_path="/m")
+    assert kw["limit_mm_per_prompt"] == {"image": 4, "video": 1}
+    assert kw["mm_processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 200704}
+    assert kw["kv_cache_memory_bytes"] == 1 << 30
+    assert "gpu_memory_utilization" not in kw
+    assert kw["served_model_name"] == "qwen2-vl-tiny"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"engine\.max_model_lenn: unknown key"):
+        parse_config(with_(engine={"max_model_lenn": 10}))
+
+
+def test_unknown_top_level_key_is_named():
+    data = dict(MINIMAL, servr={"port": 1})
+    with pytest.raises(ConfigError, match=r"servr: unknown key"):
+        parse_config(data)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"server\.port: .*integer"):
+        parse_config(with_(server={"port": "eighty"}))
+
+
+def test_max_pixels_below_min_pixels():
+    with pytest.raises(ConfigError, match=r"multimodal: .*max_pixels \(1000\) must be >= min_pixels \(5000\)"):
+        parse_config(with_(multimodal={"min_pixels": 5000, "max_pixels": 1000}))
+
+
+def test_tensor_parallel_zero():
+    with pytest.raises(ConfigError, match=r"deployment\.tensor_parallel_size: .*greater than or equal to 1"):
+        parse_config(with_(deployment={"tensor_parallel_size": 0, "device": "gpu"}))
+
+
+def test_tensor_parallel_needs_gpu():
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size 2 needs device: gpu"):
+        parse_config(with_(deployment={"tensor_parallel_size": 2}))
+
+
+def test_cpu_block_size_multiple_of_32():
+    with pytest.raises(ConfigError, match=r"engine\.block_size 16 is not supported on CPU"):
+        parse_config(with_(engine={"block_size": 16}))
+    assert parse_config(with_(engine={"block_size": 16}, deployment={"device": "gpu"}))
+
+
+def test_autoscaling_bounds():
+    with pytest.raises(ConfigError, match=r"max_replicas \(1\) must be >= min_replicas \(3\)"):
+        parse_config(with_(deployment={"autoscaling": {"min_replicas": 3, "max_replicas": 1}}))
+
+
+def test_unknown_embedded_model():
+    with pytest.raises(ConfigError, match=r"model: .*unknown embedded model 'embedded:nope'"):
+        parse_config({"model": {"source": "embedded:nope", "served_name": "x"}})
+
+
+def test_missing_model_is_named():
+    with pytest.raises(ConfigError, match=r"model: Field required"):
+        parse_config({})
+
+
+def test_local_path_without_checkpoint(tmp_path):
+    cfg = parse_config({"model": {"source": str(tmp_path), "served_name": "x"}})
+    with pytest.raises(ConfigError, match=r"model.source: .* is not a checkpoint directory"):
+        cfg.model_path()
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_engine_arg_names_exist_in_vllm():
+    names = vllm_engine_arg_names()
+    assert {"max_model_len", "block_size", "limit_mm_per_prompt", "kv_cache_memory_bytes"} <= names
+
+
+def test_renamed_vllm_flag_fails_loudly():
+    """If vLLM renamed a field we set, loading fails with the key named."""
+    known = vllm_engine_arg_names() - {"limit_mm_per_prompt"}
+    kwargs = load_config(CONFIGS / "default.yaml").to_engine_kwargs(model_path="/m")
+    with pytest.raises(ConfigError, match=r"\['limit_mm_per_prompt'\] are not fields of vLLM"):
+        check_engine_arg_names(kwargs, known)
+
+
+def test_extra_args_checked_and_passed():
+    cfg = parse_config(with_(engine={"extra_args": {"max_logprobs": 5}}))
+    assert cfg.to_engine_kwargs(model_path="/m")["max_logprobs"] == 5
+    bad = parse_config(with_(engine={"extra_args": {"max_logprobz": 5}}))
+    with pytest.raises(ConfigError, match=r"\['max_logprobz'\]"):
+        bad.to_engine_kwargs(model_path="/m")
+    clash = parse_config(with_(engine={"extra_args": {"max_model_len": 5}}))
+    with pytest.raises(ConfigError, match=r"\['max_model_len'\] are set by dedicated config keys"):
+        clash.to_engine_kwargs(model_path="/m")
+
+
+def test_gpu_uses_memory_fraction():
+    cfg = parse_config(with_(deployment={"device": "gpu", "tensor_parallel_size": 2},
+                             engine={"gpu_memory_utilization": 0.8}))
+    kw = cfg.to_engine_kwargs(model_path="/m")
+    assert kw["gpu_memory_utilization"] == 0.8
+    assert kw["tensor_parallel_size"] == 2
+    assert "kv_cache_memory_bytes" not in kw

@@ -1,0 +1,82 @@
+"""The CLI's failure modes: each exits non-zero with its cause in one readable line."""
+
+import socket
+
+import pytest
+import yaml
+
+from launch.local_cluster import cluster_processes, free_port, read_state
+from tests.conftest import CONFIGS, run_cli
+
+
+def write_cfg(tmp_path, **overrides):
+    data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    data["server"].update(port=free_port(), metrics_port=free_port())
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_bad_config_exits_2_with_key(tmp_path):
+    p = write_cfg(tmp_path, engine={"max_model_lenn": 1})
+    r = run_cli("serve", "--config", str(p), env={"QWEN_VL_RUN_DIR": str(tmp_path / "run")})
+    assert r.returncode == 2
+    assert "engine.max_model_lenn: unknown key" in one_line(r.stderr)
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "cannot read config" in one_line(r.stderr)
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    p = write_cfg(tmp_path)
+    port = yaml.safe_load(p.read_text())["server"]["port"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = run_cli("serve", "--config", str(p), env={"QWEN_VL_RUN_DIR": str(tmp_path / "run")})
+    assert r.returncode == 1
+    assert f"API port {port} is already in use" in one_line(r.stderr)
+
+
+def test_stop_and_status_when_nothing_runs(tmp_path):
+    env = {"QWEN_VL_RUN_DIR": str(tmp_path / "run")}
+    r = run_cli("stop", env=env)
+    assert r.returncode == 0 and "nothing to stop" in r.stdout
+    r = run_cli("status", env=env)
+    assert r.returncode == 3 and "not running" in r.stdout
+
+
+@pytest.mark.slow
+def test_engine_failure_is_one_line_and_cleans_up(tmp_path, monkeypatch):
+    """vLLM rejects max_model_len above the model's 32768: the start fails fast, says why in one
+    line, and leaves no Ray or engine process behind."""
+    run = tmp_path / "run"
+    p = write_cfg(tmp_path, engine={"max_model_len": 40000, "max_num_batched_tokens": 40000})
+    r = run_cli("serve", "--config", str(p), "--detach", env={"QWEN_VL_RUN_DIR": str(run)},
+                timeout=900)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = one_line(r.stderr)
+    assert line.startswith("qwen-vl: deployment failed:")
+    assert "40000" in line and "Traceback" not in line
+    monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))
+    assert read_state() is None  # cleaned up
+    leftovers = [pid for pid in cluster_processes_by_dir(str(run / "ray"))]
+    assert leftovers == []
+
+
+def cluster_processes_by_dir(temp_dir):
+    from launch.local_cluster import ClusterState
+
+    state = ClusterState(address="127.0.0.1:1", temp_dir=temp_dir, started_by_us=True,
+                         metrics_port=0, http_host="", http_port=0, app_name="")
+    return cluster_processes(state)

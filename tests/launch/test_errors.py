@@ -1,0 +1,37 @@
+from launch.errors import GENERIC_5XX, normalize_error
+
+
+def test_fastapi_detail_becomes_openai_shape():
+    out = normalize_error(404, {"detail": 'Got request for model "x". Could not find base model with ID "x".'})
+    assert out == {"error": {"message": 'Got request for model "x". Could not find base model with ID "x".',
+                             "type": "not_found_error", "param": None, "code": 404}}
+
+
+def test_ray_internal_details_are_removed_and_param_extracted():
+    msg = ("Message: max_tokens=100000 cannot be greater than max_model_len=4096. Please request "
+           "fewer output tokens. (parameter=max_tokens, value=100000) (Request ID: 1d), Internal "
+           "exception: ray.llm._internal.serve.core.configs.openai_api_models.OpenAIHTTPException "
+           "(Request ID: 1d), original exception: ")
+    out = normalize_error(400, {"error": {"message": msg, "type": "OpenAIHTTPException", "param": None, "code": 400}})
+    err = out["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "max_tokens"
+    assert err["message"].startswith("max_tokens=100000 cannot be greater than max_model_len=4096")
+    assert "ray.llm" not in err["message"] and "Request ID" not in err["message"]
+
+
+def test_validation_detail_names_the_field():
+    out = normalize_error(422, {"detail": [{"loc": ["body", "messages"], "msg": "Field required"}]})
+    assert out["error"]["param"] == "messages"
+    assert out["error"]["message"] == "messages: Field required"
+
+
+def test_5xx_never_shows_a_traceback():
+    out = normalize_error(500, {"error": {"message": 'Traceback (most recent call last):\n  File "x.py"'}})
+    assert out["error"] == {"message": GENERIC_5XX, "type": "api_error", "param": None, "code": 500}
+
+
+def test_non_dict_param_dropped():
+    out = normalize_error(400, {"error": {"message": "Invalid request format", "type": "json_invalid",
+                                          "param": {}, "code": "invalid_parameter"}})
+    assert out["error"] == {"message": "Invalid request format", "type": "invalid_request_error",
+                            "param": None, "code": "invalid_parameter"}

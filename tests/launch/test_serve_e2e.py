@@ -1,0 +1,363 @@
+"""End to end: `qwen-vl serve` -> Ray Serve -> vLLM's Qwen2-VL engine, over real HTTP.
+
+One server for the whole module (started by `qwen-vl serve --detach` on free ports, stopped by
+`qwen-vl stop`). Set QWEN_VL_TEST_URL=http://127.0.0.1:8000 to run against a server you already
+started (development only; the stop/cleanup checks are then skipped).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from engine.config import load_config
+from launch.local_cluster import cluster_processes, free_port, read_state
+from tests.conftest import CONFIGS, run_cli
+
+pytestmark = pytest.mark.slow
+MAX_NEW = 12
+
+
+# ------------------------------------------------------------------------------ helpers
+def png_data_url(h: int, w: int, seed: int = 0) -> str:
+    img = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def jpeg_b64(h: int, w: int, seed: int) -> str:
+    img = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def image_from_data_url(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def post(base: str, path: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def chat_body(server, content, **kw) -> dict:
+    return {"model": server["model"], "messages": [{"role": "user", "content": content}],
+            "max_tokens": MAX_NEW, "temperature": 0, **kw}
+
+
+# ------------------------------------------------------------------------------ fixture
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    cfg_data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    external = os.environ.get("QWEN_VL_TEST_URL")
+    if external:
+        cfg_data["server"]["port"] = int(external.rsplit(":", 1)[1])
+        yield _info(cfg_data, external, cfg_data["server"]["metrics_port"], None)
+        return
+    tmp = tmp_path_factory.mktemp("serve")
+    port, metrics_port = free_port(), free_port()
+    cfg_data["server"].update(port=port, metrics_port=metrics_port)
+    cfg_path = tmp / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg_data))
+    env = {"QWEN_VL_RUN_DIR": str(tmp / "run")}
+    r = run_cli("serve", "--config", str(cfg_path), "--detach", env=env, timeout=1200)
+    assert r.returncode == 0, f"serve failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "ready: http://127.0.0.1:" in r.stdout and "curl -s" in r.stdout
+    info = _info(cfg_data, f"http://127.0.0.1:{port}", metrics_port, env)
+    info["cfg_path"] = str(cfg_path)
+    yield info
+    os.environ.update(env)
+    try:
+        state = read_state()
+    finally:
+        os.environ.pop("QWEN_VL_RUN_DIR", None)
+    stop = run_cli("stop", env=env, timeout=300)
+    assert stop.returncode == 0, stop.stderr
+    assert state is not None and cluster_processes(state) == [], "processes left after stop"
+
+
+def _info(cfg_data, base, metrics_port, env):
+    from engine.config import parse_config
+
+    cfg = parse_config(cfg_data)
+    return {"base": base, "model": cfg.model.served_name, "cfg": cfg,
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "env": env}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(server):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(server["cfg"].model_path())
+
+
+def expected_prompt_tokens(tokenizer, server, content_kinds: list, text: str, sizes=()) -> int:
+    """Text tokens of the rendered prompt plus (h/28)*(w/28) per image after smart_resize."""
+    from qwen_vl_utils import smart_resize
+
+    mm = server["cfg"].multimodal
+    parts = [{"type": k} for k in content_kinds] + [{"type": "text", "text": text}]
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": parts}], tokenize=False, add_generation_prompt=True)
+    n = len(tokenizer(rendered)["input_ids"]) - len(sizes)  # each <|image_pad|> is expanded
+    for h, w in sizes:
+        rh, rw = smart_resize(h, w, factor=28, min_pixels=mm.min_pixels, max_pixels=mm.max_pixels)
+        n += (rh // 28) * (rw // 28)
+    return n
+
+
+# ------------------------------------------------------------------------------ tests
+def test_health(server):
+    code, body = get(server["base"] + "/health")
+    assert code == 200
+    assert json.loads(body) == {"status": "ok", "models": {server["model"]: "healthy"}}
+
+
+def test_models(server):
+    code, body = get(server["base"] + "/v1/models")
+    assert code == 200
+    data = json.loads(body)["data"]
+    assert [m["id"] for m in data] == [server["model"]]
+    assert data[0]["metadata"]["input_modality"] == "image"
+    assert data[0]["metadata"]["max_request_context_length"] == server["cfg"].engine.max_model_len
+
+
+def test_chat_one_image(server, tokenizer):
+    url = png_data_url(200, 300, seed=1)
+    code, out = post(server["base"], "/v1/chat/completions",
+                     chat_body(server, [image_part(url), {"type": "text", "text": "What is this?"}]))
+    assert code == 200, out
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert out["usage"]["completion_tokens"] == MAX_NEW
+    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
+        tokenizer, server, ["image"], "What is this?", [(200, 300)])
+
+
+@pytest.mark.parametrize("h,w", [(200, 300), (30, 40), (1000, 800), (56, 1400), (28, 28)])
+def test_token_accounting_after_smart_resize(server, tokenizer, h, w):
+    """usage.prompt_tokens = text tokens + (h/28)(w/28) after smart_resize(min/max pixels)."""
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(
+        server, [image_part(png_data_url(h, w, seed=h + w)), {"type": "text", "text": "Hi"}],
+        max_tokens=1))
+    assert code == 200, out
+    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
+        tokenizer, server, ["image"], "Hi", [(h, w)])
+
+
+def test_chat_two_images(server, tokenizer):
+    sizes = [(200, 300), (120, 90)]
+    content = [image_part(png_data_url(h, w, seed=i)) for i, (h, w) in enumerate(sizes)]
+    content.append({"type": "text", "text": "Compare them."})
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    assert code == 200, out
+    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
+        tokenizer, server, ["image", "image"], "Compare them.", sizes)
+
+
+def test_chat_video_as_frames(server, tokenizer):
+    """A video given as a list of JPEG frames (vLLM's data:video/jpeg;base64,f1,f2,...)."""
+    frames = ",".join(jpeg_b64(112, 112, seed=s) for s in range(4))
+    content = [{"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{frames}"}},
+               {"type": "text", "text": "What happens?"}]
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    assert code == 200, out
+    text_only = expected_prompt_tokens(tokenizer, server, [], "What happens?")
+    # The <|vision_start|><|video_pad|><|vision_end|> frame: 4 frames -> 2 temporal patches of
+    # (112/28)^2 = 16 tokens each -> 32 video tokens, plus start/end markers.
+    assert out["usage"]["prompt_tokens"] == text_only + 2 + 32
+    assert out["usage"]["completion_tokens"] == MAX_NEW
+
+
+def test_chat_text_only(server, tokenizer):
+    code, out = post(server["base"], "/v1/chat/completions",
+                     chat_body(server, "Tell me a story."))
+    assert code == 200, out
+    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
+        tokenizer, server, [], "Tell me a story.")
+
+
+def test_streaming_chunks_and_usage(server):
+    """Chunks arrive one SSE event per token; the last event carries usage; text matches."""
+    content = [image_part(png_data_url(64, 64, seed=5)), {"type": "text", "text": "Stream"}]
+    body = chat_body(server, content, stream=True, stream_options={"include_usage": True})
+    req = urllib.request.Request(server["base"] + "/v1/chat/completions",
+                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
+    events, arrivals = [], []
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for raw in r:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                events.append(line[6:])
+                arrivals.append(time.monotonic())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(content_chunks) >= MAX_NEW - 1  # one event per generated token (detokenizer may merge)
+    assert arrivals[0] <= arrivals[-2]
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == MAX_NEW
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    assert streamed == out["choices"][0]["message"]["content"]
+
+
+def test_completions(server, tokenizer):
+    prompt = "The quick brown fox"
+    code, out = post(server["base"], "/v1/completions", {
+        "model": server["model"], "prompt": prompt, "max_tokens": 5, "temperature": 0})
+    assert code == 200, out
+    assert out["object"] == "text_completion"
+    assert out["usage"]["prompt_tokens"] == len(tokenizer(prompt)["input_ids"])
+    assert out["usage"]["completion_tokens"] == 5
+
+
+def test_openai_client(server):
+    """The README's example: the official openai client with an image."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server["base"] + "/v1", api_key="unused")
+    resp = client.chat.completions.create(
+        model=server["model"], max_tokens=8,
+        messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": png_data_url(100, 100)}},
+            {"type": "text", "text": "Describe the image."}]}])
+    assert resp.choices[0].message.content and resp.usage.completion_tokens == 8
+
+
+def test_unknown_model_is_404_openai_error(server):
+    body = chat_body(server, "hi")
+    body["model"] = "no-such-model"
+    code, out = post(server["base"], "/v1/chat/completions", body)
+    assert code == 404
+    assert set(out["error"]) == {"message", "type", "param", "code"}
+    assert out["error"]["type"] == "not_found_error"
+    assert "no-such-model" in out["error"]["message"]
+
+
+def test_bad_requests_get_openai_errors(server):
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, "hi", max_tokens=100000))
+    assert code == 400
+    assert out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == "max_tokens"
+    assert "4096" in out["error"]["message"] and "ray.llm" not in out["error"]["message"]
+    req = urllib.request.Request(server["base"] + "/v1/chat/completions", b"{bad json",
+                                 {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=30)
+    assert exc.value.code == 400
+    assert json.loads(exc.value.read())["error"]["type"] == "invalid_request_error"
+    code, text = get(server["base"] + "/v1/nope")
+    assert code == 404 and json.loads(text)["error"]["type"] == "not_found_error"
+
+
+def test_metrics_include_vllm(server):
+    """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...)."""
+    wanted = {"ray_vllm_num_requests_running", "ray_vllm_kv_cache_usage_perc",
+              "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_generation_tokens_total"}
+    post(server["base"], "/v1/chat/completions", chat_body(server, "warm the metrics"))
+    deadline = time.monotonic() + 60
+    while True:
+        code, text = get(server["metrics"])
+        names = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln and ln[0] != "#"}
+        if code == 200 and wanted <= names:
+            break
+        assert time.monotonic() < deadline, f"missing metrics: {sorted(wanted - names)}"
+        time.sleep(3)
+
+
+def test_status_cli(server):
+    if server["env"] is None:
+        pytest.skip("external server")
+    r = run_cli("status", env=server["env"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "application qwen-vl: RUNNING" in r.stdout
+    assert "HEALTHY (1 RUNNING)" in r.stdout
+    assert "health:  ok" in r.stdout
+
+
+# ------------------------------------------------------------------------------ correctness
+@pytest.fixture(scope="module")
+def hf_model(server):
+    import torch
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    path = server["cfg"].model_path()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def hf_greedy(hf_model, server, text: str, images: list) -> tuple[list[int], list[int]]:
+    import torch
+
+    model, proc = hf_model
+    mm = server["cfg"].multimodal
+    parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    prompt = proc.apply_chat_template([{"role": "user", "content": parts}],
+                                      tokenize=False, add_generation_prompt=True)
+    size = {"shortest_edge": mm.min_pixels, "longest_edge": mm.max_pixels}
+    inputs = proc(text=[prompt], images=images or None, return_tensors="pt",
+                  images_kwargs={"size": size})
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    return inputs["input_ids"][0].tolist(), out[0, n:].tolist()
+
+
+@pytest.mark.parametrize("case", ["image", "two_images", "text"])
+def test_greedy_tokens_equal_hf_transformers(server, hf_model, case):
+    """Same checkpoint, image and prompt, float32 both sides: identical prompt and greedy tokens."""
+    assert server["cfg"].model.dtype == "float32"
+    urls = {"image": [png_data_url(200, 300, seed=11)],
+            "two_images": [png_data_url(150, 90, seed=12), png_data_url(64, 500, seed=13)],
+            "text": []}[case]
+    text = "Describe this picture in detail."
+    content = [image_part(u) for u in urls] + [{"type": "text", "text": text}]
+    code, out = post(server["base"], "/v1/chat/completions",
+                     chat_body(server, content, return_token_ids=True))
+    assert code == 200, out
+    hf_prompt, hf_tokens = hf_greedy(hf_model, server, text, [image_from_data_url(u) for u in urls])
+    assert out["prompt_token_ids"] == hf_prompt
+    assert out["choices"][0]["token_ids"] == hf_tokens
+    assert len(set(hf_tokens)) > 1, "degenerate model output would make this test vacuous"
+
+
+def test_greedy_output_depends_on_image(server):
+    """Guards the correctness test: a different image gives different greedy tokens."""
+    outs = []
+    for seed in (21, 22):
+        code, out = post(server["base"], "/v1/chat/completions", chat_body(
+            server, [image_part(png_data_url(200, 300, seed=seed)), {"type": "text", "text": "Hi"}],
+            return_token_ids=True))
+        assert code == 200
+        outs.append(out["choices"][0]["token_ids"])
+    assert outs[0] != outs[1]
