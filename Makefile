@@ -45,9 +45,9 @@ test-fast: install
 clean:
 	rm -rf $(VENV) *.egg-info
 
-# Re-resolve the CPU pins from pyproject.toml (then review the diff of requirements/cpu.lock).
+# Re-resolve the pins of a profile from pyproject.toml (then review the diff of the lock file).
 lock:
 	rm -rf /tmp/qvs-lock && $(PYTHON) -m venv /tmp/qvs-lock
-	/tmp/qvs-lock/bin/pip install -q -e ".[cpu,test]"
-	(echo "# CPU profile: the exact versions CI installs (pip install -c). Regenerate with \`make lock\`."; \
-	 /tmp/qvs-lock/bin/pip freeze --exclude-editable | grep -v '^qwen-vl-serving' | sort -f) > requirements/cpu.lock
+	/tmp/qvs-lock/bin/pip install -q -e ".[$(PROFILE),test]"
+	(echo "# $(PROFILE) profile: the exact versions installed (pip install -c). Regenerate with \`make lock PROFILE=$(PROFILE)\`."; \
+	 /tmp/qvs-lock/bin/pip freeze --exclude-editable | grep -v '^qwen-vl-serving' | sort -f) > requirements/$(PROFILE).lock

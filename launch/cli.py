@@ -146,12 +146,20 @@ def _failure_cause(app_status) -> str | None:
 
 
 def _one_line(text: str) -> str:
-    """The most telling line of a (possibly 200-line) error text."""
+    """The most telling line of a (possibly 200-line) error text.
+
+    Takes the last ``...Error:``/``...Exception:`` line; for a pydantic validation error (vLLM's
+    config classes) the reason is on the next line, so it is appended.
+    """
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     for marker in ("Error:", "Exception:", "error:"):
-        hits = [ln for ln in lines if marker in ln and not ln.startswith("File ")]
+        hits = [i for i, ln in enumerate(lines) if marker in ln and not ln.startswith("File ")]
         if hits:
-            return hits[-1][:500]
+            i = hits[-1]
+            line = lines[i]
+            if "validation error" in line and i + 1 < len(lines):
+                line += ": " + lines[i + 1].removeprefix("Value error, ")
+            return line[:500]
     return (lines[-1] if lines else "")[:500]
 
 
@@ -219,8 +227,9 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
         app_status = serve.status().applications.get(cfg.server.app_name)
         cause = _failure_cause(app_status)
         if cause:
-            root = root_cause_from_logs(temp_dir) if temp_dir else None
-            raise LaunchError(f"deployment failed: {root or cause}")
+            if "See root cause above" in cause and temp_dir:
+                cause = root_cause_from_logs(temp_dir) or cause
+            raise LaunchError(f"deployment failed: {cause}")
         code, _ = http_get(url, timeout=15)
         if code == 200 and app_status is not None and str(app_status.status).endswith("RUNNING"):
             return
@@ -326,6 +335,8 @@ def cmd_status(args) -> int:
     code, body = http_get(url + "/health", timeout=15)
     _say(f"cluster: {state.address} (started by qwen-vl: {state.started_by_us})")
     _say(f"api:     {url}/v1")
+    if state.temp_dir:
+        _say(f"logs:    {state.temp_dir}/session_latest/logs")
     if status is None:
         _say("application: not deployed")
         return 1
@@ -358,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     # This process imports vLLM only to check engine-arg names; its import-time warning about
     # Triton on CPU (emitted before vLLM configures logging) is noise on a terminal.
     logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
+    # Ray 2.60 turns token auth on implicitly when ~/.ray/auth_token exists; be explicit so the
+    # head we start and this client always agree (`ray start` creates the token if missing).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

@@ -38,6 +38,15 @@ def run_dir() -> Path:
     return Path(os.environ.get("QWEN_VL_RUN_DIR", default))
 
 
+def ray_temp_dir() -> str:
+    """Ray's temp dir for the head we start: short, because Ray puts AF_UNIX sockets under it
+    (at most 107 bytes a path) and a deep run directory would exceed that."""
+    import hashlib
+
+    digest = hashlib.sha256(str(run_dir().resolve()).encode()).hexdigest()[:10]
+    return f"/tmp/qwen-vl-ray-{digest}"
+
+
 def _state_file() -> Path:
     return run_dir() / "cluster.json"
 
@@ -78,7 +87,7 @@ def _ray_bin() -> str:
 def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
     """Start a Ray head on free ports; returns (address, temp_dir)."""
     gcs_port = free_port()
-    temp_dir = str(run_dir() / "ray")
+    temp_dir = ray_temp_dir()
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
     cmd = [
         _ray_bin(), "start", "--head",

@@ -70,8 +70,9 @@ def test_engine_failure_is_one_line_and_cleans_up(tmp_path, monkeypatch):
     assert "40000" in line and "Traceback" not in line
     monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))
     assert read_state() is None  # cleaned up
-    leftovers = [pid for pid in cluster_processes_by_dir(str(run / "ray"))]
-    assert leftovers == []
+    from launch.local_cluster import ray_temp_dir
+
+    assert cluster_processes_by_dir(ray_temp_dir()) == []
 
 
 def cluster_processes_by_dir(temp_dir):
@@ -80,3 +81,26 @@ def cluster_processes_by_dir(temp_dir):
     state = ClusterState(address="127.0.0.1:1", temp_dir=temp_dir, started_by_us=True,
                          metrics_port=0, http_host="", http_port=0, app_name="")
     return cluster_processes(state)
+
+
+def test_one_line_picks_the_reason():
+    from launch.cli import _one_line
+
+    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+            "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
+            "  Value error, User-specified max_model_len (40000) is greater than the derived\n"
+            "    For further information visit https://errors.pydantic.dev\n")
+    assert _one_line(text) == ("RuntimeError: Failed to create vLLM engine config: 1 validation "
+                               "error for ModelConfig: User-specified max_model_len (40000) is "
+                               "greater than the derived")
+
+
+def test_root_cause_from_worker_logs(tmp_path):
+    from launch.cli import root_cause_from_logs
+
+    logs = tmp_path / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "worker-1.err").write_text(
+        "INFO fine\nRuntimeError: Worker failed with error 'No common block size for 16 "
+        "(CPU_ATTN: [MultipleOf(32)]).', please check the stack trace above for the root cause\n")
+    assert "No common block size for 16" in root_cause_from_logs(str(tmp_path))

@@ -1,0 +1,59 @@
+"""The Ray Serve application derived from the config, built but not started."""
+
+from engine.config import load_config, parse_config
+from launch.app import build_app, deployment_config, llm_config_dict
+from tests.conftest import CONFIGS
+
+
+def test_cpu_llm_config():
+    cfg = load_config(CONFIGS / "default.yaml")
+    d = llm_config_dict(cfg, model_path="/ckpt")
+    assert d["model_loading_config"] == {"model_id": "qwen2-vl-tiny", "model_source": "/ckpt"}
+    assert d["accelerator_config"] == {"kind": "cpu"}
+    assert d["placement_group_config"] == {"bundles": [{"CPU": 1}]}
+    assert "model" not in d["engine_kwargs"] and "served_model_name" not in d["engine_kwargs"]
+    assert d["engine_kwargs"]["limit_mm_per_prompt"] == {"image": 4, "video": 1}
+    assert d["deployment_config"] == {"max_ongoing_requests": 32, "num_replicas": 1}
+    assert d["log_engine_metrics"] is True
+
+
+def test_gpu_llm_config_takes_tp_gpus():
+    cfg = load_config(CONFIGS / "qwen2-vl-7b-instruct.yaml")
+    d = llm_config_dict(cfg, model_path="/ckpt")
+    assert d["accelerator_config"] == {"kind": "gpu"}
+    assert d["placement_group_config"]["bundle_per_worker"] == {"GPU": 1, "CPU": 1}
+    assert d["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert d["engine_kwargs"]["gpu_memory_utilization"] == 0.9
+
+
+def test_autoscaling_maps_to_ray_serve():
+    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                        "deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 4,
+                                                       "target_ongoing_requests": 6}}})
+    dc = deployment_config(cfg)
+    assert "num_replicas" not in dc
+    assert dc["autoscaling_config"]["max_replicas"] == 4
+    assert dc["autoscaling_config"]["target_ongoing_requests"] == 6
+
+
+def test_ray_accepts_the_llm_config():
+    from ray.serve.llm import LLMConfig
+
+    cfg = load_config(CONFIGS / "default.yaml")
+    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path=cfg.model_path()))
+    assert llm.model_id == "qwen2-vl-tiny"
+
+
+def test_build_app_without_starting():
+    """Builds the application objects; nothing is deployed (Ray's builder does start a local
+    Ray runtime in this process, which is shut down here)."""
+    import ray
+    from ray.serve.deployment import Application
+
+    cfg = load_config(CONFIGS / "default.yaml")
+    try:
+        app = build_app(cfg)
+        assert isinstance(app, Application)
+        assert app._bound_deployment.name == "QwenVLIngress"
+    finally:
+        ray.shutdown()
