@@ -361,3 +361,28 @@ def test_greedy_output_depends_on_image(server):
         assert code == 200
         outs.append(out["choices"][0]["token_ids"])
     assert outs[0] != outs[1]
+
+
+@pytest.fixture(scope="module")
+def image_http_server(tmp_path_factory):
+    """A local HTTP server holding one PNG (the only network this test machine has)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("www")
+    Image.fromarray((np.random.RandomState(7).rand(120, 160, 3) * 255).astype("uint8")).save(
+        root / "cat.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_chat_image_by_http_url(server, tokenizer, image_http_server):
+    content = [image_part(image_http_server + "/cat.png"), {"type": "text", "text": "What is this?"}]
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    assert code == 200, out
+    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
+        tokenizer, server, ["image"], "What is this?", [(120, 160)])
