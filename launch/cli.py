@@ -98,12 +98,14 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
                 )
             return state
         clear_state()
-    if os.environ.get("RAY_ADDRESS"):
-        return ClusterState(
+    if os.environ.get("RAY_ADDRESS"):  # an existing cluster: deploy there, never stop it
+        state = ClusterState(
             address=os.environ["RAY_ADDRESS"], temp_dir="", started_by_us=False,
             metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
             app_name=srv.app_name,
         )
+        write_state(state)
+        return state
     for what, port in (("API", srv.port), ("metrics", srv.metrics_port)):
         if port_in_use(srv.host, port):
             raise LaunchError(
@@ -297,19 +299,24 @@ def cmd_serve(args) -> int:
 
 # ----------------------------------------------------------------------------- stop/status
 def _shutdown(state: ClusterState, quiet: bool = False) -> None:
+    """Our own cluster: Serve down, then every process of it. A cluster we joined via
+    RAY_ADDRESS: only our application is deleted."""
     try:
         import ray
         from ray import serve
 
         _connect(state.address)
-        serve.shutdown()
+        if state.started_by_us:
+            serve.shutdown()
+        else:
+            serve.delete(state.app_name)
         ray.shutdown()
     except Exception as err:  # the cluster may already be gone; processes are reaped below
         if not quiet:
             _say(f"serve shutdown: {_one_line(str(err))}")
     if state.started_by_us:
         stop_head(state)
-        clear_state()
+    clear_state()
 
 
 def cmd_stop(args) -> int:
