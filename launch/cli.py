@@ -293,7 +293,9 @@ def cmd_serve(args) -> int:
     while not stop.wait(1):
         pass
     _say("stopping...")
+    t0 = time.monotonic()
     _shutdown(state)
+    _say(f"stopped ({time.monotonic() - t0:.0f}s)")
     return 0
 
 
@@ -324,8 +326,9 @@ def cmd_stop(args) -> int:
     if state is None:
         _say("nothing to stop (no qwen-vl cluster recorded)")
         return 0
+    t0 = time.monotonic()
     _shutdown(state)
-    _say("stopped")
+    _say(f"stopped ({time.monotonic() - t0:.0f}s)")
     return 0
 
 

@@ -108,7 +108,10 @@ def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    # Own session: Ctrl-C in the terminal reaches the CLI (which shuts down in order), not the
+    # Ray daemons directly.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                          start_new_session=True)
     if proc.returncode != 0:
         raise ClusterError(f"`ray start` failed: {_cause(proc.stderr or proc.stdout)}")
     return f"127.0.0.1:{gcs_port}", temp_dir
@@ -135,8 +138,11 @@ def _has_gpu() -> bool:
     return _gpu_count() > 0
 
 
-def stop_head(state: ClusterState, grace_s: float = 30) -> None:
-    """End every process of the cluster we started (and only ours): SIGTERM, then SIGKILL."""
+def stop_head(state: ClusterState, grace_s: float = 10) -> None:
+    """End every process of the cluster we started (and only ours): SIGTERM, then SIGKILL.
+
+    Called after ``serve.shutdown()`` has drained the application, so nothing in flight is
+    lost by the SIGKILL (gcs_server ignores SIGTERM for longer than any sensible grace)."""
     import psutil
 
     pids = cluster_processes(state)
