@@ -95,6 +95,64 @@ class MultimodalSettings(_Strict):
         return self
 
 
+class UrlPolicy(_Strict):
+    """How the front door fetches image/video URLs (the engine never fetches: it gets the
+    validated bytes)."""
+
+    schemes: list[Literal["https", "http", "data"]] = Field(
+        default_factory=lambda: ["https", "data"], description="Allowed URL schemes.")
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="If set, only these hosts (and their subdomains).")
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="CIDRs that may be fetched although not public "
+        "(loopback, private, link-local/metadata, fc00::/7 are refused otherwise; every "
+        "resolved address is checked, redirects included), e.g. ['10.20.0.0/16'].")
+
+    @model_validator(mode="after")
+    def _cidrs(self):
+        import ipaddress
+
+        for net in self.allowed_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allowed_networks: {net!r} is not a CIDR network") from None
+        return self
+    fetch_timeout_s: float = Field(10, gt=0)
+    max_redirects: int = Field(3, ge=0)
+
+
+class LimitsSettings(_Strict):
+    """What the front door enforces before a request reaches an engine."""
+
+    max_body_bytes: int = Field(32 << 20, ge=1024, description="Request body (413 above).")
+    max_image_bytes: int = Field(10 << 20, ge=1, description="Encoded bytes per image.")
+    max_image_pixels: int = Field(
+        50_000_000, ge=784, description="Decoded pixels per image, read from the header "
+        "before decoding (decompression bombs are refused in milliseconds).")
+    min_image_side: int = Field(28, ge=1, description="Smallest width/height accepted.")
+    max_aspect_ratio: float = Field(200, ge=1, description="Qwen2-VL's processor limit.")
+    max_video_bytes: int = Field(50 << 20, ge=1)
+    max_video_seconds: float = Field(300, gt=0)
+    max_n: int = Field(4, ge=1, description="Choices per request.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Output tokens per request; None: engine.max_model_len.")
+    url: UrlPolicy = UrlPolicy()
+    media_dir: str | None = Field(
+        None, description="Local files may be referenced (file:// or a path) only inside it.")
+    allow_request_chat_template: bool = Field(
+        False, description="Let requests send their own Jinja chat template.")
+
+
+class AccessSettings(_Strict):
+    """API keys: never in the config, only where to read them from."""
+
+    api_keys_env: str | None = Field(
+        "QWEN_VL_API_KEYS", description="Environment variable holding comma-separated keys.")
+    api_keys_file: str | None = Field(
+        None, description="File with one key per line (re-read when it changes: rotation).")
+
+
 class Autoscaling(_Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
@@ -154,6 +212,19 @@ class ServingConfig(_Strict):
     multimodal: MultimodalSettings = MultimodalSettings()
     deployment: DeploymentSettings = DeploymentSettings()
     server: ServerSettings = ServerSettings()
+    limits: LimitsSettings = LimitsSettings()
+    access: AccessSettings = AccessSettings()
+
+    @model_validator(mode="after")
+    def _max_tokens_fit(self):
+        mt = self.limits.max_tokens
+        if mt is not None and mt > self.engine.max_model_len:
+            raise ValueError(f"limits.max_tokens ({mt}) must be <= engine.max_model_len "
+                             f"({self.engine.max_model_len})")
+        return self
+
+    def max_output_tokens(self) -> int:
+        return self.limits.max_tokens or self.engine.max_model_len
 
     @model_validator(mode="after")
     def _device_limits(self):
@@ -207,6 +278,9 @@ class ServingConfig(_Strict):
             },
             "mm_processor_kwargs": self.mm_processor_kwargs(),
             "media_io_kwargs": {"video": {"num_frames": mm.video_max_frames, "fps": mm.video_fps}},
+            # Requests may send mm_processor_kwargs: the front door (launch/front_door.py) lets
+            # them only lower min/max_pixels, so vLLM may trust what reaches it.
+            "trust_request_mm_kwargs": True,
         }
         if d.device == "gpu":
             kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization
@@ -225,15 +299,19 @@ class ServingConfig(_Strict):
 
 @functools.lru_cache(maxsize=1)
 def vllm_engine_arg_names() -> frozenset[str]:
-    """The field names of vLLM's ``AsyncEngineArgs`` (imports vLLM once)."""
+    """The field names of vLLM's ``AsyncEngineArgs`` and ``FrontendArgs`` (imports vLLM once).
+
+    Ray Serve LLM splits ``engine_kwargs`` between exactly these two dataclasses by name."""
     import dataclasses
 
     from . import torchvision_shim
 
     torchvision_shim.install()
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
 
-    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+    return frozenset(f.name for cls in (AsyncEngineArgs, FrontendArgs)
+                     for f in dataclasses.fields(cls))
 
 
 def check_engine_arg_names(kwargs: dict[str, Any], known: frozenset[str] | None = None) -> None:
@@ -241,7 +319,7 @@ def check_engine_arg_names(kwargs: dict[str, Any], known: frozenset[str] | None 
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(
-            f"engine argument(s) {unknown} are not fields of vLLM's EngineArgs "
+            f"engine argument(s) {unknown} are not fields of vLLM's EngineArgs/FrontendArgs "
             "(renamed or removed upstream?); fix engine.extra_args or engine/config.py"
         )
 

@@ -85,7 +85,8 @@ def build_app(cfg: ServingConfig, model_path: str | None = None):
     model_id = llm_config.model_id
     llm_deployment = build_llm_deployment(llm_config)
     ingress_options = QwenVLIngress.get_deployment_options([llm_config])
-    return serve.deployment(make_ingress_class(), **ingress_options).bind(
+    return serve.deployment(make_ingress_class(cfg), **ingress_options).bind(
         llm_deployments={model_id: llm_deployment},
         model_cards={model_id: to_model_metadata(model_id, llm_config)},
+        serving_config=cfg.model_dump(mode="json"),
     )

@@ -248,9 +248,9 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
 
 def curl_example(cfg: ServingConfig) -> str:
     url = base_url(cfg.server.host, cfg.server.port)
-    # A 1x1 red PNG, so the example is self-contained.
+    # A 28x28 red PNG (the smallest image accepted), so the example is self-contained.
     png = (
-        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+        "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAIAAAD9b0jDAAAAKElEQVR42mM8ISfHQG3AxEADMGroqKGjho4aOmroqKGjho4aOvgMBQB+BAE8FfyCFgAAAABJRU5ErkJggg=="
     )
     body = {
         "model": cfg.model.served_name,
@@ -300,6 +300,23 @@ def cmd_serve(args) -> int:
 
 
 # ----------------------------------------------------------------------------- stop/status
+class _stderr_muted:
+    """Redirect file descriptor 2 (Ray's background threads write there directly)."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False
+
+
 def _shutdown(state: ClusterState, quiet: bool = False) -> None:
     """Our own cluster: Serve down, then every process of it. A cluster we joined via
     RAY_ADDRESS: only our application is deleted."""
@@ -308,11 +325,12 @@ def _shutdown(state: ClusterState, quiet: bool = False) -> None:
         from ray import serve
 
         _connect(state.address)
-        if state.started_by_us:
-            serve.shutdown()
-        else:
-            serve.delete(state.app_name)
-        ray.shutdown()
+        with _stderr_muted():  # Ray prints non-actionable noise about its dying controller
+            if state.started_by_us:
+                serve.shutdown()
+            else:
+                serve.delete(state.app_name)
+            ray.shutdown()
     except Exception as err:  # the cluster may already be gone; processes are reaped below
         if not quiet:
             _say(f"serve shutdown: {_one_line(str(err))}")

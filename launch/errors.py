@@ -27,7 +27,7 @@ TYPE_BY_STATUS = {
 _INTERNAL = re.compile(
     r"\s*(\(Request ID: [^)]*\)|,?\s*Internal exception:.*|,?\s*original exception:.*)", re.S
 )
-_PARAM = re.compile(r"\(parameter=([^,)]+)")
+_PARAM = re.compile(r"\(parameter=([^,)]+)|at \('body', '([^']+)'")
 GENERIC_5XX = "The server had an error while processing your request."
 
 
@@ -56,7 +56,7 @@ def normalize_error(status: int, body: Any) -> dict[str, Any]:
         message = str(err.get("message") or "")
         param = err.get("param") if isinstance(err.get("param"), str) else None
         if param is None and (m := _PARAM.search(message)):
-            param = m.group(1).strip()
+            param = (m.group(1) or m.group(2)).strip()
         code = err.get("code") if isinstance(err.get("code"), (str, int)) else None
         return error_body(status, message, param=param, code=code)
     if isinstance(body, dict) and "detail" in body:

@@ -2,16 +2,22 @@
 
 Ray's ingress already implements the OpenAI protocol on top of vLLM's serving code
 (``/v1/chat/completions`` with images, video and streaming, ``/v1/completions``,
-``/v1/models``). We add ``/health`` (503 unless every model's engine answers its health check)
-and drop the routes that make no sense for Qwen2-VL (embeddings, audio, score).
+``/v1/models``). We add ``/health`` (503 unless every model's engine answers its health check),
+the front door (``launch.front_door``: limits checked before anything reaches an engine), the
+access gate (``launch.access``: API keys, body cap), and drop the routes that make no sense for
+Qwen2-VL (embeddings, audio, score).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import status
+from fastapi import Request, status
 from fastapi.responses import JSONResponse
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+)
 from ray.llm._internal.serve.core.ingress.ingress import (
     DEFAULT_ENDPOINTS,
     OpenAiIngress,
@@ -19,13 +25,51 @@ from ray.llm._internal.serve.core.ingress.ingress import (
     make_fastapi_ingress,
 )
 
+from engine.config import ServingConfig
+
+from .access import AccessGate
 from .errors import error_body, openai_errors_middleware
+from .front_door import FrontDoor
+from .rejections import RequestRejected, count_rejection
 
 HEALTH_TIMEOUT_S = 10.0
 SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
 
 
+def rejection_response(err: RequestRejected) -> JSONResponse:
+    count_rejection(err.reason)
+    return JSONResponse(error_body(err.status, err.message, param=err.param),
+                        status_code=err.status)
+
+
 class QwenVLIngress(OpenAiIngress):
+    def __init__(self, llm_deployments, model_cards, *, serving_config: dict, **kwargs):
+        super().__init__(llm_deployments, model_cards, **kwargs)
+        self.front_door = FrontDoor(ServingConfig.model_validate(serving_config))
+
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        try:
+            await self._check_model(body)
+            await self.front_door.check_chat(body)
+        except RequestRejected as err:
+            return rejection_response(err)
+        return await super().chat(body, request)
+
+    async def completions(self, body: CompletionRequest, request: Request):
+        try:
+            await self._check_model(body)
+            self.front_door.check_completion(body)
+        except RequestRejected as err:
+            return rejection_response(err)
+        return await super().completions(body, request)
+
+    async def _check_model(self, body) -> None:
+        model = getattr(body, "model", None)
+        if model is not None and model not in self._model_cards:
+            raise RequestRejected(404, f"model {model!r} does not exist; available: "
+                                  f"{', '.join(sorted(self._model_cards))}", param="model",
+                                  reason="unknown_model")
+
     async def health(self) -> JSONResponse:
         """200 when every model's engine is healthy, else 503 with an OpenAI error body."""
         results = {}
@@ -47,8 +91,11 @@ ENDPOINTS = {name: DEFAULT_ENDPOINTS[name] for name in SERVED_ENDPOINTS}
 ENDPOINTS["health"] = lambda app: app.get("/health")
 
 
-def make_ingress_class():
+def make_ingress_class(cfg: ServingConfig):
     """The ``@serve.ingress``-wrapped class (a fresh FastAPI app each call)."""
     app = init()  # Ray's app: request ids, CORS, HTTP metrics, exception handling
-    app.middleware("http")(openai_errors_middleware)  # outermost: every error leaves in one shape
+    app.middleware("http")(openai_errors_middleware)  # every error leaves in one shape
+    app.add_middleware(  # outermost: keys and body size before anything is parsed
+        AccessGate, max_body_bytes=cfg.limits.max_body_bytes,
+        api_keys_env=cfg.access.api_keys_env, api_keys_file=cfg.access.api_keys_file)
     return make_fastapi_ingress(QwenVLIngress, endpoint_map=ENDPOINTS, app=app)

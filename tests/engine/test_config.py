@@ -122,7 +122,7 @@ def test_renamed_vllm_flag_fails_loudly():
     """If vLLM renamed a field we set, loading fails with the key named."""
     known = vllm_engine_arg_names() - {"limit_mm_per_prompt"}
     kwargs = load_config(CONFIGS / "default.yaml").to_engine_kwargs(model_path="/m")
-    with pytest.raises(ConfigError, match=r"\['limit_mm_per_prompt'\] are not fields of vLLM"):
+    with pytest.raises(ConfigError, match=r"\['limit_mm_per_prompt'\] are not fields of vLLM's EngineArgs"):
         check_engine_arg_names(kwargs, known)
 
 

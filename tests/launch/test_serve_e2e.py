@@ -17,12 +17,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from engine.config import load_config
-from launch.local_cluster import cluster_processes, free_port, read_state
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, run_cli, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 12
@@ -77,40 +74,17 @@ def chat_body(server, content, **kw) -> dict:
 # ------------------------------------------------------------------------------ fixture
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    cfg_data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     external = os.environ.get("QWEN_VL_TEST_URL")
     if external:
-        cfg_data["server"]["port"] = int(external.rsplit(":", 1)[1])
-        yield _info(cfg_data, external, cfg_data["server"]["metrics_port"], None)
+        from engine.config import load_config
+
+        cfg = load_config(CONFIGS / "default.yaml")
+        yield {"base": external, "model": cfg.model.served_name, "cfg": cfg, "env": None,
+               "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
         return
-    tmp = tmp_path_factory.mktemp("serve")
-    port, metrics_port = free_port(), free_port()
-    cfg_data["server"].update(port=port, metrics_port=metrics_port)
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg_data))
-    env = {"QWEN_VL_RUN_DIR": str(tmp / "run")}
-    r = run_cli("serve", "--config", str(cfg_path), "--detach", env=env, timeout=1200)
-    assert r.returncode == 0, f"serve failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    assert "ready: http://127.0.0.1:" in r.stdout and "curl -s" in r.stdout
-    info = _info(cfg_data, f"http://127.0.0.1:{port}", metrics_port, env)
-    info["cfg_path"] = str(cfg_path)
+    info = start_stack(tmp_path_factory.mktemp("serve"))
     yield info
-    os.environ.update(env)
-    try:
-        state = read_state()
-    finally:
-        os.environ.pop("QWEN_VL_RUN_DIR", None)
-    stop = run_cli("stop", env=env, timeout=300)
-    assert stop.returncode == 0, stop.stderr
-    assert state is not None and cluster_processes(state) == [], "processes left after stop"
-
-
-def _info(cfg_data, base, metrics_port, env):
-    from engine.config import parse_config
-
-    cfg = parse_config(cfg_data)
-    return {"base": base, "model": cfg.model.served_name, "cfg": cfg,
-            "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "env": env}
+    stop_stack(info)
 
 
 @pytest.fixture(scope="module")
@@ -361,28 +335,3 @@ def test_greedy_output_depends_on_image(server):
         assert code == 200
         outs.append(out["choices"][0]["token_ids"])
     assert outs[0] != outs[1]
-
-
-@pytest.fixture(scope="module")
-def image_http_server(tmp_path_factory):
-    """A local HTTP server holding one PNG (the only network this test machine has)."""
-    import functools
-    import http.server
-    import threading
-
-    root = tmp_path_factory.mktemp("www")
-    Image.fromarray((np.random.RandomState(7).rand(120, 160, 3) * 255).astype("uint8")).save(
-        root / "cat.png")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-def test_chat_image_by_http_url(server, tokenizer, image_http_server):
-    content = [image_part(image_http_server + "/cat.png"), {"type": "text", "text": "What is this?"}]
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
-    assert code == 200, out
-    assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
-        tokenizer, server, ["image"], "What is this?", [(120, 160)])

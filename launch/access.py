@@ -1,0 +1,129 @@
+"""The outermost ASGI gate of the API: bearer API keys, JSON content type, request-body cap.
+
+Keys are never in the config: ``access.api_keys_env`` names an environment variable
+(comma-separated keys) and ``access.api_keys_file`` a file (one key per line, re-read when it
+changes, so keys rotate without a restart; two keys can be valid at once). With no key
+configured the API is open (local development). Keys are compared in constant time. ``/health``
+is always open. The body cap answers 413 from Content-Length, or while the body streams in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from .errors import error_body
+from .rejections import count_rejection
+
+OPEN_PATHS = {"/health", "/-/healthz", "/-/routes"}
+
+
+class KeySource:
+    def __init__(self, env_name: str | None, file: str | None):
+        self.env_name, self.file = env_name, file
+        self._file_keys: tuple[float, list[str]] | None = None
+
+    def keys(self) -> list[str] | None:
+        """The valid keys; [] means 'configured but none readable' (fail closed); None: open."""
+        keys: list[str] = []
+        configured = False
+        if self.env_name and os.environ.get(self.env_name, "").strip():
+            configured = True
+            keys += [k.strip() for k in os.environ[self.env_name].split(",") if k.strip()]
+        if self.file:
+            configured = True
+            keys += self._read_file()
+        return keys if configured else None
+
+    def _read_file(self) -> list[str]:
+        try:
+            mtime = Path(self.file).stat().st_mtime
+            if self._file_keys is None or self._file_keys[0] != mtime:
+                lines = Path(self.file).read_text().splitlines()
+                self._file_keys = (mtime, [ln.strip() for ln in lines if ln.strip()])
+            return self._file_keys[1]
+        except OSError:
+            return []
+
+
+def key_matches(token: str, keys: list[str]) -> bool:
+    ok = False
+    for k in keys:  # no early exit: the time does not depend on which key matched
+        ok |= hmac.compare_digest(token.encode(), k.encode())
+    return ok
+
+
+class AccessGate:
+    def __init__(self, app, *, max_body_bytes: int, api_keys_env: str | None,
+                 api_keys_file: str | None):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.keys = KeySource(api_keys_env, api_keys_file)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
+        if scope["path"] not in OPEN_PATHS:
+            keys = self.keys.keys()
+            if keys is not None:
+                auth = headers.get("authorization", "")
+                token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+                if not token or not key_matches(token, keys):
+                    count_rejection("auth")
+                    msg = "missing API key (Authorization: Bearer <key>)" if not token \
+                        else "invalid API key"
+                    return await _send_json(send, 401, error_body(401, msg, code="invalid_api_key"),
+                                            {"www-authenticate": "Bearer"})
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and ctype != "application/json":
+            count_rejection("content_type")
+            return await _send_json(send, 400, error_body(
+                400, f"Content-Type must be application/json; got {ctype or 'none'!r}"))
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            count_rejection("body_too_large")
+            return await _send_json(send, 413, _too_large(int(declared), self.max_body_bytes))
+        total = 0
+        over = False
+
+        async def limited_receive():
+            nonlocal total, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.max_body_bytes:
+                    over = True  # the app sees a disconnect; we answer 413 below
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            count_rejection("body_too_large")
+            await _send_json(send, 413, _too_large(total, self.max_body_bytes))
+
+
+def _too_large(size: int, limit: int) -> dict:
+    return error_body(413, f"request body is {size} bytes or more; the limit is {limit}",
+                      code="request_too_large")
+
+
+async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
+    import json
+
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})

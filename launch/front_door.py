@@ -1,0 +1,188 @@
+"""The front door: every limit of ``limits:`` enforced before a request reaches an engine.
+
+``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
+``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), media counts, and each
+content part. Every image and video is loaded here (``data:`` URL, http(s) under the URL policy,
+or a file inside ``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
+URL of the validated bytes: the engine never fetches or decodes anything unchecked.
+Failures raise ``RequestRejected`` with the HTTP status, the field (``param``) and a message
+stating the limit and the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from engine.config import ServingConfig
+
+from . import media
+from .fetch import fetch
+from .rejections import RequestRejected
+
+TEXT_PARTS = {"text"}
+MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
+MM_KWARGS = {"min_pixels", "max_pixels"}
+
+
+class FrontDoor:
+    def __init__(self, cfg: ServingConfig):
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.mm = cfg.multimodal
+
+    # ------------------------------------------------------------------ request-level
+    def check_sampling(self, body: Any) -> None:
+        lim = self.cfg.max_output_tokens()
+        n = getattr(body, "n", None) or 1
+        if n > self.limits.max_n:
+            raise RequestRejected(400, f"n is {n}; the limit is {self.limits.max_n}",
+                                  param="n", reason="n")
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(body, field, None)
+            if value is not None and value > lim:
+                raise RequestRejected(400, f"{field} is {value}; the limit is {lim}",
+                                      param=field, reason="max_tokens")
+            if value is not None and value < 1:
+                raise RequestRejected(400, f"{field} is {value}; it must be at least 1",
+                                      param=field, reason="max_tokens")
+        temperature = getattr(body, "temperature", None)
+        if temperature is not None and temperature < 0:
+            raise RequestRejected(400, f"temperature is {temperature}; it must be >= 0",
+                                  param="temperature", reason="temperature")
+
+    def check_mm_kwargs(self, body: Any) -> None:
+        kwargs = getattr(body, "mm_processor_kwargs", None) or {}
+        unknown = sorted(set(kwargs) - MM_KWARGS)
+        if unknown:
+            raise RequestRejected(400, f"mm_processor_kwargs may only set {sorted(MM_KWARGS)}; "
+                                  f"got {unknown}", param="mm_processor_kwargs",
+                                  reason="mm_kwargs")
+        caps = {"min_pixels": self.mm.min_pixels, "max_pixels": self.mm.max_pixels}
+        for key, value in kwargs.items():
+            if not isinstance(value, int) or value < 28 * 28:
+                raise RequestRejected(400, f"mm_processor_kwargs.{key} must be an integer >= 784",
+                                      param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
+            if value > caps[key]:
+                raise RequestRejected(
+                    400, f"mm_processor_kwargs.{key} is {value}; the server cap is {caps[key]} "
+                    "(requests may lower it, not raise it)",
+                    param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
+        if kwargs.get("min_pixels", 0) > kwargs.get("max_pixels", caps["max_pixels"]):
+            raise RequestRejected(400, "mm_processor_kwargs.min_pixels exceeds max_pixels",
+                                  param="mm_processor_kwargs", reason="mm_kwargs")
+        if getattr(body, "media_io_kwargs", None):
+            raise RequestRejected(400, "media_io_kwargs cannot be set per request",
+                                  param="media_io_kwargs", reason="mm_kwargs")
+        if getattr(body, "chat_template", None) and not self.limits.allow_request_chat_template:
+            raise RequestRejected(400, "a per-request chat_template is not allowed on this server",
+                                  param="chat_template", reason="chat_template")
+
+    # ------------------------------------------------------------------ chat
+    async def check_chat(self, body: Any) -> None:
+        """Validate a ChatCompletionRequest in place (media URLs become data: URLs)."""
+        self.check_sampling(body)
+        self.check_mm_kwargs(body)
+        messages = body.messages
+        if not messages:
+            raise RequestRejected(400, "messages must not be empty", param="messages",
+                                  reason="messages")
+        parts = []
+        counts = {"image": 0, "video": 0}
+        for i, msg in enumerate(messages):
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if not isinstance(content, list):
+                continue
+            for j, part in enumerate(content):
+                param = f"messages[{i}].content[{j}]"
+                ptype = part.get("type") if isinstance(part, dict) else None
+                if ptype in TEXT_PARTS:
+                    continue
+                if ptype not in MEDIA_PARTS:
+                    raise RequestRejected(400, f"unsupported content part type {ptype!r}; "
+                                          "supported: text, image_url, video_url",
+                                          param=f"{param}.type", reason="content_type")
+                counts[MEDIA_PARTS[ptype]] += 1
+                parts.append((part, ptype, f"{param}.{ptype}"))
+        for kind, limit in (("image", self.mm.max_images_per_prompt),
+                            ("video", self.mm.max_videos_per_prompt)):
+            if counts[kind] > limit:
+                raise RequestRejected(400, f"{counts[kind]} {kind}s in the request; the limit is "
+                                      f"{limit}", param="messages", reason=f"too_many_{kind}s")
+        for part, ptype, param in parts:
+            holder = part.get(ptype)
+            url = holder.get("url") if isinstance(holder, dict) else holder
+            if not isinstance(url, str) or not url:
+                raise RequestRejected(400, f"{ptype}.url is missing", param=param,
+                                      reason="bad_url")
+            new = await asyncio.to_thread(
+                self._image if ptype == "image_url" else self._video, url, f"{param}")
+            if isinstance(holder, dict):
+                holder["url"] = new
+            else:
+                part[ptype] = {"url": new}
+
+    # ------------------------------------------------------------------ media loading
+    def _load(self, url: str, param: str, max_bytes: int, what: str) -> tuple[str | None, bytes]:
+        """(mime or None, bytes) from a data: URL, an allowed http(s) URL or a media_dir file."""
+        if url.startswith("data:"):
+            if "data" not in self.limits.url.schemes:
+                raise RequestRejected(400, "data: URLs are not allowed", param=param,
+                                      reason="url_scheme")
+            mime, payload = media.decode_data_url(url, param)
+            return mime, media.b64decode(payload, max_bytes, param, what)
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https"):
+            return None, fetch(url, self.limits.url, max_bytes, param)
+        if scheme == "file" or (not scheme and url.startswith(("/", "."))):
+            return None, self._local_file(url, param, max_bytes)
+        raise RequestRejected(400, f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
+                              f"{', '.join(self.limits.url.schemes)}", param=param,
+                              reason="url_scheme")
+
+    def _local_file(self, url: str, param: str, max_bytes: int) -> bytes:
+        root = self.limits.media_dir
+        if not root:
+            raise RequestRejected(400, "local file paths are not allowed (no media_dir is "
+                                  "configured)", param=param, reason="local_file")
+        path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
+        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+        if base != real and base not in real.parents:
+            raise RequestRejected(400, "file is outside the configured media_dir", param=param,
+                                  reason="local_file")
+        try:
+            size = real.stat().st_size
+            if size > max_bytes:
+                raise RequestRejected(400, f"file is {size} bytes; the limit is {max_bytes}",
+                                      param=param, reason="media_too_large")
+            return real.read_bytes()
+        except OSError:
+            raise RequestRejected(400, "file not found in media_dir", param=param,
+                                  reason="local_file") from None
+
+    def _image(self, url: str, param: str) -> str:
+        mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
+        if mime is not None and not mime.startswith("image/"):
+            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
+                                  param=param, reason="bad_image")
+        data, mime = media.check_image(data, self.limits, param)
+        return media.to_data_url(data, mime)
+
+    def _video(self, url: str, param: str) -> str:
+        if url.startswith("data:video/jpeg;base64,"):
+            _, payload = media.decode_data_url(url, param)
+            media.check_frames(payload, self.limits, self.mm.video_max_frames, param)
+            return url
+        mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
+        if mime is not None and not mime.startswith("video/"):
+            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
+                                  param=param, reason="bad_video")
+        media.check_video_file(data, self.limits, param)
+        return media.to_data_url(data, mime or "video/mp4")
+
+    # ------------------------------------------------------------------ completions
+    def check_completion(self, body: Any) -> None:
+        self.check_sampling(body)

@@ -1,0 +1,39 @@
+"""The front door's one error type. ``launch.errors`` maps it to OpenAI error JSON."""
+
+from __future__ import annotations
+
+
+class RequestRejected(Exception):
+    """A client request refused before it reaches an engine.
+
+    ``status``: HTTP status (400 bad input, 401 auth, 404 unknown model, 413 too large);
+    ``param``: the offending field (``messages[0].content[1].image_url``);
+    ``reason``: a short label for the rejected-requests metric.
+    """
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 reason: str = "invalid_request"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.reason = reason
+
+
+_counter = None
+
+
+def count_rejection(reason: str) -> None:
+    """Increment ``qwen_vl_rejected_requests`` (exported by Ray as
+    ``ray_qwen_vl_rejected_requests_total``) for ``reason``. A no-op outside a Ray worker."""
+    global _counter
+    try:
+        if _counter is None:
+            from ray.serve.metrics import Counter
+
+            _counter = Counter("qwen_vl_rejected_requests",
+                               description="Requests refused by the front door, by reason.",
+                               tag_keys=("reason",))
+        _counter.inc(tags={"reason": reason})
+    except Exception:  # metrics must never break request handling
+        pass

@@ -1,0 +1,101 @@
+"""URL fetching under the policy, against real local HTTP servers."""
+
+import pytest
+
+from engine.config import UrlPolicy
+from launch.fetch import fetch, is_public_address
+from launch.rejections import RequestRejected
+from tests import images
+from tests.conftest import MediaServer
+
+ALLOWED = UrlPolicy(schemes=["http", "https", "data"], allowed_networks=["127.0.0.2/32"],
+                    fetch_timeout_s=2)
+
+
+@pytest.fixture(scope="module")
+def allowed_host():
+    s = MediaServer("127.0.0.2", {"/cat.png": images.png(40, 40)})
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def loopback_host():
+    s = MediaServer("127.0.0.1", {"/cat.png": images.png(40, 40)})
+    yield s
+    s.close()
+
+
+def refused(url, match, policy=ALLOWED, max_bytes=1 << 20):
+    with pytest.raises(RequestRejected, match=match) as exc:
+        fetch(url, policy, max_bytes, "p")
+    assert exc.value.status == 400 and exc.value.param == "p"
+    return exc.value
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
+                                "169.254.169.254", "::1", "fc00::1", "::ffff:127.0.0.1"])
+def test_special_addresses_are_not_public(ip):
+    assert not is_public_address(ip)
+
+
+def test_public_address():
+    assert is_public_address("8.8.8.8") and is_public_address("2606:4700::1111")
+
+
+def test_allowed_network_fetches(allowed_host):
+    assert fetch(allowed_host.url + "/cat.png", ALLOWED, 1 << 20, "p") == images.png(40, 40)
+
+
+def test_loopback_refused(loopback_host):
+    e = refused(loopback_host.url + "/cat.png", r"resolves to 127\.0\.0\.1")
+    assert e.reason == "url_private_address"
+
+
+def test_hostname_resolving_to_loopback_refused(loopback_host):
+    port = loopback_host.url.rsplit(":", 1)[1]
+    refused(f"http://localhost:{port}/cat.png", r"host 'localhost' resolves to (127\.0\.0\.1|::1)")
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/",
+                                 "http://10.0.0.1/x.png", "http://[::1]/x.png"])
+def test_private_targets_refused_without_connecting(url):
+    refused(url, "private, loopback, link-local or reserved")
+
+
+def test_redirect_to_private_refused(allowed_host, loopback_host):
+    allowed_host.redirects["/go"] = loopback_host.url + "/cat.png"
+    refused(allowed_host.url + "/go", r"resolves to 127\.0\.0\.1")
+
+
+def test_redirect_limit(allowed_host):
+    allowed_host.redirects["/loop"] = "/loop"
+    refused(allowed_host.url + "/loop", "more than 3 redirects")
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png",
+                                 "gopher://example.com/"])
+def test_schemes_refused(url):
+    refused(url, r"URL scheme '(file|ftp|gopher)' is not allowed")
+
+
+def test_http_refused_by_default(allowed_host):
+    refused(allowed_host.url + "/cat.png", r"scheme 'http' is not allowed; allowed: https",
+            policy=UrlPolicy())
+
+
+def test_domain_allow_list(allowed_host):
+    refused(allowed_host.url + "/cat.png", "not in the allowed domains",
+            policy=UrlPolicy(schemes=["http"], allowed_domains=["images.example.com"]))
+
+
+def test_size_cap_while_streaming(allowed_host):
+    refused(allowed_host.url + "/endless", r"exceeds the limit of 100000 bytes", max_bytes=100000)
+
+
+def test_timeout(allowed_host):
+    refused(allowed_host.url + "/slow", r"timed out after 2s")
+
+
+def test_http_error_status(allowed_host):
+    refused(allowed_host.url + "/missing.png", "returned HTTP 404")

@@ -1,0 +1,302 @@
+"""The front door end to end: limits, validation and access control on a live stack.
+
+One server for the module: API keys from a file, http allowed for a local media server on
+127.0.0.2 only (127.0.0.1 stays refused), small byte caps. The bad-input table runs while a long
+valid stream runs beside it; afterwards the stream is intact and the server answers normally.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests import images
+from tests.conftest import MediaServer, start_stack, stop_stack
+
+pytestmark = pytest.mark.slow
+KEY, KEY2 = "key-one-" + "a" * 24, "key-two-" + "b" * 24
+MAX_BODY, MAX_IMAGE = 2 << 20, 512 << 10
+
+
+@pytest.fixture(scope="module")
+def media_servers():
+    ok = MediaServer("127.0.0.2", {"/cat.png": images.png(120, 160, seed=1),
+                                   "/cat.jpg": images.jpeg(90, 120, seed=2)})
+    private = MediaServer("127.0.0.1", {"/cat.png": images.png(40, 40)})
+    ok.redirects["/to-private"] = private.url + "/cat.png"
+    yield ok, private
+    ok.close()
+    private.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    external = os.environ.get("QWEN_VL_FRONTDOOR_TEST_URL")  # development only
+    if external:
+        from pathlib import Path
+
+        yield {"base": external, "keys_file": Path(os.environ["QWEN_VL_FRONTDOOR_KEYS_FILE"]),
+               "metrics": "http://127.0.0.1:8080/metrics"}
+        return
+    tmp = tmp_path_factory.mktemp("frontdoor")
+    keys = tmp / "api-keys"
+    keys.write_text(KEY + "\n")
+    info = start_stack(tmp, overrides={
+        "limits": {"max_body_bytes": MAX_BODY, "max_image_bytes": MAX_IMAGE,
+                   "url": {"schemes": ["https", "http", "data"],
+                           "allowed_networks": ["127.0.0.2/32"], "fetch_timeout_s": 3}},
+        "access": {"api_keys_env": None, "api_keys_file": str(keys)},
+    })
+    info["keys_file"] = keys
+    yield info
+    stop_stack(info)
+
+
+def request(server, path, body=None, *, raw: bytes | None = None, key: str | None = KEY,
+            content_type="application/json", method=None, timeout=120):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Content-Type": content_type}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(server["base"] + path, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raw_body = e.read()
+        try:
+            return e.code, json.loads(raw_body)
+        except ValueError:
+            return e.code, {"raw": raw_body.decode(errors="replace")}
+
+
+def chat(*parts, **kw):
+    content = list(parts) + [{"type": "text", "text": "What is this?"}]
+    return {"model": "qwen2-vl-tiny", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4, "temperature": 0, **kw}
+
+
+def img(url):
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def img_bytes(data: bytes, mime="image/png"):
+    return img(images.data_url(data, mime))
+
+
+def frames(n):
+    return {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(
+        base64.b64encode(images.jpeg(56, 56, seed=s)).decode() for s in range(n))}}
+
+
+# (name, request kwargs builder, status, error type, param (substring) or None, message substring)
+def bad_cases(media):
+    ok, private = media
+    port = private.url.rsplit(":", 1)[1]
+    P0 = "messages[0].content[0].image_url"
+    return [
+        ("truncated_jpeg", lambda: dict(body=chat(img_bytes(images.truncated_jpeg(), "image/jpeg"))),
+         400, "invalid_request_error", P0, "truncated or corrupt"),
+        ("corrupt_jpeg", lambda: dict(body=chat(img_bytes(images.corrupt_jpeg(), "image/jpeg"))),
+         400, "invalid_request_error", P0, "image"),
+        ("png_bomb", lambda: dict(body=chat(img_bytes(images.png_header_only(20000, 20000)))),
+         400, "invalid_request_error", P0, "20000x20000 = 400000000 pixels; the limit is 50000000"),
+        ("strip_1x10000", lambda: dict(body=chat(img_bytes(images.png(1, 10000)))),
+         400, "invalid_request_error", P0, "10000x1"),
+        ("aspect_214", lambda: dict(body=chat(img_bytes(images.png(28, 6000)))),
+         400, "invalid_request_error", P0, "aspect ratio is 214:1"),
+        ("zero_size", lambda: dict(body=chat(img_bytes(images.png_header_only(0, 0)))),
+         400, "invalid_request_error", P0, ""),
+        ("one_by_one", lambda: dict(body=chat(img_bytes(images.png(1, 1)))),
+         400, "invalid_request_error", P0, "1x1; each side must be at least 28"),
+        ("wrong_base64", lambda: dict(body=chat(img("data:image/png;base64,@@not*base64@@"))),
+         400, "invalid_request_error", P0, "not valid base64"),
+        ("non_image_data_url", lambda: dict(body=chat(img(images.data_url(b"hello", "text/plain")))),
+         400, "invalid_request_error", P0, "expected image/*"),
+        ("non_image_bytes", lambda: dict(body=chat(img_bytes(b"GIF89 this is not an image"))),
+         400, "invalid_request_error", P0, "not a decodable image"),
+        ("too_many_images", lambda: dict(body=chat(*[img_bytes(images.png(28, 28, s)) for s in range(5)])),
+         400, "invalid_request_error", "messages", "5 images in the request; the limit is 4"),
+        ("image_over_byte_cap", lambda: dict(body=chat(img_bytes(images.png(450, 450)))),
+         400, "invalid_request_error", P0, f"the limit is {MAX_IMAGE}"),
+        ("body_over_cap", lambda: dict(body=chat(img_bytes(b"\0" * (MAX_BODY + 1000)))),
+         413, "request_too_large", None, f"the limit is {MAX_BODY}"),
+        ("url_loopback", lambda: dict(body=chat(img(private.url + "/cat.png"))),
+         400, "invalid_request_error", P0, "resolves to 127.0.0.1"),
+        ("url_metadata", lambda: dict(body=chat(img("http://169.254.169.254/latest/meta-data/"))),
+         400, "invalid_request_error", P0, "resolves to 169.254.169.254"),
+        ("url_10_net", lambda: dict(body=chat(img("http://10.11.12.13/cat.png"))),
+         400, "invalid_request_error", P0, "resolves to 10.11.12.13"),
+        ("url_localhost_name", lambda: dict(body=chat(img(f"http://localhost:{port}/cat.png"))),
+         400, "invalid_request_error", P0, "host 'localhost' resolves to"),
+        ("redirect_to_private", lambda: dict(body=chat(img(ok.url + "/to-private"))),
+         400, "invalid_request_error", P0, "resolves to 127.0.0.1"),
+        ("scheme_file", lambda: dict(body=chat(img("file:///etc/passwd"))),
+         400, "invalid_request_error", P0, "local file paths are not allowed"),
+        ("scheme_ftp", lambda: dict(body=chat(img("ftp://example.com/cat.png"))),
+         400, "invalid_request_error", P0, "URL scheme 'ftp' is not allowed"),
+        ("scheme_gopher", lambda: dict(body=chat(img("gopher://example.com/1"))),
+         400, "invalid_request_error", P0, "URL scheme 'gopher' is not allowed"),
+        ("prompt_too_long", lambda: dict(body={"model": "qwen2-vl-tiny", "max_tokens": 4,
+                                               "messages": [{"role": "user", "content": "hello " * 5000}]}),
+         400, "invalid_request_error", None, "4096"),
+        ("max_tokens_over", lambda: dict(body=chat(max_tokens=5000)),
+         400, "invalid_request_error", "max_tokens", "max_tokens is 5000; the limit is 4096"),
+        ("max_tokens_zero", lambda: dict(body=chat(max_tokens=0)),
+         400, "invalid_request_error", "max_tokens", "at least 1"),
+        ("negative_temperature", lambda: dict(body=chat(temperature=-1)),
+         400, "invalid_request_error", "temperature", "temperature is -1"),
+        ("n_too_large", lambda: dict(body=chat(n=50)),
+         400, "invalid_request_error", "n", "n is 50; the limit is 4"),
+        ("unknown_model", lambda: dict(body={**chat(), "model": "gpt-9"}),
+         404, "not_found_error", "model", "model 'gpt-9' does not exist"),
+        ("malformed_json", lambda: dict(raw=b'{"model": "qwen2-vl-tiny", "messages": ['),
+         400, "invalid_request_error", None, ""),
+        ("wrong_content_type", lambda: dict(raw=b"hello", content_type="text/plain"),
+         400, "invalid_request_error", None, ""),
+        ("missing_messages", lambda: dict(body={"model": "qwen2-vl-tiny"}),
+         400, "invalid_request_error", "messages", "messages"),
+        ("unknown_part_type", lambda: dict(body=chat({"type": "image_embeds", "image_embeds": "x"})),
+         400, "invalid_request_error", "messages[0].content[0].type", "unsupported content part type"),
+        ("video_over_frame_cap", lambda: dict(body=chat(frames(17))),
+         400, "invalid_request_error", "video_url", "video has 17 frames; the limit is 16"),
+        ("raise_max_pixels", lambda: dict(body=chat(mm_processor_kwargs={"max_pixels": 10_000_000})),
+         400, "invalid_request_error", "mm_processor_kwargs.max_pixels", "server cap is 200704"),
+        ("request_chat_template", lambda: dict(body=chat(chat_template="{{ 7*7 }}")),
+         400, "invalid_request_error", "chat_template", "not allowed"),
+    ]
+
+
+def test_bad_inputs_refused_while_a_stream_runs(server, media_servers):
+    cases = bad_cases(media_servers)
+    assert len(cases) >= 30
+    stream = {}
+
+    def long_stream():
+        body = chat(img_bytes(images.png(64, 64, seed=9)), max_tokens=1500, ignore_eos=True,
+                    stream=True, stream_options={"include_usage": True})
+        req = urllib.request.Request(server["base"] + "/v1/chat/completions",
+                                     json.dumps(body).encode(),
+                                     {"Content-Type": "application/json",
+                                      "Authorization": f"Bearer {KEY}"})
+        events = []
+        with urllib.request.urlopen(req, timeout=600) as r:
+            for raw in r:
+                line = raw.decode().strip()
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        stream["events"] = events
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    time.sleep(1)
+    failures = []
+    for name, build, status, etype, param, message in cases:
+        code, out = request(server, "/v1/chat/completions", **build())
+        err = (out or {}).get("error") or {}
+        problems = []
+        if code != status:
+            problems.append(f"status {code} != {status}")
+        if set(err) != {"message", "type", "param", "code"}:
+            problems.append(f"not an OpenAI error: {out}")
+        if err.get("type") != etype:
+            problems.append(f"type {err.get('type')} != {etype}")
+        if param and param not in (err.get("param") or ""):
+            problems.append(f"param {err.get('param')!r} lacks {param!r}")
+        if message not in (err.get("message") or ""):
+            problems.append(f"message {err.get('message')!r} lacks {message!r}")
+        if "Traceback" in json.dumps(out) or "ray.llm" in json.dumps(out):
+            problems.append("internal details leaked")
+        if problems:
+            failures.append(f"{name}: {'; '.join(problems)}")
+    t.join(timeout=600)
+    assert not failures, "\n".join(failures)
+    events = stream["events"]
+    assert events[-1] == "[DONE]"
+    usage = json.loads(events[-2])["usage"]
+    assert usage["completion_tokens"] == 1500, "the concurrent stream lost tokens"
+    code, out = request(server, "/v1/chat/completions", chat(img_bytes(images.png(64, 64))))
+    assert code == 200 and out["usage"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("name,make,mime", [
+    ("grayscale", images.grayscale, "image/png"), ("rgba_png", images.rgba, "image/png"),
+    ("cmyk_jpeg", images.cmyk_jpeg, "image/jpeg"), ("png_16bit", images.png16, "image/png"),
+    ("exif_rotated", images.exif_rotated_jpeg, "image/jpeg"), ("webp", images.webp, "image/webp"),
+    ("animated_gif_first_frame", images.animated_gif, "image/gif"),
+    ("28x28", lambda: images.png(28, 28), "image/png")])
+def test_valid_edge_cases(server, name, make, mime):
+    code, out = request(server, "/v1/chat/completions", chat(img_bytes(make(), mime)))
+    assert code == 200, out
+    assert out["usage"]["completion_tokens"] == 4
+
+
+def test_image_over_http_when_allowed(server, media_servers):
+    ok, _ = media_servers
+    code, out = request(server, "/v1/chat/completions", chat(img(ok.url + "/cat.png")))
+    assert code == 200, out
+
+
+def test_client_may_lower_max_pixels(server):
+    from PIL import Image
+
+    big = img_bytes(images.encode(Image.new("RGB", (600, 600), (10, 20, 30)), "PNG"))
+    _, full = request(server, "/v1/chat/completions", chat(big))
+    _, low = request(server, "/v1/chat/completions",
+                     chat(big, mm_processor_kwargs={"max_pixels": 28 * 28 * 16}))
+    from qwen_vl_utils import smart_resize
+
+    def tokens(max_pixels):
+        h, w = smart_resize(600, 600, factor=28, min_pixels=3136, max_pixels=max_pixels)
+        return (h // 28) * (w // 28)
+
+    assert tokens(200704) - tokens(28 * 28 * 16) == 216  # 225 - 9
+    assert full["usage"]["prompt_tokens"] - low["usage"]["prompt_tokens"] == 216
+
+
+# ------------------------------------------------------------------------------ access
+def test_auth_missing_wrong_right(server):
+    code, out = request(server, "/v1/models", key=None)
+    assert code == 401 and out["error"]["type"] == "authentication_error"
+    assert "missing API key" in out["error"]["message"]
+    code, out = request(server, "/v1/models", key="nope")
+    assert code == 401 and out["error"]["message"] == "invalid API key"
+    code, _ = request(server, "/v1/models")
+    assert code == 200
+    code, _ = request(server, "/health", key=None)
+    assert code == 200
+
+
+def test_key_rotation_two_keys_at_once(server):
+    keys = server["keys_file"]
+    keys.write_text(f"{KEY}\n{KEY2}\n")
+    time.sleep(1.1)
+    assert request(server, "/v1/models", key=KEY)[0] == 200
+    assert request(server, "/v1/models", key=KEY2)[0] == 200
+    keys.write_text(f"{KEY2}\n")
+    time.sleep(1.1)
+    assert request(server, "/v1/models", key=KEY)[0] == 401
+    assert request(server, "/v1/models", key=KEY2)[0] == 200
+    keys.write_text(f"{KEY}\n")
+    time.sleep(1.1)
+    assert request(server, "/v1/models", key=KEY)[0] == 200
+
+
+def test_rejections_are_counted_by_reason(server):
+    request(server, "/v1/models", key="nope")
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(server["metrics"], timeout=30) as r:
+            text = r.read().decode()
+        lines = [ln for ln in text.splitlines() if ln.startswith("ray_qwen_vl_rejected_requests")]
+        if any('reason="auth"' in ln for ln in lines):
+            break
+        assert time.monotonic() < deadline, "no rejected-requests metric with reason auth"
+        time.sleep(3)

@@ -1,0 +1,70 @@
+"""The front door's image checks, without an engine."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from engine.config import LimitsSettings
+from launch import media
+from launch.rejections import RequestRejected
+from tests import images
+
+LIMITS = LimitsSettings()
+
+
+def rejected(data: bytes, match: str, limits=LIMITS):
+    with pytest.raises(RequestRejected, match=match) as exc:
+        media.check_image(data, limits, "p")
+    assert exc.value.status == 400 and exc.value.param == "p"
+
+
+def test_bomb_refused_from_header_fast():
+    import time
+
+    t = time.perf_counter()
+    rejected(images.png_header_only(20000, 20000), r"20000x20000 = 400000000 pixels; the limit is 50000000")
+    assert time.perf_counter() - t < 0.5
+
+
+def test_broken_images():
+    rejected(images.truncated_jpeg(), "truncated or corrupt")
+    rejected(images.corrupt_jpeg(), "truncated or corrupt|not a decodable image")
+    rejected(b"hello, not an image", "not a decodable image")
+    rejected(images.png_header_only(0, 0), "not a decodable image|at least 28")
+
+
+def test_geometry_limits():
+    rejected(images.png(1, 1), r"1x1; each side must be at least 28")
+    rejected(images.png(10000, 1), r"1x10000|at least 28")
+    rejected(images.png(6000, 28), r"aspect ratio is 214:1 \(28x6000\); the limit is 200:1")
+
+
+def test_byte_cap():
+    rejected(images.png(200, 200), r"image is \d+ bytes; the limit is 1000",
+             LimitsSettings(max_image_bytes=1000))
+
+
+@pytest.mark.parametrize("make", [images.grayscale, images.rgba, images.cmyk_jpeg, images.png16,
+                                  images.webp, images.animated_gif, lambda: images.png(28, 28)])
+def test_valid_edge_cases_become_rgb_or_pass(make):
+    data, mime = media.check_image(make(), LIMITS, "p")
+    img = Image.open(io.BytesIO(data))
+    assert img.mode in ("RGB", "L") and mime.startswith("image/")
+
+
+def test_exif_rotation_applied():
+    data, _ = media.check_image(images.exif_rotated_jpeg(100, 300), LIMITS, "p")
+    assert Image.open(io.BytesIO(data)).size == (100, 300)  # width 100, height 300 after rotate
+
+
+def test_plain_rgb_passes_untouched():
+    raw = images.jpeg(64, 64)
+    assert media.check_image(raw, LIMITS, "p") == (raw, "image/jpeg")
+
+
+def test_base64_errors():
+    with pytest.raises(RequestRejected, match="not valid base64"):
+        media.b64decode("@@@not-base64@@@", 1000, "p")
+    with pytest.raises(RequestRejected, match="data URL must look like"):
+        media.decode_data_url("data:image/png,rawbytes", "p")
