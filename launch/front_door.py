@@ -168,8 +168,10 @@ class FrontDoor:
         if mime is not None and not mime.startswith("image/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
                                   param=param, reason="bad_image")
-        data, mime = media.check_image(data, self.limits, param)
-        return media.to_data_url(data, mime)
+        checked, mime = media.check_image(data, self.limits, param)
+        if checked is data and url.startswith("data:"):
+            return url  # untouched: no need to re-encode
+        return media.to_data_url(checked, mime)
 
     def _video(self, url: str, param: str) -> str:
         if url.startswith("data:video/jpeg;base64,"):

@@ -68,3 +68,23 @@ def test_base64_errors():
         media.b64decode("@@@not-base64@@@", 1000, "p")
     with pytest.raises(RequestRejected, match="data URL must look like"):
         media.decode_data_url("data:image/png,rawbytes", "p")
+
+
+def test_video_file_duration_and_bytes():
+    clip = images.mp4(seconds=3)
+    media.check_video_file(clip, LIMITS, "p")  # 3 s is fine
+    with pytest.raises(RequestRejected, match=r"video is 3s long; the limit is 2s"):
+        media.check_video_file(clip, LimitsSettings(max_video_seconds=2), "p")
+    with pytest.raises(RequestRejected, match="the limit is 100"):
+        media.check_video_file(clip, LimitsSettings(max_video_bytes=100), "p")
+    with pytest.raises(RequestRejected, match="not a decodable video"):
+        media.check_video_file(b"not a video at all", LIMITS, "p")
+
+
+def test_frame_list_cap():
+    import base64
+
+    payload = ",".join(base64.b64encode(images.jpeg(56, 56, s)).decode() for s in range(3))
+    assert media.check_frames(payload, LIMITS, 3, "p") == payload
+    with pytest.raises(RequestRejected, match="video has 3 frames; the limit is 2"):
+        media.check_frames(payload, LIMITS, 2, "p")
