@@ -1,7 +1,9 @@
 """Fetch client-supplied media URLs under the configured policy.
 
 The engine never fetches anything itself: the front door fetches, validates, and passes the
-bytes on as a ``data:`` URL, so what was checked is exactly what the engine decodes.
+bytes on as a ``data:`` URL, so what was checked is exactly what the engine decodes. The
+connection goes to the very address that was checked (no second DNS lookup, so no DNS
+rebinding between check and fetch); TLS verifies the certificate for the URL's host name.
 
 Every hop is checked: scheme, domain allow-list, and *every address the host resolves to*
 (loopback, private, link-local/metadata, unique-local and other special addresses are refused
@@ -14,8 +16,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from urllib.parse import urljoin, urlsplit
-
-import requests
 
 from engine.config import UrlPolicy
 
@@ -47,7 +47,8 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({info[4][0] for info in infos})
 
 
-def check_url(url: str, policy: UrlPolicy, param: str) -> None:
+def check_url(url: str, policy: UrlPolicy, param: str) -> list[str]:
+    """Check scheme, domain and every resolved address; returns the addresses (to connect to)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in policy.schemes or scheme == "data":
@@ -63,49 +64,86 @@ def check_url(url: str, policy: UrlPolicy, param: str) -> None:
                               param=param, reason="url_domain")
     port = parts.port or (443 if scheme == "https" else 80)
     allowed = [ipaddress.ip_network(n, strict=False) for n in policy.allowed_networks]
-    for ip in resolve(host, port):
+    addresses = resolve(host, port)
+    for ip in addresses:
         if not is_public_address(ip) and not any(
                 ipaddress.ip_address(ip.split("%", 1)[0]) in net for net in allowed):
             raise RequestRejected(
                 400, f"host {host!r} resolves to {ip}, a private, loopback, link-local or "
                 "reserved address; fetching it is not allowed (limits.url.allowed_networks)",
                 param=param, reason="url_private_address")
+    return addresses
+
+
+def _get(url: str, ip: str, policy: UrlPolicy):
+    """GET pinned to the address that was checked (no second DNS lookup: no rebinding).
+    TLS still verifies the certificate for the URL's host name (SNI + hostname check)."""
+    import certifi
+    import urllib3
+
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), parts.hostname
+    port = parts.port or (443 if scheme == "https" else 80)
+    timeout = urllib3.Timeout(connect=policy.fetch_timeout_s, read=policy.fetch_timeout_s)
+    if scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            ip, port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(), server_hostname=host, assert_hostname=host)
+    else:
+        pool = urllib3.HTTPConnectionPool(ip, port, timeout=timeout, retries=False)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    return pool.urlopen("GET", path, headers={"Host": host_header,
+                                              "User-Agent": "qwen-vl-serving"},
+                        redirect=False, preload_content=False)
 
 
 def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
     """GET ``url`` under the policy; returns the body (at most ``max_bytes``)."""
+    import time
+
+    import urllib3
+
+    deadline = time.monotonic() + 3 * policy.fetch_timeout_s  # whole fetch, redirects included
     current = url
     for _hop in range(policy.max_redirects + 1):
-        check_url(current, policy, param)
+        addresses = check_url(current, policy, param)
         try:
-            r = requests.get(current, stream=True, timeout=policy.fetch_timeout_s,
-                             allow_redirects=False, headers={"User-Agent": "qwen-vl-serving"})
-        except requests.Timeout:
+            r = _get(current, addresses[0], policy)
+        except (urllib3.exceptions.TimeoutError, TimeoutError):
             raise RequestRejected(400, f"fetching the URL timed out after "
                                   f"{policy.fetch_timeout_s:g}s", param=param,
                                   reason="url_timeout") from None
-        except requests.RequestException as err:
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise RequestRejected(400, f"fetching the URL failed: {type(err).__name__}",
                                   param=param, reason="url_fetch_failed") from None
-        with r:
-            if r.is_redirect:
-                location = r.headers.get("location", "")
-                current = urljoin(current, location)
+        try:
+            if r.status in (301, 302, 303, 307, 308):
+                current = urljoin(current, r.headers.get("location", ""))
                 continue
-            if r.status_code != 200:
-                raise RequestRejected(400, f"fetching the URL returned HTTP {r.status_code}",
+            if r.status != 200:
+                raise RequestRejected(400, f"fetching the URL returned HTTP {r.status}",
                                       param=param, reason="url_status")
             declared = int(r.headers.get("content-length") or 0)
             if declared > max_bytes:
                 raise RequestRejected(400, f"the URL's content is {declared} bytes; the limit is "
                                       f"{max_bytes}", param=param, reason="media_too_large")
             buf = bytearray()
-            for chunk in r.iter_content(CHUNK):
-                buf.extend(chunk)
-                if len(buf) > max_bytes:
-                    raise RequestRejected(400, f"the URL's content exceeds the limit of "
-                                          f"{max_bytes} bytes", param=param,
-                                          reason="media_too_large")
+            try:
+                for chunk in r.stream(CHUNK):
+                    buf.extend(chunk)
+                    if len(buf) > max_bytes:
+                        raise RequestRejected(400, f"the URL's content exceeds the limit of "
+                                              f"{max_bytes} bytes", param=param,
+                                              reason="media_too_large")
+                    if time.monotonic() > deadline:
+                        raise RequestRejected(400, "fetching the URL took too long", param=param,
+                                              reason="url_timeout")
+            except (urllib3.exceptions.HTTPError, OSError):
+                raise RequestRejected(400, "fetching the URL failed while reading",
+                                      param=param, reason="url_fetch_failed") from None
             return bytes(buf)
+        finally:
+            r.release_conn()
     raise RequestRejected(400, f"more than {policy.max_redirects} redirects", param=param,
                           reason="url_redirects")

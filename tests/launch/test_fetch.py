@@ -99,3 +99,28 @@ def test_timeout(allowed_host):
 
 def test_http_error_status(allowed_host):
     refused(allowed_host.url + "/missing.png", "returned HTTP 404")
+
+
+def test_connection_pinned_to_checked_address(allowed_host, monkeypatch):
+    """The host name is resolved once, checked, and that address is connected to: a name no DNS
+    knows works only if nothing resolves it a second time (no DNS rebinding window)."""
+    import launch.fetch as f
+
+    calls = []
+
+    def fake_resolve(host, port):
+        calls.append(host)
+        return ["127.0.0.2"]
+
+    monkeypatch.setattr(f, "resolve", fake_resolve)
+    port = allowed_host.url.rsplit(":", 1)[1]
+    assert fetch(f"http://images.invalid:{port}/cat.png", ALLOWED, 1 << 20, "p") == images.png(40, 40)
+    assert calls == ["images.invalid"]
+
+
+def test_rebinding_to_private_refused(allowed_host, monkeypatch):
+    import launch.fetch as f
+
+    monkeypatch.setattr(f, "resolve", lambda host, port: ["127.0.0.2", "127.0.0.1"])
+    port = allowed_host.url.rsplit(":", 1)[1]
+    refused(f"http://images.invalid:{port}/cat.png", r"resolves to 127\.0\.0\.1")
