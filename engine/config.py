@@ -151,6 +151,9 @@ class AccessSettings(_Strict):
         "QWEN_VL_API_KEYS", description="Environment variable holding comma-separated keys.")
     api_keys_file: str | None = Field(
         None, description="File with one key per line (re-read when it changes: rotation).")
+    metrics: Literal["off", "key", "open"] = Field(
+        "off", description="/metrics on the API port (the node's Ray and vLLM metrics): off, "
+        "behind the API key, or open. Prometheus can always scrape server.metrics_port.")
 
 
 class Autoscaling(_Strict):

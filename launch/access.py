@@ -56,8 +56,9 @@ def key_matches(token: str, keys: list[str]) -> bool:
 
 class AccessGate:
     def __init__(self, app, *, max_body_bytes: int, api_keys_env: str | None,
-                 api_keys_file: str | None):
+                 api_keys_file: str | None, open_paths: frozenset[str] = frozenset()):
         self.app = app
+        self.open_paths = OPEN_PATHS | set(open_paths)
         self.max_body_bytes = max_body_bytes
         self.keys = KeySource(api_keys_env, api_keys_file)
 
@@ -65,7 +66,7 @@ class AccessGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
-        if scope["path"] not in OPEN_PATHS:
+        if scope["path"] not in self.open_paths:
             keys = self.keys.keys()
             if keys is not None:
                 auth = headers.get("authorization", "")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
+import urllib.request
+
 from fastapi import Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -45,7 +47,24 @@ def rejection_response(err: RequestRejected) -> JSONResponse:
 class QwenVLIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, serving_config: dict, **kwargs):
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.front_door = FrontDoor(ServingConfig.model_validate(serving_config))
+        self.cfg = ServingConfig.model_validate(serving_config)
+        self.front_door = FrontDoor(self.cfg)
+
+    async def metrics(self) -> Response:
+        """The Prometheus text of this node's Ray metrics agent (vLLM's included)."""
+        if self.cfg.access.metrics == "off":
+            return JSONResponse(error_body(404, "Not Found"), status_code=404)
+        url = f"http://127.0.0.1:{self.cfg.server.metrics_port}/metrics"
+
+        def scrape() -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.read()
+
+        try:
+            text = await asyncio.to_thread(scrape)
+        except OSError:
+            return JSONResponse(error_body(503, "metrics agent unavailable"), status_code=503)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         try:
@@ -89,6 +108,7 @@ class QwenVLIngress(OpenAiIngress):
 
 ENDPOINTS = {name: DEFAULT_ENDPOINTS[name] for name in SERVED_ENDPOINTS}
 ENDPOINTS["health"] = lambda app: app.get("/health")
+ENDPOINTS["metrics"] = lambda app: app.get("/metrics")
 
 
 def make_ingress_class(cfg: ServingConfig):
@@ -97,5 +117,6 @@ def make_ingress_class(cfg: ServingConfig):
     app.middleware("http")(openai_errors_middleware)  # every error leaves in one shape
     app.add_middleware(  # outermost: keys and body size before anything is parsed
         AccessGate, max_body_bytes=cfg.limits.max_body_bytes,
-        api_keys_env=cfg.access.api_keys_env, api_keys_file=cfg.access.api_keys_file)
+        api_keys_env=cfg.access.api_keys_env, api_keys_file=cfg.access.api_keys_file,
+        open_paths=frozenset({"/metrics"} if cfg.access.metrics == "open" else ()))
     return make_fastapi_ingress(QwenVLIngress, endpoint_map=ENDPOINTS, app=app)

@@ -52,7 +52,7 @@ def server(tmp_path_factory):
         "limits": {"max_body_bytes": MAX_BODY, "max_image_bytes": MAX_IMAGE,
                    "url": {"schemes": ["https", "http", "data"],
                            "allowed_networks": ["127.0.0.2/32"], "fetch_timeout_s": 3}},
-        "access": {"api_keys_env": None, "api_keys_file": str(keys)},
+        "access": {"api_keys_env": None, "api_keys_file": str(keys), "metrics": "key"},
     })
     info["keys_file"] = keys
     yield info
@@ -300,3 +300,14 @@ def test_rejections_are_counted_by_reason(server):
             break
         assert time.monotonic() < deadline, "no rejected-requests metric with reason auth"
         time.sleep(3)
+
+
+def test_metrics_route_behind_key(server):
+    """access.metrics: key -> /metrics on the API port needs the key, and carries vLLM's."""
+    code, out = request(server, "/metrics", key=None)
+    assert code == 401
+    req = urllib.request.Request(server["base"] + "/metrics",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        text = r.read().decode()
+    assert "ray_vllm_num_requests_running" in text

@@ -269,6 +269,11 @@ def test_metrics_include_vllm(server):
         time.sleep(3)
 
 
+def test_metrics_route_off_by_default(server):
+    code, text = get(server["base"] + "/metrics")
+    assert code == 404 and json.loads(text)["error"]["type"] == "not_found_error"
+
+
 def test_status_cli(server):
     if server["env"] is None:
         pytest.skip("external server")
