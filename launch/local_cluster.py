@@ -47,13 +47,14 @@ def ray_temp_dir() -> str:
     return f"/tmp/qwen-vl-ray-{digest}"
 
 
-def _state_file() -> Path:
-    return run_dir() / "cluster.json"
+def _state_file(directory: Path | None = None) -> Path:
+    return (directory or run_dir()) / "cluster.json"
 
 
-def read_state() -> ClusterState | None:
+def read_state(directory: Path | None = None) -> ClusterState | None:
+    """The recorded cluster of ``directory`` (default: the run directory), if any."""
     try:
-        return ClusterState(**json.loads(_state_file().read_text()))
+        return ClusterState(**json.loads(_state_file(directory).read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -93,7 +94,7 @@ def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
         _ray_bin(), "start", "--head",
         f"--port={gcs_port}",
         f"--num-cpus={num_cpus}",
-        "--num-gpus=0" if not _has_gpu() else f"--num-gpus={_gpu_count()}",
+        f"--num-gpus={_gpu_count()}",
         f"--metrics-export-port={metrics_port}",
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
@@ -132,10 +133,6 @@ def _gpu_count() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
-def _has_gpu() -> bool:
-    return _gpu_count() > 0
 
 
 def stop_head(state: ClusterState, grace_s: float = 10) -> None:

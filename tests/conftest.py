@@ -65,15 +65,7 @@ def stop_stack(info: dict) -> None:
     """`qwen-vl stop`, then check that no process of the cluster is left."""
     from launch.local_cluster import cluster_processes, read_state
 
-    old = os.environ.get("QWEN_VL_RUN_DIR")
-    os.environ["QWEN_VL_RUN_DIR"] = info["env"]["QWEN_VL_RUN_DIR"]
-    try:
-        state = read_state()
-    finally:
-        if old is None:
-            os.environ.pop("QWEN_VL_RUN_DIR")
-        else:
-            os.environ["QWEN_VL_RUN_DIR"] = old
+    state = read_state(Path(info["env"]["QWEN_VL_RUN_DIR"]))
     stop = run_cli("stop", env=info["env"], timeout=300)
     assert stop.returncode == 0, stop.stderr
     assert state is not None and cluster_processes(state) == [], "processes left after stop"

@@ -68,8 +68,8 @@ def test_engine_failure_is_one_line_and_cleans_up(tmp_path, monkeypatch):
     line = one_line(r.stderr)
     assert line.startswith("qwen-vl: deployment failed:")
     assert "40000" in line and "Traceback" not in line
-    monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))
-    assert read_state() is None  # cleaned up
+    assert read_state(run) is None  # cleaned up
+    monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))  # ray_temp_dir() derives from it
     from launch.local_cluster import ray_temp_dir
 
     assert cluster_processes_by_dir(ray_temp_dir()) == []
