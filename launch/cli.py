@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.config import ConfigError, ServingConfig, load_config
 
+from .errors import one_line
 from .local_cluster import (
     ClusterError,
     ClusterState,
@@ -137,32 +138,23 @@ def _failure_cause(app_status) -> str | None:
         return None
     for dep in app_status.deployments.values():
         if (dep.message or "").startswith("A replica failed to start"):
-            return _one_line(dep.message) or "a replica failed to start"
-    if str(app_status.status) in ("DEPLOY_FAILED", "ApplicationStatus.DEPLOY_FAILED"):
+            return one_line(dep.message) or "a replica failed to start"
+    if _name(app_status.status) == "DEPLOY_FAILED":
         msg = app_status.message or ""
         for dep in app_status.deployments.values():
-            if str(dep.status).endswith("DEPLOY_FAILED") or "UNHEALTHY" in str(dep.status):
+            if _name(dep.status) in ("DEPLOY_FAILED", "UNHEALTHY"):
                 msg = dep.message or msg
-        return _one_line(msg) or "deployment failed (see the Ray logs)"
+        return one_line(msg) or "deployment failed (see the Ray logs)"
     return None
 
 
-def _one_line(text: str) -> str:
-    """The most telling line of a (possibly 200-line) error text.
+def _name(status) -> str:
+    """'RUNNING' from ApplicationStatus.RUNNING, DeploymentStatus.RUNNING or 'RUNNING'."""
+    return str(status).split(".")[-1]
 
-    Takes the last ``...Error:``/``...Exception:`` line; for a pydantic validation error (vLLM's
-    config classes) the reason is on the next line, so it is appended.
-    """
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    for marker in ("Error:", "Exception:", "error:"):
-        hits = [i for i, ln in enumerate(lines) if marker in ln and not ln.startswith("File ")]
-        if hits:
-            i = hits[-1]
-            line = lines[i]
-            if "validation error" in line and i + 1 < len(lines):
-                line += ": " + lines[i + 1].removeprefix("Value error, ")
-            return line[:500]
-    return (lines[-1] if lines else "")[:500]
+
+def _replica_counts(dep) -> str:
+    return ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
 
 
 def _progress(app_status, elapsed: float) -> str:
@@ -170,12 +162,11 @@ def _progress(app_status, elapsed: float) -> str:
         return f"[{elapsed:5.0f}s] deploying..."
     parts = []
     for name, dep in app_status.deployments.items():
-        counts = ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
-        parts.append(f"{name}: {counts or str(dep.status).split('.')[-1]}")
+        parts.append(f"{name}: {_replica_counts(dep) or _name(dep.status)}")
     return f"[{elapsed:5.0f}s] " + "; ".join(parts)
 
 
-def deploy(cfg: ServingConfig, state: ClusterState) -> None:
+def deploy(cfg: ServingConfig, state: ClusterState, model_path: str) -> None:
     from ray import serve
     from ray.serve.config import HTTPOptions
     from ray.serve.api import RunTarget
@@ -184,7 +175,7 @@ def deploy(cfg: ServingConfig, state: ClusterState) -> None:
 
     _connect(state.address)
     serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port))
-    app = build_app(cfg)
+    app = build_app(cfg, model_path)
     serve.run_many(
         [RunTarget(target=app, name=cfg.server.app_name, route_prefix="/")],
         wait_for_ingress_deployment_creation=False,
@@ -233,7 +224,7 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
                 cause = root_cause_from_logs(temp_dir) or cause
             raise LaunchError(f"deployment failed: {cause}")
         code, _ = http_get(url, timeout=15)
-        if code == 200 and app_status is not None and str(app_status.status).endswith("RUNNING"):
+        if code == 200 and app_status is not None and _name(app_status.status) == "RUNNING":
             return
         if elapsed > timeout_s:
             raise LaunchError(
@@ -273,7 +264,7 @@ def cmd_serve(args) -> int:
     cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
     state = _ensure_cluster(cfg)
     try:
-        deploy(cfg, state)
+        deploy(cfg, state, model_path)
         wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
     except BaseException:
         if state.started_by_us and not args.keep_on_failure:
@@ -333,7 +324,7 @@ def _shutdown(state: ClusterState, quiet: bool = False) -> None:
             ray.shutdown()
     except Exception as err:  # the cluster may already be gone; processes are reaped below
         if not quiet:
-            _say(f"serve shutdown: {_one_line(str(err))}")
+            _say(f"serve shutdown: {one_line(str(err))}")
     if state.started_by_us:
         stop_head(state)
     clear_state()
@@ -368,10 +359,9 @@ def cmd_status(args) -> int:
     if status is None:
         _say("application: not deployed")
         return 1
-    _say(f"application {state.app_name}: {str(status.status).split('.')[-1]}")
+    _say(f"application {state.app_name}: {_name(status.status)}")
     for name, dep in status.deployments.items():
-        counts = ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
-        _say(f"  {name}: {str(dep.status).split('.')[-1]} ({counts or 'no replicas'})")
+        _say(f"  {name}: {_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
     _say(f"health:  {'ok' if code == 200 else f'HTTP {code}'} {json.dumps(body) if body else ''}")
     return 0 if code == 200 else 1
 
@@ -413,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print("qwen-vl: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # never a 200-line traceback on the terminal
-        print(f"qwen-vl: {type(err).__name__}: {_one_line(str(err))}", file=sys.stderr)
+        print(f"qwen-vl: {type(err).__name__}: {one_line(str(err))}", file=sys.stderr)
         if os.environ.get("QWEN_VL_DEBUG"):
             raise
         return 1

@@ -17,6 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .errors import one_line
+
 
 class ClusterError(RuntimeError):
     """The local Ray cluster could not be started, reached or stopped."""
@@ -114,15 +116,8 @@ def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
                           start_new_session=True)
     if proc.returncode != 0:
-        raise ClusterError(f"`ray start` failed: {_cause(proc.stderr or proc.stdout)}")
+        raise ClusterError(f"`ray start` failed: {one_line(proc.stderr or proc.stdout)}")
     return f"127.0.0.1:{gcs_port}", temp_dir
-
-
-def _cause(output: str) -> str:
-    """The most telling line of a failed command's output."""
-    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error:" in ln]
-    return (errors or lines or ["(no output)"])[-1]
 
 
 def _gpu_count() -> int:

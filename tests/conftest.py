@@ -37,20 +37,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 1200) -> subpr
     )
 
 
-def start_stack(tmp: Path, overrides: dict | None = None, env: dict | None = None) -> dict:
-    """`qwen-vl serve --detach` with the default config (plus overrides) on free ports."""
+def write_config(tmp: Path, overrides: dict | None = None) -> tuple[Path, dict]:
+    """configs/default.yaml with per-section overrides and free API/metrics ports."""
     import yaml
 
-    from engine.config import parse_config
     from launch.local_cluster import free_port
 
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
-    port, metrics_port = free_port(), free_port()
-    data["server"].update(port=port, metrics_port=metrics_port)
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(data))
+    data["server"].update(port=free_port(), metrics_port=free_port())
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data
+
+
+def start_stack(tmp: Path, overrides: dict | None = None, env: dict | None = None) -> dict:
+    """`qwen-vl serve --detach` with the default config (plus overrides) on free ports."""
+    from engine.config import parse_config
+
+    cfg_path, data = write_config(tmp, overrides)
+    port, metrics_port = data["server"]["port"], data["server"]["metrics_port"]
     env = {"QWEN_VL_RUN_DIR": str(tmp / "run"), **(env or {})}
     r = run_cli("serve", "--config", str(cfg_path), "--detach", env=env, timeout=1200)
     assert r.returncode == 0, f"serve failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

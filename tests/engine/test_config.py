@@ -1,7 +1,5 @@
-from pathlib import Path
 
 import pytest
-import yaml
 
 from engine.config import (
     ConfigError,

@@ -5,18 +5,12 @@ import socket
 import pytest
 import yaml
 
-from launch.local_cluster import cluster_processes, free_port, read_state
-from tests.conftest import CONFIGS, run_cli
+from launch.local_cluster import cluster_processes, read_state
+from tests.conftest import run_cli, write_config
 
 
 def write_cfg(tmp_path, **overrides):
-    data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
-    data["server"].update(port=free_port(), metrics_port=free_port())
-    for section, values in overrides.items():
-        data.setdefault(section, {}).update(values)
-    p = tmp_path / "cfg.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
+    return write_config(tmp_path, overrides)[0]
 
 
 def one_line(text: str) -> str:
@@ -84,13 +78,13 @@ def cluster_processes_by_dir(temp_dir):
 
 
 def test_one_line_picks_the_reason():
-    from launch.cli import _one_line
+    from launch.errors import one_line as pick_line
 
     text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
             "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
             "  Value error, User-specified max_model_len (40000) is greater than the derived\n"
             "    For further information visit https://errors.pydantic.dev\n")
-    assert _one_line(text) == ("RuntimeError: Failed to create vLLM engine config: 1 validation "
+    assert pick_line(text) == ("RuntimeError: Failed to create vLLM engine config: 1 validation "
                                "error for ModelConfig: User-specified max_model_len (40000) is "
                                "greater than the derived")
 
