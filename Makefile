@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/$(PROFILE).lock
 	# needs neither (audio; an optional video decoder). See README "CPU install notes".
 	if [ "$(PROFILE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchaudio torchcodec; fi
 	# Import hook that lets torchvision import with CPU torch, in every process of the venv.
-	$(PY) -c "from engine.torchvision_shim import install_pth; print(install_pth())"
+	$(PY) -c "from engine.process_hooks import install_pth; print(install_pth())"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

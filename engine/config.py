@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of
 from .embedded_model import EMBEDDED_PREFIX, SPECS, ensure_checkpoint, is_embedded
 
 
@@ -33,10 +34,13 @@ class ModelSource(_Strict):
     )
     served_name: str = Field(min_length=1, description="Model id clients send as 'model'.")
     revision: str | None = Field(None, description="Hub revision (ignored for local paths).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    quantization: Literal["gptq", "awq", "gptq_marlin", "awq_marlin"] | None = Field(
-        None, description="None reads the checkpoint's quantization_config, if any."
-    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: an embedded model's own dtype (bfloat16 for its GPTQ/AWQ "
+        "variants); otherwise vLLM's choice (the checkpoint's, float32 cast to 16-bit).")
+    quantization: Literal["auto", "none", "gptq", "awq"] = Field(
+        "auto", description="auto: whatever the checkpoint's quantization_config says; none: "
+        "the checkpoint must be unquantized; gptq/awq: it must be that. vLLM picks the kernel "
+        "(Marlin on GPUs that have it, CPUWNA16 on CPU).")
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -196,6 +200,8 @@ class DeploymentSettings(_Strict):
 
 
 CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention: "No common block size ... MultipleOf(32)"
+CPU_QUANT_BITS = 4  # vLLM's CPUWNA16 kernel: 4-bit GPTQ (uint4b8) and AWQ (uint4) only
+CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 
 
 class ServerSettings(_Strict):
@@ -238,19 +244,52 @@ class ServingConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _quantization_runs_here(self):
+        q = self.model.quantization
+        found = quantization_of(self.model.source, self.model.revision)
+        if found == "unknown":
+            return self  # a hub id not cached: vLLM reads it (and says what fails)
+        src = self.model.source
+        if q == "none" and found is not None:
+            raise ValueError(f"model.quantization: none, but {found.origin} is {found.label}-"
+                             "quantized; set it to auto (or to its method)")
+        if q in ("gptq", "awq") and found is None:
+            raise ValueError(f"model.quantization: {q}, but {src} has no quantization_config "
+                             "(an unquantized checkpoint); use auto or none, or a "
+                             f"{q.upper()} checkpoint")
+        if q in ("gptq", "awq") and found.method != q:
+            raise ValueError(f"model.quantization: {q}, but {found.origin} is {found.label}; "
+                             "set it to auto")
+        if found is None:
+            return self
+        if self.engine_dtype() == "float32":
+            raise ValueError(f"model.dtype: float32 is not supported with {found.label} (vLLM's "
+                             "GPTQ/AWQ kernels take float16/bfloat16 activations); use bfloat16")
+        if self.deployment.device == "cpu":
+            _check_cpu_quantization(found, linear_sizes(src, self.model.revision))
+        return self
+
     # ---- derived views -------------------------------------------------------------------
     def model_path(self) -> str:
         """Where the engine loads the checkpoint from (builds the embedded model if needed)."""
         src = self.model.source
         if is_embedded(src):
             return str(ensure_checkpoint(src))
-        if src.startswith(("/", "./", "../", "~")):
+        if is_local_path(src):
             path = Path(src).expanduser()
             if not (path / "config.json").is_file():
                 raise ConfigError(f"model.source: {src} is not a checkpoint directory "
                                   "(no config.json there)")
             return str(path)
         return src
+
+    def engine_dtype(self) -> str:
+        """The dtype the engine runs in ("auto" leaves it to vLLM)."""
+        if self.model.dtype != "auto" or not is_embedded(self.model.source):
+            return self.model.dtype
+        spec = SPECS[self.model.source[len(EMBEDDED_PREFIX):]]
+        return "bfloat16" if spec.quant is not None else spec.dtype
 
     def mm_processor_kwargs(self) -> dict[str, Any]:
         mm = self.multimodal
@@ -263,8 +302,10 @@ class ServingConfig(_Strict):
             "model": model_path or self.model_path(),
             "served_model_name": m.served_name,
             "revision": m.revision,
-            "dtype": m.dtype,
-            "quantization": m.quantization,
+            "dtype": self.engine_dtype(),
+            # auto/none: vLLM reads the checkpoint (checked above); gptq/awq: vLLM verifies it.
+            # Either way vLLM chooses the kernel (Marlin on GPUs that support it).
+            "quantization": m.quantization if m.quantization in ("gptq", "awq") else None,
             "trust_remote_code": m.trust_remote_code,
             "max_model_len": e.max_model_len,
             "block_size": e.block_size,
@@ -300,6 +341,24 @@ class ServingConfig(_Strict):
         return kwargs
 
 
+def _check_cpu_quantization(found: CheckpointQuant, sizes: dict[str, int] | None) -> None:
+    if found.method not in ("gptq", "awq"):
+        return  # other methods: vLLM decides
+    if found.bits != CPU_QUANT_BITS:
+        raise ValueError(
+            f"model.source: {found.origin} is {found.label}, which cannot be served on CPU: "
+            f"vLLM's CPU kernel (CPUWNA16) runs {CPU_QUANT_BITS}-bit GPTQ and AWQ only, and 8-bit "
+            "GPTQ has no CPU kernel. Use the GPTQ-Int4 or AWQ checkpoint on CPU, or serve this "
+            "one on a GPU (deployment.device: gpu)")
+    if found.group_size not in (None, -1) and found.group_size % 2:
+        raise ValueError(f"model.source: {found.origin} has group_size {found.group_size}; "
+                         "vLLM's CPU kernel needs an even group size")
+    odd = {k: v for k, v in (sizes or {}).items() if v % CPU_QUANT_MULTIPLE}
+    if odd:
+        raise ValueError(f"model.source: {found.origin} has linear sizes {odd} that vLLM's CPU "
+                         f"4-bit kernel cannot run (multiples of {CPU_QUANT_MULTIPLE} only)")
+
+
 @functools.lru_cache(maxsize=1)
 def vllm_engine_arg_names() -> frozenset[str]:
     """The field names of vLLM's ``AsyncEngineArgs`` and ``FrontendArgs`` (imports vLLM once).
@@ -330,11 +389,11 @@ def check_engine_arg_names(kwargs: dict[str, Any], known: frozenset[str] | None 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {msg}" if loc else msg)
     return f"invalid config {origin}: " + "; ".join(lines)
 
 

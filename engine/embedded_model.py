@@ -20,14 +20,16 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 import importlib.util
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from .quantize import QuantScheme, write_quantized_checkpoint
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
-BUILDER_VERSION = 1  # bump when the files written change
+BUILDER_VERSION = 2  # bump when the files written (or the quantized packing) change
 
 # The official Qwen2-VL-*-Instruct chat template.
 CHAT_TEMPLATE = (
@@ -75,10 +77,19 @@ class ModelSpec:
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 32768
+    # Quantized variants are packed from the unquantized twin (same sizes, seed and init) in
+    # the official releases' GPTQ/AWQ formats (engine/quantize.py).
+    quant: QuantScheme | None = None
 
     def digest(self) -> str:
-        blob = json.dumps([BUILDER_VERSION, asdict(self)], sort_keys=True).encode()
+        fields = asdict(self)
+        if fields["quant"] is None:
+            del fields["quant"]  # keeps the unquantized models' cache directories stable
+        blob = json.dumps([BUILDER_VERSION, fields], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def unquantized(self) -> "ModelSpec":
+        return replace(self, quant=None)
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -109,6 +120,16 @@ SPECS: dict[str, ModelSpec] = {
         dtype="bfloat16",
     ),
 }
+# GPTQ-Int4, GPTQ-Int8 and AWQ variants of each, named like the official releases.
+QUANT_VARIANTS = {
+    "gptq-int4": QuantScheme("gptq", 4),
+    "gptq-int8": QuantScheme("gptq", 8),
+    "awq": QuantScheme("awq", 4),
+}
+BASE_OF: dict[str, str] = {  # quantized variant -> the unquantized model it is packed from
+    f"{base}-{suffix}": base for base in list(SPECS) for suffix in QUANT_VARIANTS}
+SPECS.update({name: replace(SPECS[base], quant=QUANT_VARIANTS[name[len(base) + 1:]])
+              for name, base in BASE_OF.items()})
 
 
 class EmbeddedModelError(ValueError):
@@ -134,6 +155,10 @@ def spec_for(source: str) -> tuple[str, ModelSpec]:
 
 def checkpoint_dir(source: str) -> Path:
     name, spec = spec_for(source)
+    return _dir(name, spec)
+
+
+def _dir(name: str, spec: ModelSpec) -> Path:
     return cache_root() / "models" / f"{name}-{spec.digest()}"
 
 
@@ -235,18 +260,28 @@ def _write_checkpoint(spec: ModelSpec, dst: Path) -> None:
 
 def ensure_checkpoint(source: str) -> Path:
     """Return the checkpoint directory for ``embedded:<name>``, building it if needed."""
+    name, spec = spec_for(source)
+    return _ensure_built(name, spec)
+
+
+def _ensure_built(name: str, spec: ModelSpec) -> Path:
     from . import torchvision_shim
 
     torchvision_shim.install()
-    name, spec = spec_for(source)
-    target = checkpoint_dir(source)
+    target = _dir(name, spec)
     if (target / "config.json").exists():
         return target
+    base = None
+    if spec.quant is not None:
+        base = _ensure_built(BASE_OF[name], spec.unquantized())
     target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("building embedded model %s into %s (first use only)", name, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        _write_checkpoint(spec, tmp)
+        if base is None:
+            _write_checkpoint(spec, tmp)
+        else:
+            write_quantized_checkpoint(base, tmp, spec.quant)
         try:
             tmp.rename(target)
         except OSError:

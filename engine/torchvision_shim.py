@@ -14,26 +14,16 @@ works.
 It is a no-op when the extension loads: the decision is taken *after* torchvision tried its
 own extension (``torchvision.extension._has_ops()``), and when the ops exist already.
 
-It must run in every process that imports torchvision: the CLI, Ray workers, vLLM's engine core
-and its workers. ``make install`` writes a ``.pth`` file into the virtualenv (``install_pth``),
-so every interpreter of that environment installs the import hook at start-up. The hook costs
-nothing until torchvision is imported (torch is not imported by it before then).
+It must run in every process that imports torchvision: ``engine.process_hooks`` runs
+``before_import`` just before ``torchvision._meta_registrations`` executes, in every interpreter
+of the environment.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
-from pathlib import Path
 
-_TARGET = "torchvision._meta_registrations"
-PTH_NAME = "zz_qwen_vl_torchvision_shim.pth"
-# A .pth line must be one line starting with "import"; never fail interpreter start-up.
-PTH_LINE = (
-    "import sys; exec('try:\\n import engine.torchvision_shim as _s; _s.install()\\n"
-    "except Exception:\\n pass')\n"
-)
+TARGET = "torchvision._meta_registrations"
 SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -68,45 +58,15 @@ def define_missing_schemas(extension_loaded: bool) -> list[str]:
     return missing
 
 
-class _Loader(importlib.abc.Loader):
-    def __init__(self, wrapped: importlib.abc.Loader):
-        self._wrapped = wrapped
-
-    def create_module(self, spec):
-        return self._wrapped.create_module(spec)
-
-    def exec_module(self, module):
-        ext = sys.modules.get("torchvision.extension")
-        loaded = bool(ext is not None and ext._has_ops())
-        define_missing_schemas(extension_loaded=loaded)
-        self._wrapped.exec_module(module)
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _TARGET:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(spec.loader)
-        return spec
+def before_import(_module) -> None:
+    """Runs just before ``torchvision._meta_registrations`` (after torchvision tried its own
+    extension)."""
+    ext = sys.modules.get("torchvision.extension")
+    define_missing_schemas(extension_loaded=bool(ext is not None and ext._has_ops()))
 
 
 def install() -> None:
-    """Install the import hook in this process (idempotent)."""
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+    """Install the import hooks in this process (idempotent); see ``engine.process_hooks``."""
+    from . import process_hooks
 
-
-def install_pth(site_packages: str | None = None) -> Path:
-    """Write the .pth file that installs the hook in every interpreter of this environment."""
-    import sysconfig
-
-    target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
-    if not target.exists() or target.read_text() != PTH_LINE:
-        target.write_text(PTH_LINE)
-    return target
-
-
-if __name__ == "__main__":
-    print(install_pth())
+    process_hooks.install()

@@ -315,7 +315,7 @@ def hf_greedy(hf_model, server, text: str, images: list) -> tuple[list[int], lis
 @pytest.mark.parametrize("case", ["image", "two_images", "text"])
 def test_greedy_tokens_equal_hf_transformers(server, hf_model, case):
     """Same checkpoint, image and prompt, float32 both sides: identical prompt and greedy tokens."""
-    assert server["cfg"].model.dtype == "float32"
+    assert server["cfg"].engine_dtype() == "float32"
     urls = {"image": [png_data_url(200, 300, seed=11)],
             "two_images": [png_data_url(150, 90, seed=12), png_data_url(64, 500, seed=13)],
             "text": []}[case]
