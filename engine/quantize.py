@@ -223,7 +223,7 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
-    for f in sorted(directory.glob("*.safetensors")):
+    for f in sorted(Path(directory).glob("*.safetensors")):
         state.update(load_file(f))
     return state
 
@@ -234,6 +234,7 @@ def _write_twin(src: Path, dst: Path, state: dict, quant: dict | None, dtype: st
 
     from safetensors.torch import save_file
 
+    src, dst = Path(src), Path(dst)
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".safetensors" and f.name not in (

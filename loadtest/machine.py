@@ -23,4 +23,21 @@ def describe() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs{mem}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs{mem}, {isa()}, "
+            f"Python {platform.python_version()}")
+
+
+def isa() -> str:
+    """The vector instruction sets that decide which vLLM CPU kernels exist here."""
+    flags: set[str] = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "ISA unknown"
+    if "avx512f" in flags:
+        extra = [f for f in ("avx512_bf16", "amx_tile") if f in flags]
+        return "AVX-512" + (f" ({', '.join(extra)})" if extra else "")
+    return "AVX2 (no AVX-512)" if "avx2" in flags else "no AVX2"
