@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from engine import torchvision_shim
+from engine import process_hooks, torchvision_shim
 
 PROBE_EXTENSION = (
     "import torch, importlib.util, os;"
@@ -29,8 +29,9 @@ def test_pth_file_installed():
     import sysconfig
     from pathlib import Path
 
-    pth = Path(sysconfig.get_paths()["purelib"]) / torchvision_shim.PTH_NAME
-    assert pth.read_text() == torchvision_shim.PTH_LINE
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert (site / process_hooks.PTH_NAME).read_text() == process_hooks.PTH_LINE
+    assert not any((site / n).exists() for n in process_hooks.LEGACY_PTH_NAMES)
 
 
 def test_fresh_interpreter_imports_torchvision():
@@ -64,7 +65,7 @@ def test_without_hook_torchvision_fails_here(extension_loads):
     """Documents why the shim exists: with CPU torch, torchvision dies on the nms schema."""
     r = _python(
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
-        " if type(f).__module__ != 'engine.torchvision_shim']; import torchvision"
+        " if type(f).__module__ != 'engine.process_hooks']; import torchvision"
     )
     if extension_loads:
         assert r.returncode == 0, r.stderr[-2000:]
@@ -100,5 +101,5 @@ def test_defines_exactly_the_two_schemas_when_needed(extension_loads):
 def test_install_is_idempotent():
     torchvision_shim.install()
     torchvision_shim.install()
-    finders = [f for f in sys.meta_path if isinstance(f, torchvision_shim._Finder)]
+    finders = [f for f in sys.meta_path if isinstance(f, process_hooks._Finder)]
     assert len(finders) == 1
