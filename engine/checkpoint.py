@@ -69,9 +69,9 @@ def read_config(source: str, revision: str | None = None) -> tuple[dict | None, 
     return None, source
 
 
-def quantization_of(source: str, revision: str | None = None) -> CheckpointQuant | None | str:
-    """The checkpoint's quantization, ``None`` if it has none, or ``"unknown"``."""
-    cfg, origin = read_config(source, revision)
+def quantization_of(source: str, cfg: dict | None, origin: str) -> CheckpointQuant | None | str:
+    """The quantization of a checkpoint whose config ``read_config`` returned: a
+    ``CheckpointQuant``, ``None`` if it has none, or ``"unknown"``."""
     if cfg is None:
         m = _RELEASE_SUFFIX.search(source.rstrip("/"))
         if m is None or is_local_path(source):
@@ -88,9 +88,8 @@ def quantization_of(source: str, revision: str | None = None) -> CheckpointQuant
                            int(bits) if bits else None, int(group) if group else None, origin)
 
 
-def linear_sizes(source: str, revision: str | None = None) -> dict[str, int] | None:
+def linear_sizes(cfg: dict | None) -> dict[str, int] | None:
     """Input/output sizes of the language model's quantized linear layers, if readable."""
-    cfg, _ = read_config(source, revision)
     if cfg is None:
         return None
     text = cfg.get("text_config") or cfg

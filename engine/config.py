@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of
+from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of, read_config
 from .embedded_model import EMBEDDED_PREFIX, SPECS, ensure_checkpoint, is_embedded
 
 
@@ -247,7 +247,8 @@ class ServingConfig(_Strict):
     @model_validator(mode="after")
     def _quantization_runs_here(self):
         q = self.model.quantization
-        found = quantization_of(self.model.source, self.model.revision)
+        ckpt_cfg, origin = read_config(self.model.source, self.model.revision)  # once
+        found = quantization_of(self.model.source, ckpt_cfg, origin)
         if found == "unknown":
             return self  # a hub id not cached: vLLM reads it (and says what fails)
         src = self.model.source
@@ -267,7 +268,7 @@ class ServingConfig(_Strict):
             raise ValueError(f"model.dtype: float32 is not supported with {found.label} (vLLM's "
                              "GPTQ/AWQ kernels take float16/bfloat16 activations); use bfloat16")
         if self.deployment.device == "cpu":
-            _check_cpu_quantization(found, linear_sizes(src, self.model.revision))
+            _check_cpu_quantization(found, linear_sizes(ckpt_cfg))
         return self
 
     # ---- derived views -------------------------------------------------------------------

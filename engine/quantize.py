@@ -28,9 +28,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: config load needs QuantScheme, not torch
+    import torch
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 # q/k/v/o and gate/up/down of every language-model decoder layer (transformers 5 key names,
@@ -39,7 +40,7 @@ QUANTIZED_LINEAR = re.compile(
     r"^(?:model\.language_model\.|model\.)layers\.\d+\."
     r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)$"
 )
-STORAGE_DTYPE = torch.float16  # the releases' torch_dtype
+STORAGE_DTYPE = "float16"  # the releases' torch_dtype
 
 
 class QuantizeError(ValueError):
@@ -86,6 +87,8 @@ class QuantScheme:
 # ----------------------------------------------------------------------------- int32 packing
 def pack_int32(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """Pack unsigned ``bits``-bit values along ``dim``, value ``j`` of each word at bits*j."""
+    import torch
+
     per = 32 // bits
     q = q.to(torch.int64).movedim(dim, -1)
     if q.shape[-1] % per:
@@ -98,6 +101,8 @@ def pack_int32(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
 
 
 def unpack_int32(words: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    import torch
+
     per = 32 // bits
     w = words.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
     shifts = torch.arange(per, dtype=torch.int64) * bits
@@ -118,6 +123,8 @@ def _awq_deinterleave(x: torch.Tensor) -> torch.Tensor:
 
 def _fp16_at_least(x: torch.Tensor) -> torch.Tensor:
     """Round float32 ``x`` to float16, never below ``x`` (keeps |w/scale| inside the range)."""
+    import torch
+
     h = x.to(torch.float16)
     low = h.float() < x
     h[low] = torch.nextafter(h[low], torch.tensor(float("inf"), dtype=torch.float16))
@@ -127,6 +134,8 @@ def _fp16_at_least(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- formats
 def quantize_linear(weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
     """Pack one ``nn.Linear`` weight (``[out, in]``) into the scheme's tensors."""
+    import torch
+
     out_f, in_f = weight.shape
     g = scheme.group_size
     if in_f % g or out_f % (32 // scheme.bits):
@@ -164,6 +173,8 @@ def quantize_linear(weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torc
 
 def unpack_linear(t: dict[str, torch.Tensor], scheme: QuantScheme) -> tuple[torch.Tensor, ...]:
     """``(q, zeros_per_row, scales_per_row)`` as ``[in, out]`` tensors, for dequantizing."""
+    import torch
+
     if scheme.method == "gptq":
         q = unpack_int32(t["qweight"], scheme.bits, 0)
         zeros = unpack_int32(t["qzeros"], scheme.bits, 1) + 1
@@ -189,6 +200,8 @@ def step_sizes(t: dict[str, torch.Tensor], scheme: QuantScheme) -> torch.Tensor:
 # ----------------------------------------------------------------------------- checkpoints
 def quantize_state_dict(state: dict[str, torch.Tensor], scheme: QuantScheme) -> dict:
     """Quantize the language model's linear layers; everything else is stored in float16."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         module, _, leaf = name.rpartition(".")
@@ -196,7 +209,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], scheme: QuantScheme) -> 
             for k, v in quantize_linear(tensor, scheme).items():
                 out[f"{module}.{k}"] = v
         elif tensor.is_floating_point():
-            out[name] = tensor.to(STORAGE_DTYPE)
+            out[name] = tensor.to(getattr(torch, STORAGE_DTYPE))
         else:
             out[name] = tensor
     if not any(k.endswith(".qweight") for k in out):
