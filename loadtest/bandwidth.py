@@ -1,0 +1,76 @@
+"""The memory-bandwidth limit of single-stream decode.
+
+At batch 1 every generated token reads every language-model weight once (the decoder layers,
+the final norm and the LM head; the embedding table only one row, unless it is tied to the LM
+head, which then reads all of it). So decode cannot beat ``bandwidth / weight bytes per token``.
+
+- ``weight_bytes_per_token``: from the checkpoint's safetensors headers (no tensor is loaded),
+  so quantized checkpoints count their packed bytes;
+- ``measure_bandwidth``: the machine's read bandwidth, the best of a few passes summing a buffer
+  much larger than the caches with all threads (CPU), or copying one on the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def tensor_bytes(model_path: str) -> dict[str, int]:
+    """Name -> bytes of every tensor in the checkpoint's safetensors files (headers only)."""
+    out: dict[str, int] = {}
+    for f in sorted(Path(model_path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in meta["shape"]:
+                count *= dim
+            out[name] = count * DTYPE_BYTES[meta["dtype"]]
+    return out
+
+
+def weight_bytes_per_token(model_path: str) -> int:
+    """Bytes of weights one decode step reads at batch 1 (vision tower excluded)."""
+    cfg = json.loads((Path(model_path) / "config.json").read_text())
+    tied = cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings"))
+    total = 0
+    for name, n in tensor_bytes(model_path).items():
+        if "visual" in name:
+            continue
+        if "embed_tokens" in name and not tied:
+            continue  # one row per token
+        total += n
+    return total
+
+
+def measure_bandwidth(gib: float = 1.0, passes: int = 5) -> float:
+    """Read bandwidth in bytes/s: best of ``passes``."""
+    import torch
+
+    if torch.cuda.is_available():
+        src = torch.empty(int(gib * (1 << 30)) // 4, dtype=torch.float32, device="cuda")
+        dst = torch.empty_like(src)
+        best = float("inf")
+        for _ in range(passes):
+            torch.cuda.synchronize()
+            st = time.perf_counter()
+            dst.copy_(src)
+            torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - st)
+        return 2 * src.numel() * 4 / best  # read + write
+    buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)  # sum() uses every thread
+    best = float("inf")
+    for _ in range(passes):
+        st = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - st)
+    return buf.numel() * 4 / best

@@ -1,0 +1,240 @@
+"""``qwen-vl-loadtest``: one command per load-test scenario; each deploys what it measures,
+tears it down, shows progress with an ETA and writes a results folder.
+
+    qwen-vl-loadtest card      [--model tiny|2b] [--variants BF16,GPTQ-Int4,AWQ] [--quick]
+    qwen-vl-loadtest sweep     [--model tiny|2b] [--slo-ttft-ms 2000 --slo-tpot-ms 200]
+    qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3]
+    qwen-vl-loadtest baseline  [--model tiny|2b]
+    qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
+
+Results: ``results/<scenario>-<model>-<time>/`` (``--out`` to choose): ``report.md``,
+``results.json`` (``vllm bench serve`` key names), ``results.csv``, ``records.jsonl``, PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from .scenarios.common import CARD_GRID, CPU_GRID, QUICK_GRID, ROOT, VARIANTS, Grid
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _variants(text: str) -> list[str]:
+    names = {v.lower(): v for v in VARIANTS}
+    out = []
+    for x in text.split(","):
+        if x.strip().lower() not in names:
+            raise argparse.ArgumentTypeError(f"unknown variant {x!r}; choose from "
+                                             f"{', '.join(VARIANTS)}")
+        out.append(names[x.strip().lower()])
+    return out
+
+
+def _device(config: Path) -> str:
+    import yaml
+
+    return (yaml.safe_load(config.read_text()).get("deployment") or {}).get("device", "cpu")
+
+
+def _device_label(device: str) -> str:
+    from . import machine
+
+    if device == "gpu":
+        try:
+            import subprocess
+
+            return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return "GPU"
+    return machine.describe()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwen-vl-loadtest", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="scenario", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml",
+                        help="the base config (default: configs/default.yaml)")
+        sp.add_argument("--model", choices=["tiny", "2b"], default="tiny" if sp.prog.endswith(
+            "card") else None, help="embedded model: tiny (quick) or 2b (the real Qwen2-VL-2B "
+                                  "size); default: card tiny, others the config's model")
+        sp.add_argument("--quick", action="store_true",
+                        help="seconds per step: short lengths, few requests (CI)")
+        sp.add_argument("--out", type=Path, help="results folder (default: results/...)")
+        return sp
+
+    card = common(sub.add_parser("card", help="the model card's table from a live stack"))
+    card.add_argument("--variants", type=_variants, default=list(VARIANTS),
+                      help="comma-separated, of " + ", ".join(VARIANTS) + " (default: all)")
+    card.add_argument("--input-lengths", type=_ints,
+                      help=f"default: card {list(CARD_GRID.input_lengths)} on GPU, "
+                           f"{list(CPU_GRID.input_lengths)} on CPU")
+    card.add_argument("--output-tokens", type=int,
+                      help=f"default {CARD_GRID.output_tokens} on GPU, {CPU_GRID.output_tokens} on CPU")
+    card.add_argument("--requests", type=int, help="measured requests per cell")
+    card.add_argument("--no-baseline", dest="baseline", action="store_false",
+                      help="skip the HF transformers columns")
+
+    def one_model(sp):
+        common(sp)
+        sp.add_argument("--variant", type=lambda t: _variants(t)[0], default="BF16",
+                        help="with --model: which variant of it (default BF16)")
+        sp.add_argument("--input-tokens", type=int, help="prompt length (chat: words)")
+        sp.add_argument("--output-tokens", type=int, help="tokens generated per request")
+        return sp
+
+    sweep = one_model(sub.add_parser("sweep", help="concurrency sweep to saturation, capacity"))
+    sweep.add_argument("--url", help="measure this running deployment instead of deploying")
+    sweep.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                       help="with --url (default: $OPENAI_API_KEY)")
+    sweep.add_argument("--max-concurrency", type=int)
+    sweep.add_argument("--min-requests", type=int, help="requests per level at least")
+    sweep.add_argument("--image-fraction", type=float, default=0.5)
+    sweep.add_argument("--images-per-request", type=int, default=1)
+    sweep.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+    sweep.add_argument("--slo-ttft-ms", type=float)
+    sweep.add_argument("--slo-tpot-ms", type=float)
+
+    over = one_model(sub.add_parser("overhead", help="our stack vs bare vllm serve"))
+    over.add_argument("--concurrency", type=int)
+    over.add_argument("--rounds", type=int)
+    over.add_argument("--requests", type=int, help="requests per round")
+
+    base = one_model(sub.add_parser("baseline", help="HF transformers batch 1 vs our stack"))
+    base.add_argument("--concurrency", type=_ints, help="stack levels (default 1,16)")
+    return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+
+
+# Defaults per (scenario, kind of run); flags override them.
+DEFAULTS = {
+    "quick": {"input_tokens": 16, "output_tokens": 8, "image_size": (112, 112),
+              "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
+              "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4]},
+    "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448),
+            "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
+            "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16]},
+    "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448),
+            "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
+            "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16]},
+}
+
+
+def _opt(args, name: str, defaults: dict):
+    value = getattr(args, name, None)
+    return defaults[name] if value is None else value
+
+
+def _scenario_data(args, **derive_kw) -> dict:
+    from .scenarios.common import derive, load_base, variant_source
+
+    base = load_base(args.config)
+    source = variant_source(args.model, args.variant) if args.model else None
+    return derive(base, source=source, **derive_kw)
+
+
+def _grid(args, device: str) -> Grid:
+    g = QUICK_GRID if args.quick else (CARD_GRID if device == "gpu" else CPU_GRID)
+    return Grid(tuple(args.input_lengths or g.input_lengths),
+                args.output_tokens or g.output_tokens, args.requests or g.requests_per_cell)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.chdir(ROOT)
+    device = _device(args.config)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or ROOT / "results" / f"{args.scenario}-{args.model or 'config'}-{stamp}"
+    label = _device_label(device)
+    if args.scenario == "card":
+        from .scenarios import card
+
+        report = card.run(config=args.config, family=args.model, variants=args.variants,
+                          grid=_grid(args, device), out=out, baseline=args.baseline,
+                          device_label=label)
+    else:
+        report = _run_other(args, device, out, label)
+    print((out / "report.md").read_text())
+    print(f"results: {out}")
+    failed = sum(s["failed"] for s in report.data["steps"])
+    return 1 if failed else 0
+
+
+def _run_other(args, device: str, out: Path, label: str):
+    from . import deploy
+    from .scenarios.common import check
+    from .workload import Workload
+
+    d = DEFAULTS["quick" if args.quick else device]
+    n_in, n_out = _opt(args, "input_tokens", d), _opt(args, "output_tokens", d)
+    settings = {"config": str(args.config), "model": args.model, "quick": args.quick}
+    if args.scenario == "baseline":
+        data = _scenario_data(args, max_model_len=n_in + n_out + 32, prefix_caching=False)
+    else:
+        data = _scenario_data(args, max_model_len=n_in * 2 + 2048 + n_out)
+    cfg, reason = check(data, args.scenario)
+    if reason:
+        raise SystemExit(f"cannot run {args.scenario} with this model here: {reason}")
+    what = f"{cfg.model.served_name}, {label}"
+    if args.scenario == "sweep":
+        from .scenarios import sweep
+
+        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
+                     image_fraction=args.image_fraction,
+                     images_per_request=args.images_per_request,
+                     image_size=args.image_size or d["image_size"])
+        target = (deploy.remote(args.url, None, args.api_key) if args.url
+                  else deploy.stack(data, out / "deploy"))
+        if args.url:
+            what = f"{args.url}, load generated on {label}"
+        return sweep.run(deployment=target, workload=w,
+                         max_concurrency=_opt(args, "max_concurrency", d),
+                         min_requests=_opt(args, "min_requests", d),
+                         slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
+                         slo_tpot_ms=_opt(args, "slo_tpot_ms", d), out=out,
+                         title=f"Concurrency sweep: {what}", settings=settings)
+    if args.scenario == "overhead":
+        from .scenarios import overhead
+
+        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
+                     image_fraction=0.5, image_size=d["image_size"])
+        return overhead.run(data=data, workload=w, concurrency=_opt(args, "concurrency", d),
+                            requests_per_round=_opt(args, "requests", d),
+                            rounds=_opt(args, "rounds", d), out=out,
+                            title=f"Stack overhead vs bare vllm serve: {what}",
+                            settings=settings)
+    from .scenarios import baseline
+
+    dtype = cfg.engine_dtype()
+    return baseline.run(data=data, model_path=cfg.model_path(),
+                        dtype="bfloat16" if dtype == "auto" else dtype,
+                        workload=Workload(input_tokens=n_in, output_tokens=n_out),
+                        concurrencies=args.concurrency or d["levels"],
+                        requests_min=_opt(args, "min_requests", d), out=out,
+                        title=f"HF transformers vs our stack: {what}", settings=settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Run one measured step: a fixed number of requests at a fixed concurrency, driven by Locust.
+
+Locust runs headless in its own process (it monkey-patches the standard library with gevent, which
+must not happen in the process that deploys the stack). This process follows the records file
+for progress and an ETA, and samples memory while the step runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .memory import MemorySampler
+from .metrics import RequestRecord, read_records
+from .workload import Workload
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+@dataclass
+class Target:
+    """A deployment to measure: its base URL and what to sample for memory."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key: str | None = None
+    engine_pids: Callable[[], list[int]] | None = None
+    metrics_url: str | None = None
+
+
+@dataclass
+class StepResult:
+    records: list[RequestRecord]
+    duration: float
+    memory: dict
+
+
+def fmt_s(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Prints ``label: done/total, ETA`` lines: on change, at most every ``every`` seconds."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0, out=sys.stdout,
+                 unit: str = "requests"):
+        self.label, self.total, self.every, self.out, self.unit = label, total, every, out, unit
+        self.t0 = time.monotonic()
+        self.last_print = 0.0
+        self.last_done = -1
+
+    def update(self, done: int, failed: int = 0, force: bool = False) -> None:
+        now = time.monotonic()
+        if done == self.last_done and (force or now - self.last_print < self.every):
+            return
+        if not force and done != self.total and now - self.last_print < self.every:
+            return
+        self.last_done, self.last_print = done, now
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - done) if done else None
+        fail = f", {failed} failed" if failed else ""
+        eta_s = f", ETA {fmt_s(eta)}" if eta is not None and done < self.total else ""
+        print(f"  {self.label}: {done}/{self.total} {self.unit}{fail}, {fmt_s(elapsed)} elapsed"
+              f"{eta_s}", file=self.out, flush=True)
+
+
+def run_step(target: Target, workload: Workload, *, concurrency: int, num_requests: int,
+             out_dir: Path, tag: str, index_offset: int = 0, timeout_s: float = 3600,
+             progress_every: float = 10.0) -> StepResult:
+    """``num_requests`` requests from ``concurrency`` Locust users; all of them finish."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target.name}-{tag}")
+    records_path = out_dir / f"records-{safe}.jsonl"
+    records_path.unlink(missing_ok=True)
+    spec_path = out_dir / f"spec-{safe}.json"
+    spec_path.write_text(json.dumps({
+        "model": target.model, "workload": workload.model_dump(), "num_requests": num_requests,
+        "records": str(records_path), "tag": tag, "api_key": target.api_key,
+        "timeout_s": timeout_s, "index_offset": index_offset}))
+    users = max(1, min(concurrency, num_requests))
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+           "--users", str(users), "--spawn-rate", str(users), "--host", target.base_url,
+           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", str(int(timeout_s)),
+           "--exit-code-on-error", "0"]
+    env = {**os.environ, "QWEN_VL_LOADTEST_SPEC": str(spec_path)}
+    log = open(out_dir / f"locust-{safe}.log", "w")
+    progress = Progress(f"{target.name} {tag}", num_requests, every=progress_every)
+    t0 = time.time()
+    with MemorySampler(target.engine_pids, target.metrics_url, target.api_key) as mem:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        limit = timeout_s * -(-num_requests // users) + 120  # every request at its timeout
+        deadline = time.monotonic() + limit
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"Locust step {tag} ran past {fmt_s(limit)}; see {log.name}")
+            recs = read_records(records_path)
+            progress.update(len(recs), sum(not r.success for r in recs))
+            time.sleep(1.0)
+    log.close()
+    records = read_records(records_path)
+    progress.update(len(records), sum(not r.success for r in records), force=True)
+    if len(records) != num_requests:
+        raise RuntimeError(f"Locust step {tag}: {len(records)} of {num_requests} requests "
+                           f"recorded (exit code {proc.returncode}); see {log.name}")
+    ok = [r for r in records if r.success]
+    duration = (max(r.end_time for r in ok) - min(r.start_time for r in records)) if ok else \
+        time.time() - t0
+    return StepResult(records, duration, mem.summary())

@@ -1,0 +1,180 @@
+"""Scenario ``card``: the model card's speed and memory table, from a live deployment of the stack.
+
+For each quantization variant the platform can serve (the others are listed as skipped, with the
+config check's reason), the stack is deployed with that variant (BF16 activations, prefix caching
+off), warmed up with one request, and measured at each input length: one user, prompts of exactly
+N token ids (checked against ``usage.prompt_tokens``), ``ignore_eos`` outputs of a fixed length,
+several requests per cell. Reported per cell:
+
+- ``tokens_per_s``: the card's definition, completion tokens / end-to-end time;
+- ``decode_tokens_per_s`` (1 / TPOT) and TTFT;
+- memory (GPU memory in use, or the engine processes' RSS on CPU) and KV cache usage;
+- the card's row and our/card ratios; HF transformers on the same checkpoint and machine
+  (``--baseline``, the seed's method) and stack/HF ratios;
+- the memory-bandwidth limit of single-stream decode and how close we are (input length 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import deploy, hf_baseline
+from ..bandwidth import measure_bandwidth, weight_bytes_per_token
+from ..report import Report, plot
+from ..runner import Progress, run_step
+from ..workload import Workload
+from .common import VARIANTS, Grid, card_row, check, derive, load_base, variant_source
+
+COLUMNS = [
+    ("quantization", "quantization"), ("input_length", "input"), ("output_tokens", "output"),
+    ("requests", "requests"), ("tokens_per_s", "tokens/s"), ("card_tokens_per_s", "card tokens/s"),
+    ("ratio_tokens_per_s", "ours/card"), ("hf_tokens_per_s", "HF here tokens/s"),
+    ("stack_vs_hf", "stack/HF"), ("decode_tokens_per_s", "decode tokens/s"),
+    ("ttft_ms", "TTFT ms"), ("memory_gib", "memory GiB"), ("card_memory_gb", "card memory GB"),
+    ("hf_memory_gib", "HF memory GiB"), ("kv_cache_usage_peak", "KV usage peak"),
+    ("prompt_tokens_ok", "prompt tokens exact"),
+]
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path,
+        baseline: bool, device_label: str) -> Report:
+    base = load_base(config)
+    report = Report("card", out, {
+        "config": str(config), "model": family, "variants": variants,
+        "input_lengths": list(grid.input_lengths), "output_tokens": grid.output_tokens,
+        "requests_per_cell": grid.requests_per_cell, "baseline": baseline})
+    print(f"card: {family} model, variants {', '.join(variants)}, input lengths "
+          f"{list(grid.input_lengths)}, {grid.output_tokens} output tokens, "
+          f"{grid.requests_per_cell} request(s) per cell", flush=True)
+    bandwidth = measure_bandwidth()
+    report.data["bandwidth_bytes_per_s"] = bandwidth
+    print(f"  measured memory bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
+    runnable = []
+    for variant in variants:
+        data = derive(base, source=variant_source(family, variant), dtype="bfloat16",
+                      max_model_len=max(grid.input_lengths) + grid.output_tokens + 32,
+                      prefix_caching=False)
+        cfg, reason = check(data, f"card {variant}")
+        if reason:
+            report.skip(variant, reason)
+        else:
+            runnable.append((variant, data, cfg))
+    cells = Progress("card", len(runnable) * len(grid.input_lengths), every=0, unit="cells")
+    done = 0
+    for variant, data, cfg in runnable:
+        rows = []
+        with deploy.stack(data, out / "deploy", name=f"stack-{variant}") as target:
+            warm = Workload(input_tokens=min(grid.input_lengths), output_tokens=min(
+                16, grid.output_tokens), seed=7)
+            run_step(target, warm, concurrency=1, num_requests=1, out_dir=out / "steps",
+                     tag=f"{variant}-warmup", index_offset=10**6)
+            for n_in in grid.input_lengths:
+                w = Workload(input_tokens=n_in, output_tokens=grid.output_tokens, seed=n_in)
+                step = run_step(target, w, concurrency=1, num_requests=grid.requests_per_cell,
+                                out_dir=out / "steps", tag=f"{variant}-in{n_in}")
+                report.add_step(_step(report, variant, n_in, step, w), step.records)
+                ok = [r for r in step.records if r.success]
+                card = card_row(n_in, variant) or {}
+                row = {
+                    "quantization": variant, "input_length": n_in,
+                    "output_tokens": grid.output_tokens, "requests": len(ok),
+                    "failed": len(step.records) - len(ok),
+                    "tokens_per_s": _mean([r.output_tokens / r.latency for r in ok]),
+                    "decode_tokens_per_s": _mean([r.decode_tokens_per_s for r in ok]),
+                    "ttft_ms": _mean([r.ttft * 1000 for r in ok]),
+                    "memory_gib": step.memory.get("memory_gib_peak"),
+                    "kv_cache_usage_peak": step.memory.get("kv_cache_usage_peak"),
+                    "prompt_tokens_ok": bool(ok) and all(
+                        r.prompt_tokens == n_in for r in ok),
+                    "output_tokens_ok": bool(ok) and all(
+                        r.output_tokens == grid.output_tokens for r in ok),
+                    "card_tokens_per_s": card.get("tokens_per_s"),
+                    "card_memory_gb": card.get("gpu_memory_gb"),
+                }
+                row["ratio_tokens_per_s"] = _ratio(row["tokens_per_s"], row["card_tokens_per_s"])
+                row["ratio_memory"] = _ratio(row["memory_gib"], row["card_memory_gb"])
+                rows.append(row)
+                done += 1
+                cells.update(done, force=True)
+        if baseline:
+            _add_baseline(report, variant, cfg.model_path(), grid, rows)
+        _bandwidth_target(report, variant, cfg.model_path(), bandwidth, rows)
+        report.data["table"].extend(rows)
+    plots = _plots(report, out)
+    report.write(COLUMNS, f"Model card table: {family} model, {device_label}", plots)
+    return report
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _step(report: Report, variant: str, n_in: int, step, w: Workload) -> dict:
+    from ..report import step_result
+
+    return step_result(f"{variant}-in{n_in}", "stack", 1, step.records, step.duration,
+                       step.memory, w.model_dump())
+
+
+def _add_baseline(report: Report, variant: str, model_path: str, grid: Grid,
+                  rows: list[dict]) -> None:
+    print(f"  HF transformers baseline ({variant}, batch 1) ...", flush=True)
+    result = hf_baseline.run(model_path, "bfloat16", list(grid.input_lengths),
+                             grid.output_tokens, grid.requests_per_cell)
+    if "skipped" in result:
+        report.skip(f"HF transformers baseline, {variant}", result["skipped"])
+        return
+    report.data.setdefault("baseline", {})[variant] = result
+    by_len = {r["input_length"]: r for r in result["rows"]}
+    for row in rows:
+        hf = by_len.get(row["input_length"])
+        if hf:
+            row["hf_tokens_per_s"] = hf["tokens_per_s"]
+            row["hf_memory_gib"] = hf["memory_gib"]
+            row["stack_vs_hf"] = _ratio(row["tokens_per_s"], hf["tokens_per_s"])
+
+
+def _bandwidth_target(report: Report, variant: str, model_path: str, bandwidth: float,
+                      rows: list[dict]) -> None:
+    row = min(rows, key=lambda r: r["input_length"])
+    per_token = weight_bytes_per_token(model_path)
+    limit = bandwidth / per_token
+    measured = row["decode_tokens_per_s"]
+    ratio = limit / measured if measured else None
+    report.target(
+        f"single-stream decode vs bandwidth limit ({variant})", ratio, "limit/measured <= 2",
+        None if ratio is None else ratio <= 2.0,
+        f"{per_token / 1e9:.2f} GB of weights per token, {bandwidth / 1e9:.1f} GB/s measured: limit {limit:.1f} tokens/s, measured decode {measured or 0:.1f} "
+        f"tokens/s at input {row['input_length']}")
+
+
+def _plots(report: Report, out: Path) -> list[Path]:
+    table = report.data["table"]
+    if not table:
+        return []
+    lengths = sorted({r["input_length"] for r in table})
+    variants = [v for v in VARIANTS if any(r["quantization"] == v for r in table)]
+
+    def series(key: str, card_key: str) -> dict[str, list]:
+        s: dict[str, list] = {}
+        for v in variants:
+            rows = {r["input_length"]: r for r in table if r["quantization"] == v}
+            s[f"{v} (ours)"] = [rows.get(n, {}).get(key) for n in lengths]
+            cards = [(card_row(n, v) or {}).get(card_key) for n in lengths]
+            if any(c is not None for c in cards):
+                s[f"{v} (card, A100)"] = cards
+        return s
+
+    return [
+        plot(out / "tokens_per_s.png", "Tokens/s at batch 1 (completion tokens / E2EL)", lengths,
+             series("tokens_per_s", "tokens_per_s"), "input length (tokens)", "tokens/s",
+             kind="bar"),
+        plot(out / "memory.png", "Memory in use (ours: engine; card: GPU)", lengths,
+             series("memory_gib", "gpu_memory_gb"), "input length (tokens)", "GiB / GB",
+             kind="bar"),
+    ]

@@ -1,0 +1,101 @@
+"""What the scenarios share: the model families, the model card's rows, configs per variant."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from engine.config import ConfigError, ServingConfig, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CARD_CSV = Path(__file__).resolve().parents[1] / "data" / "qwen2-vl-2b-instruct-speed.csv"
+
+# --model: the embedded default model for quick runs, the real 2B size for figures that mean
+# something (random weights; see engine/embedded_model.py).
+FAMILIES = {"tiny": "qwen2-vl-tiny", "2b": "qwen2-vl-2b-random"}
+# The model card's quantization column -> the embedded variant's suffix (card order).
+VARIANTS = {"BF16": "", "GPTQ-Int8": "-gptq-int8", "GPTQ-Int4": "-gptq-int4", "AWQ": "-awq"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    input_lengths: tuple[int, ...]
+    output_tokens: int
+    requests_per_cell: int
+
+
+# The card's grid; the default on GPUs.
+CARD_GRID = Grid((1, 6144, 14336, 30720), 2048, 3)
+# The default on a CPU: what a 2-core machine finishes in about half an hour per variant with
+# the 2B-size model (prefill of the card's 30720-token inputs and 2048-token outputs takes hours).
+CPU_GRID = Grid((1, 1024), 128, 2)
+# --quick: seconds per cell with the embedded tiny model (CI).
+QUICK_GRID = Grid((1, 32), 16, 1)
+
+
+def card_rows() -> list[dict]:
+    """The model card's speed table (tokens/s and GPU memory, HF transformers on one A100)."""
+    lines = [ln for ln in CARD_CSV.read_text().splitlines() if not ln.startswith("#")]
+    rows = []
+    for r in csv.DictReader(lines):
+        rows.append({"input_length": int(r["input_length"]), "quantization": r["quantization"],
+                     "tokens_per_s": float(r["tokens_per_s"]),
+                     "gpu_memory_gb": float(r["gpu_memory_gb"])})
+    return rows
+
+
+def card_row(input_length: int, quantization: str) -> dict | None:
+    for r in card_rows():
+        if r["input_length"] == input_length and r["quantization"] == quantization:
+            return r
+    return None
+
+
+def load_base(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def variant_source(family: str, variant: str) -> str:
+    return f"embedded:{FAMILIES[family]}{VARIANTS[variant]}"
+
+
+def derive(base: dict, *, source: str | None = None, dtype: str | None = None,
+           max_model_len: int | None = None, prefix_caching: bool | None = None,
+           max_num_seqs: int | None = None) -> dict:
+    """A copy of ``base`` with the settings a scenario needs (everything else unchanged)."""
+    data = copy.deepcopy(base)
+    model, engine = data.setdefault("model", {}), data.setdefault("engine", {})
+    if source is not None:
+        model["source"] = source
+        if source.startswith("embedded:"):
+            model["served_name"] = source.removeprefix("embedded:")
+    if dtype is not None:
+        model["dtype"] = dtype
+    if max_model_len is not None:
+        block = engine.get("block_size", 32)
+        mml = int(math.ceil(max_model_len / block) * block)
+        engine["max_model_len"] = max(mml, engine.get("max_model_len", 0))
+        batched = engine.get("max_num_batched_tokens")
+        if batched is not None and batched < engine["max_model_len"]:
+            engine["max_num_batched_tokens"] = engine["max_model_len"]
+    if prefix_caching is not None:
+        engine["enable_prefix_caching"] = prefix_caching
+    if max_num_seqs is not None:
+        engine["max_num_seqs"] = max(engine.get("max_num_seqs", 1), max_num_seqs)
+    limits = data.setdefault("limits", {})
+    if limits.get("max_tokens") is not None and max_model_len is not None:
+        limits["max_tokens"] = max(limits["max_tokens"], max_model_len)
+    return data
+
+
+def check(data: dict, origin: str) -> tuple[ServingConfig | None, str | None]:
+    """The project's own validation: (config, None), or (None, why it cannot run here)."""
+    try:
+        return parse_config(data, origin), None
+    except ConfigError as err:
+        return None, str(err).strip().removeprefix(f"invalid config {origin}:").strip()

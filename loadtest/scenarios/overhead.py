@@ -1,0 +1,80 @@
+"""Scenario ``overhead``: our Ray Serve stack against a bare ``vllm serve`` with identical engine
+arguments, both up at once, measured in alternating rounds (A B B A ...) of the same workload.
+
+Per target, over all its rounds: output tokens/s (total tokens / total round time) and TTFT p50.
+Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bare vLLM's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import deploy
+from ..metrics import summarize
+from ..report import Report, plot, step_result
+from ..runner import Progress, run_step
+from ..workload import Workload
+
+COLUMNS = [
+    ("target", "target"), ("rounds", "rounds"), ("completed", "completed"), ("failed", "failed"),
+    ("output_throughput", "output tokens/s"), ("median_ttft_ms", "TTFT p50 ms"),
+    ("p99_ttft_ms", "TTFT p99 ms"), ("median_tpot_ms", "TPOT p50 ms"),
+    ("median_e2el_ms", "E2EL p50 ms"), ("memory_gib_peak", "memory GiB"),
+]
+MIN_RATIO = 0.95
+MAX_TTFT_DIFF_MS = 15.0
+
+
+def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round: int,
+        rounds: int, out: Path, title: str, settings: dict) -> Report:
+    report = Report("overhead", out, {**settings, "workload": workload.model_dump(),
+                                      "concurrency": concurrency, "rounds": rounds,
+                                      "requests_per_round": requests_per_round})
+    print(f"overhead: {workload.describe()}, concurrency {concurrency}, {rounds} round(s) of "
+          f"{requests_per_round} requests per target, alternating", flush=True)
+    per: dict[str, dict] = {}
+    progress = Progress("overhead", 2 * rounds, every=0, unit="rounds")
+    with deploy.stack(data, out / "deploy", name="stack") as stack, \
+            deploy.bare_vllm(data, out / "deploy", name="vllm-serve") as bare:
+        for t in (stack, bare):  # warm-up
+            run_step(t, workload.model_copy(update={"output_tokens": 4}), concurrency=1,
+                     num_requests=1, out_dir=out / "steps", tag="warmup", index_offset=10**6)
+        done = 0
+        for r in range(rounds):
+            order = (stack, bare) if r % 2 == 0 else (bare, stack)
+            for t in order:
+                step = run_step(t, workload, concurrency=concurrency,
+                                num_requests=requests_per_round, out_dir=out / "steps",
+                                tag=f"round{r + 1}", index_offset=r * requests_per_round)
+                report.add_step(step_result(f"round{r + 1}", t.name, concurrency, step.records,
+                                            step.duration, step.memory, workload.model_dump()),
+                                step.records)
+                acc = per.setdefault(t.name, {"records": [], "duration": 0.0, "memory": []})
+                acc["records"] += step.records
+                acc["duration"] += step.duration
+                acc["memory"].append(step.memory.get("memory_gib_peak"))
+                done += 1
+                progress.update(done, force=True)
+    for name in ("stack", "vllm-serve"):
+        acc = per[name]
+        mem = [m for m in acc["memory"] if m is not None]
+        report.data["table"].append({"target": name, "rounds": rounds,
+                                     **summarize(acc["records"], acc["duration"]),
+                                     "memory_gib_peak": max(mem) if mem else None})
+    s, b = report.data["table"]
+    ratio = s["output_throughput"] / b["output_throughput"] if b["output_throughput"] else None
+    diff = s["median_ttft_ms"] - b["median_ttft_ms"]
+    report.target("stack / bare vllm serve output tokens/s", ratio, f">= {MIN_RATIO}",
+                  None if ratio is None else ratio >= MIN_RATIO,
+                  f"{s['output_throughput']:.1f} vs {b['output_throughput']:.1f} tokens/s")
+    report.target("stack - bare vllm serve TTFT p50 (ms)", diff, f"<= {MAX_TTFT_DIFF_MS:g} ms",
+                  diff <= MAX_TTFT_DIFF_MS,
+                  f"{s['median_ttft_ms']:.1f} vs {b['median_ttft_ms']:.1f} ms")
+    rounds_of = {n: [st for st in report.data["steps"] if st["target"] == n]
+                 for n in ("stack", "vllm-serve")}
+    xs = list(range(1, rounds + 1))
+    plots = [plot(out / "overhead.png", "Output tokens/s per round", xs,
+                  {n: [st["output_throughput"] for st in rounds_of[n]] for n in rounds_of},
+                  "round", "tokens/s", kind="bar")]
+    report.write(COLUMNS, title, plots)
+    return report

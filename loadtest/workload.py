@@ -1,0 +1,81 @@
+"""What the load tests send: exact-length token prompts, text chats and random-pixel images.
+
+Every request is built from ``(workload, index)`` with its own random stream, so prompts differ
+from request to request (no prefix or multimodal cache can help) and a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Ordinary BPE ids of the Qwen2 tokenizer (special and vision tokens start at 151643).
+TOKEN_ID_RANGE = (1000, 150000)
+WORDS = ("time year people way day man thing woman life child world school state family student "
+         "group country problem hand part place case week company system program question work "
+         "government number night point home water room mother area money story fact month lot "
+         "right study book eye job word business issue side kind head house service friend father "
+         "power hour game line end member law car city community name president team minute idea "
+         "kid body information back parent face others level office door health person art war "
+         "history party result change morning reason research girl guy moment air teacher force").split()
+
+
+class Workload(BaseModel):
+    """One kind of request. ``completions`` sends exactly ``input_tokens`` token ids;
+    ``chat`` sends about ``input_tokens`` words of text and, for ``image_fraction`` of the
+    requests, ``images_per_request`` random-pixel JPEGs of ``image_size``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Literal["completions", "chat"] = "completions"
+    input_tokens: int = Field(64, ge=1)
+    output_tokens: int = Field(64, ge=1)
+    image_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    images_per_request: int = Field(1, ge=1)
+    image_size: tuple[int, int] = (448, 448)
+    ignore_eos: bool = True
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.endpoint == "completions":
+            return f"{self.input_tokens} prompt tokens -> {self.output_tokens} tokens"
+        img = (f", {self.image_fraction:.0%} with {self.images_per_request}x"
+               f"{self.image_size[0]}x{self.image_size[1]} image(s)") if self.image_fraction else ""
+        return f"chat ~{self.input_tokens} words{img} -> {self.output_tokens} tokens"
+
+
+def random_jpeg(width: int, height: int, rng: random.Random) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(rng.getrandbits(32)).integers(
+        0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def build_request(w: Workload, model: str, index: int) -> tuple[str, dict, str, int | None]:
+    """(path, body, kind, expected prompt tokens) of request ``index`` of the workload."""
+    rng = random.Random(f"{w.seed}:{index}")
+    common = {"model": model, "max_tokens": w.output_tokens, "temperature": 0.0,
+              "ignore_eos": w.ignore_eos}
+    if w.endpoint == "completions":
+        ids = [rng.randrange(*TOKEN_ID_RANGE) for _ in range(w.input_tokens)]
+        return "/v1/completions", {**common, "prompt": ids}, "text", w.input_tokens
+    text = " ".join(rng.choice(WORDS) for _ in range(w.input_tokens))
+    content: list[dict] = []
+    kind = "text"
+    if rng.random() < w.image_fraction:
+        kind = "image"
+        for _ in range(w.images_per_request):
+            jpeg = base64.b64encode(random_jpeg(*w.image_size, rng)).decode()
+            content.append({"type": "image_url",
+                            "image_url": {"url": f"data:image/jpeg;base64,{jpeg}"}})
+    content.append({"type": "text", "text": text})
+    return ("/v1/chat/completions",
+            {**common, "messages": [{"role": "user", "content": content}]}, kind, None)

@@ -1,0 +1,107 @@
+"""The parts of the scenarios that need no running engine."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from loadtest import hf_baseline
+from loadtest.bandwidth import tensor_bytes, weight_bytes_per_token
+from loadtest.deploy import vllm_serve_argv
+from loadtest.scenarios.common import (CARD_GRID, ROOT, VARIANTS, card_row, card_rows, check,
+                                       derive, load_base, variant_source)
+from loadtest.scenarios.sweep import levels
+
+
+def test_card_table_is_shipped_and_complete():
+    rows = card_rows()
+    assert len(rows) == 16
+    assert {r["quantization"] for r in rows} == set(VARIANTS)
+    assert {r["input_length"] for r in rows} == set(CARD_GRID.input_lengths)
+    assert card_row(1, "BF16") == {"input_length": 1, "quantization": "BF16",
+                                   "tokens_per_s": 35.29, "gpu_memory_gb": 4.68}
+
+
+def test_variant_configs_and_skip_reasons_come_from_the_config_check():
+    base = load_base(ROOT / "configs" / "default.yaml")
+    data = derive(base, source=variant_source("2b", "GPTQ-Int4"), dtype="bfloat16",
+                  max_model_len=6000 + 2048, prefix_caching=False)
+    cfg, reason = check(data, "card")
+    assert reason is None
+    assert cfg.model.source == "embedded:qwen2-vl-2b-random-gptq-int4"
+    assert cfg.engine.max_model_len == 8064 and cfg.engine.max_model_len % 32 == 0
+    assert cfg.engine.max_num_batched_tokens >= cfg.engine.max_model_len
+    assert cfg.engine.enable_prefix_caching is False
+    _, reason = check(derive(base, source=variant_source("tiny", "GPTQ-Int8")), "card")
+    assert "GPTQ-Int8" in reason and "no CPU kernel" in reason
+    assert not reason.startswith("invalid config")
+
+
+def test_sweep_levels_double_up_to_the_maximum():
+    assert levels(16) == [1, 2, 4, 8, 16]
+    assert levels(12) == [1, 2, 4, 8, 12]
+    assert levels(1) == [1]
+
+
+def test_bare_vllm_serve_gets_our_engine_arguments_and_vllm_accepts_them():
+    """The overhead reference is `vllm serve` with exactly our engine args (parsed by vLLM)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from engine.config import parse_config
+
+    cfg = parse_config(load_base(ROOT / "configs" / "default.yaml"))
+    argv = vllm_serve_argv(cfg, 8123)
+    assert argv[2] == "vllm.entrypoints.openai.api_server"
+    parser = make_arg_parser(FlexibleArgumentParser())
+    ns = parser.parse_args(argv[3:])
+    engine = AsyncEngineArgs.from_cli_args(ns)
+    expected = cfg.to_engine_kwargs()
+    assert ns.model == expected["model"] and ns.port == 8123
+    for key, value in expected.items():
+        if key == "model":
+            continue
+        got = getattr(engine, key, getattr(ns, key, None))
+        if key == "served_model_name":
+            value = [value]  # vLLM keeps a list of names
+        if hasattr(got, "model_dump"):
+            got = got.model_dump(exclude_unset=True)
+        assert got == value, f"{key}: vllm serve would get {got!r}, our config says {value!r}"
+
+
+def _write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    header, offset = {}, 0
+    sizes = {"BF16": 2, "F32": 4, "I32": 4}
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_bytes_per_token(tmp_path, tied):
+    _write_safetensors(tmp_path / "model.safetensors", {
+        "model.language_model.embed_tokens.weight": ("BF16", [100, 8]),     # 1600 B
+        "model.language_model.layers.0.mlp.qweight": ("I32", [2, 8]),      # 64 B
+        "model.language_model.norm.weight": ("F32", [8]),                  # 32 B
+        "model.visual.blocks.0.attn.qkv.weight": ("BF16", [24, 8]),        # 384 B
+    })
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": tied}))
+    assert sum(tensor_bytes(str(tmp_path)).values()) == 1600 + 64 + 32 + 384
+    assert weight_bytes_per_token(str(tmp_path)) == 96 + (1600 if tied else 0)
+
+
+def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"quantization_config": {"quant_method": "awq", "bits": 4}}))
+    reason = hf_baseline.quantized_unsupported_reason(str(tmp_path))
+    assert "'awq' package" in reason and "AWQ" in reason
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    assert hf_baseline.quantized_unsupported_reason(str(tmp_path)) is None

@@ -1,0 +1,114 @@
+"""Every scenario in quick mode, end to end: the command deploys the real stack (and bare
+``vllm serve``), Locust drives real HTTP, the results folder is checked for structure and sanity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from loadtest.metrics import read_records
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_KEYS = ("completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
+             "request_throughput", "output_throughput", "total_token_throughput",
+             "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms",
+             "mean_itl_ms", "median_e2el_ms", "ttfts", "itls", "latencies", "output_lens")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def run_scenario(tmp: Path, *args: str) -> tuple[Path, dict, str]:
+    out = tmp / "results"
+    r = subprocess.run([sys.executable, "-m", "loadtest", *args, "--quick", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=1400)
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return out, json.loads((out / "results.json").read_text()), r.stdout
+
+
+def check_folder(out: Path, data: dict, pngs: list[str]) -> None:
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ") and "Machine: " in md
+    header = md.splitlines()[6]
+    assert header.startswith("| ") and md.splitlines()[7].startswith("|---")
+    assert len((out / "results.csv").read_text().splitlines()) == len(data["table"]) + 1
+    for name in pngs:
+        raw = (out / name).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n", name
+        with Image.open(out / name) as img:
+            img.verify()
+        assert f"![{Path(name).stem}]({name})" in md
+    records = read_records(out / "records.jsonl")
+    assert records and all(r.success for r in records)
+    assert sum(len(s["ttfts"]) for s in data["steps"]) == len(records)
+    for step in data["steps"]:
+        for key in VLLM_KEYS:
+            assert key in step, key
+        assert step["failed"] == 0 and step["completed"] > 0
+        assert step["output_throughput"] > 0
+        assert step["total_output_tokens"] == sum(step["output_lens"])
+        assert step["memory_gib_peak"] > 0
+
+
+def test_card_quick(tmp_path):
+    out, data, stdout = run_scenario(tmp_path, "card", "--variants", "BF16,GPTQ-Int8")
+    check_folder(out, data, ["tokens_per_s.png", "memory.png"])
+    assert "ETA" in stdout
+    rows = data["table"]
+    assert [(r["quantization"], r["input_length"]) for r in rows] == [("BF16", 1), ("BF16", 32)]
+    for r in rows:
+        assert r["prompt_tokens_ok"] and r["output_tokens_ok"]  # exact N in, exact N out
+        assert r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["memory_gib"] > 0
+        assert r["hf_tokens_per_s"] > 0 and r["stack_vs_hf"] > 0
+    assert rows[0]["card_tokens_per_s"] == 35.29
+    assert rows[0]["ratio_tokens_per_s"] == pytest.approx(rows[0]["tokens_per_s"] / 35.29)
+    for step in data["steps"]:
+        assert all(n == step["workload"]["output_tokens"] for n in step["output_lens"])
+        assert all(n == step["workload"]["input_tokens"] for n in step["input_lens"])
+    skipped = {s["what"]: s["reason"] for s in data["skipped"]}
+    assert "no CPU kernel" in skipped["GPTQ-Int8"]
+    target = data["targets"][0]
+    assert target["target"].startswith("single-stream decode vs bandwidth limit")
+    assert target["measured"] > 0 and "GB/s measured" in target["detail"]
+    assert "| BF16 | 1 | 16 |" in (out / "report.md").read_text()
+
+
+def test_sweep_quick(tmp_path):
+    out, data, _ = run_scenario(tmp_path, "sweep")
+    check_folder(out, data, ["throughput.png", "latency.png"])
+    assert [r["concurrency"] for r in data["table"]] in ([1, 2], [1])
+    kinds = {r.kind for r in read_records(out / "records.jsonl")}
+    assert kinds == {"text", "image"}  # the mixed workload really sent images
+    cap = data["capacity"]
+    assert cap["max_concurrency_meeting_slo"] in (0, 1, 2)
+    assert cap["peak_output_throughput"] > 0
+    assert all(r["request_goodput"] is not None for r in data["table"])
+
+
+def test_overhead_quick(tmp_path):
+    out, data, stdout = run_scenario(tmp_path, "overhead")
+    check_folder(out, data, ["overhead.png"])
+    assert [r["target"] for r in data["table"]] == ["stack", "vllm-serve"]
+    assert {s["target"] for s in data["steps"]} == {"stack", "vllm-serve"}
+    names = [t["target"] for t in data["targets"]]
+    assert names == ["stack / bare vllm serve output tokens/s",
+                     "stack - bare vllm serve TTFT p50 (ms)"]
+    assert data["targets"][0]["measured"] > 0
+    argv = json.loads((out / "deploy" / "vllm-serve-argv.json").read_text())
+    assert "--max-model-len" in argv and "--limit-mm-per-prompt" in argv
+    assert "stack stopped" in stdout and "vllm-serve stopped" in stdout
+
+
+def test_baseline_quick(tmp_path):
+    out, data, _ = run_scenario(tmp_path, "baseline")
+    check_folder(out, data, ["baseline.png"])
+    engines = [(r["engine"].split(" (")[0], r["concurrency"]) for r in data["table"]]
+    assert engines == [("HF transformers", 1), ("our stack", 1), ("our stack", 4)]
+    hf = data["table"][0]
+    assert hf["output_throughput"] > 0 and hf["memory_gib_peak"] > 0
+    assert data["table"][2]["vs_hf"] == pytest.approx(
+        data["table"][2]["output_throughput"] / hf["output_throughput"])
