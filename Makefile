@@ -6,7 +6,8 @@ CONFIG  ?= configs/default.yaml
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 
-.PHONY: install serve serve-detached stop status test test-fast clean lock
+.PHONY: install serve serve-detached stop status test test-fast clean lock \
+        loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline
 
 install: $(STAMP)
 
@@ -41,6 +42,15 @@ test: install
 # Config, shim and unit tests only (no engine start).
 test-fast: install
 	$(VENV)/bin/pytest -v -m "not slow"
+
+# Load tests (README "Capacity testing"). Each deploys what it measures and tears it down;
+# ARGS passes flags, e.g. make loadtest-card ARGS="--variants BF16,AWQ --input-lengths 1,4096".
+LOADTEST_MODEL ?= 2b
+loadtest-quick: install
+	for s in card sweep overhead baseline; do $(PY) -m loadtest $$s --quick $(ARGS) || exit 1; done
+
+loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline: install
+	$(PY) -m loadtest $(@:loadtest-%=%) --config $(CONFIG) --model $(LOADTEST_MODEL) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

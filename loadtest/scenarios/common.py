@@ -31,9 +31,9 @@ class Grid:
 
 # The card's grid; the default on GPUs.
 CARD_GRID = Grid((1, 6144, 14336, 30720), 2048, 3)
-# The default on a CPU: what a 2-core machine finishes in about half an hour per variant with
+# The default on a CPU: what a 2-core machine finishes in about ten minutes per variant with
 # the 2B-size model (prefill of the card's 30720-token inputs and 2048-token outputs takes hours).
-CPU_GRID = Grid((1, 1024), 128, 2)
+CPU_GRID = Grid((1, 1024), 64, 2)
 # --quick: seconds per cell with the embedded tiny model (CI).
 QUICK_GRID = Grid((1, 32), 16, 1)
 

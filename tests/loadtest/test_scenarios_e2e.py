@@ -33,8 +33,11 @@ def run_scenario(tmp: Path, *args: str) -> tuple[Path, dict, str]:
 def check_folder(out: Path, data: dict, pngs: list[str]) -> None:
     md = (out / "report.md").read_text()
     assert md.startswith("# ") and "Machine: " in md
-    header = md.splitlines()[6]
-    assert header.startswith("| ") and md.splitlines()[7].startswith("|---")
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    assert lines[head + 1].startswith("|---")  # a Markdown table with one row per result
+    assert sum(line.startswith("| ") for line in lines[head + 2:head + 2 + len(
+        data["table"])]) == len(data["table"])
     assert len((out / "results.csv").read_text().splitlines()) == len(data["table"]) + 1
     for name in pngs:
         raw = (out / name).read_bytes()
