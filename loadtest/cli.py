@@ -67,18 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen-vl-loadtest", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="scenario", required=True)
 
-    def common(sp):
+    def common(sp, model_default: str | None = None):
         sp.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml",
                         help="the base config (default: configs/default.yaml)")
-        sp.add_argument("--model", choices=["tiny", "2b"], default="tiny" if sp.prog.endswith(
-            "card") else None, help="embedded model: tiny (quick) or 2b (the real Qwen2-VL-2B "
-                                  "size); default: card tiny, others the config's model")
+        sp.add_argument("--model", choices=["tiny", "2b"], default=model_default,
+                        help="embedded model: tiny (quick) or 2b (the real Qwen2-VL-2B size); "
+                             "default: " + (model_default or "the config's model"))
         sp.add_argument("--quick", action="store_true",
                         help="seconds per step: short lengths, few requests (CI)")
         sp.add_argument("--out", type=Path, help="results folder (default: results/...)")
         return sp
 
-    card = common(sub.add_parser("card", help="the model card's table from a live stack"))
+    card = common(sub.add_parser("card", help="the model card's table from a live stack"),
+                  model_default="tiny")
     card.add_argument("--variants", type=_variants, default=list(VARIANTS),
                       help="comma-separated, of " + ", ".join(VARIANTS) + " (default: all)")
     card.add_argument("--input-lengths", type=_ints,
@@ -163,19 +164,28 @@ def _grid(args, device: str) -> Grid:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.chdir(ROOT)
+    args.config = args.config.resolve()  # paths as given, before moving to the project root
+    if args.out:
+        args.out = args.out.resolve()
+    os.chdir(ROOT)  # Locust, `qwen-vl serve` and `vllm serve` run from the project root
+    if not args.config.is_file():
+        raise SystemExit(f"qwen-vl-loadtest: --config {args.config}: no such file")
     device = _device(args.config)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "results" / f"{args.scenario}-{args.model or 'config'}-{stamp}"
     label = _device_label(device)
-    if args.scenario == "card":
-        from .scenarios import card
+    try:
+        if args.scenario == "card":
+            from .scenarios import card
 
-        report = card.run(config=args.config, family=args.model, variants=args.variants,
-                          grid=_grid(args, device), out=out, baseline=args.baseline,
-                          device_label=label)
-    else:
-        report = _run_other(args, device, out, label)
+            report = card.run(config=args.config, family=args.model, variants=args.variants,
+                              grid=_grid(args, device), out=out, baseline=args.baseline,
+                              device_label=label)
+        else:
+            report = _run_other(args, device, out, label)
+    except (RuntimeError, OSError) as err:  # a deployment that fails, an unreachable --url
+        print(f"qwen-vl-loadtest {args.scenario}: {err}", file=sys.stderr)
+        return 2
     print((out / "report.md").read_text())
     print(f"results: {out}")
     failed = sum(s["failed"] for s in report.data["steps"])

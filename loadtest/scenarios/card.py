@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import deploy, hf_baseline
 from ..bandwidth import measure_bandwidth, weight_bytes_per_token
-from ..report import Report, plot
+from ..report import Report, plot, step_result
 from ..runner import Progress, run_step
 from ..workload import Workload
 from .common import VARIANTS, Grid, card_row, check, derive, load_base, variant_source
@@ -115,8 +115,6 @@ def _ratio(a, b):
 
 
 def _step(report: Report, variant: str, n_in: int, step, w: Workload) -> dict:
-    from ..report import step_result
-
     return step_result(f"{variant}-in{n_in}", "stack", 1, step.records, step.duration,
                        step.memory, w.model_dump())
 

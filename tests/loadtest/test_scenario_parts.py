@@ -105,3 +105,30 @@ def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
     assert "'awq' package" in reason and "AWQ" in reason
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     assert hf_baseline.quantized_unsupported_reason(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["card", "--variants", "BF17"], "unknown variant 'BF17'"),
+    (["card", "--input-lengths", "1,x"], "expected comma-separated integers"),
+    (["card", "--input-lengths", "0"], "expected positive integers"),
+    (["sweep", "--image-size", "448"], "expected WIDTHxHEIGHT"),
+    (["sweep", "--model", "7b"], "invalid choice: '7b'"),
+])
+def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
+    from loadtest.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_unreachable_url_is_one_line_not_a_traceback(tmp_path, capsys):
+    from launch.local_cluster import free_port
+    from loadtest.cli import main
+
+    code = main(["sweep", "--url", f"http://127.0.0.1:{free_port()}", "--quick",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("qwen-vl-loadtest sweep: ")
+    assert "Traceback" not in err and "Connection refused" in err
