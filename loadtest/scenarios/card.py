@@ -105,8 +105,11 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
             _add_baseline(report, variant, cfg.model_path(), grid, rows)
         _bandwidth_target(report, variant, cfg.model_path(), bandwidth, rows)
         report.data["table"].extend(rows)
-    plots = _plots(report, out)
-    report.write(COLUMNS, f"Model card table: {family} model, {device_label}", plots)
+        # After every variant, so a long run stopped part-way keeps what it measured.
+        report.write(COLUMNS, f"Model card table: {family} model, {device_label}",
+                     _plots(report, out))
+    if not runnable:
+        report.write(COLUMNS, f"Model card table: {family} model, {device_label}")
     return report
 
 
