@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     base = one_model(sub.add_parser("baseline", help="HF transformers batch 1 vs our stack"))
     base.add_argument("--concurrency", type=_ints, help="stack levels (default 1,16)")
+    base.add_argument("--min-requests", type=int, help="requests per stack level at least")
     return p
 
 

@@ -132,3 +132,17 @@ def test_cli_unreachable_url_is_one_line_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("qwen-vl-loadtest sweep: ")
     assert "Traceback" not in err and "Connection refused" in err
+
+
+def test_every_documented_flag_parses():
+    from loadtest.cli import build_parser
+
+    p = build_parser()
+    p.parse_args(["card", "--model", "2b", "--variants", "BF16,awq", "--input-lengths", "1,256",
+                  "--output-tokens", "32", "--requests", "2", "--no-baseline", "--quick"])
+    p.parse_args(["sweep", "--url", "http://h:8000", "--api-key", "k", "--max-concurrency", "8",
+                  "--min-requests", "4", "--image-fraction", "0.25", "--images-per-request",
+                  "2", "--image-size", "224x448", "--slo-ttft-ms", "500", "--slo-tpot-ms", "50"])
+    p.parse_args(["overhead", "--concurrency", "4", "--rounds", "3", "--requests", "16"])
+    p.parse_args(["baseline", "--model", "2b", "--input-tokens", "32", "--output-tokens", "32",
+                  "--min-requests", "2", "--concurrency", "1,16"])
