@@ -24,16 +24,14 @@ from typing import Iterator
 import yaml
 
 from engine.config import ServingConfig, parse_config
+from launch.access import KeySource
+from launch.cli import base_url, http_get
+from launch.local_cluster import free_port
 
+from .memory import process_tree
 from .runner import Target, fmt_s
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    from launch.local_cluster import free_port as _free_port
-
-    return _free_port()
 
 
 def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
@@ -41,12 +39,8 @@ def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | No
     t0 = time.monotonic()
     last = 0.0
     while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if http_get(url)[0] == 200:
+            return
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"{what} exited with code {proc.returncode} before it was "
@@ -60,18 +54,13 @@ def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | No
         time.sleep(2)
 
 
-def _tree(pids: list[int]) -> list[int]:
-    import psutil
-
-    out = set()
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            out.add(pid)
-            out.update(c.pid for c in p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    return sorted(out)
+def _cli(env: dict, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    """``qwen-vl ARGS`` as users run it (output to ``log``, or captured)."""
+    cmd = [sys.executable, "-m", "launch.cli", *args]
+    if log is None:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    with open(log, "w") as fh:
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def write_config(data: dict, path: Path) -> ServingConfig:
@@ -94,13 +83,9 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
     print(f"deploying {name}: {cfg.model.source} ({cfg.deployment.device}) ...", flush=True)
     t0 = time.monotonic()
     log = work / f"{name}-serve.log"
-    with open(log, "w") as fh:
-        r = subprocess.run([sys.executable, "-m", "launch.cli", "serve", "--config",
-                            str(work / f"{name}-config.yaml"), "--detach"], cwd=ROOT, env=env,
-                           stdout=fh, stderr=subprocess.STDOUT)
+    r = _cli(env, "serve", "--config", str(work / f"{name}-config.yaml"), "--detach", log=log)
     if r.returncode != 0:
-        subprocess.run([sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT, env=env,
-                       capture_output=True)
+        _cli(env, "stop")
         raise RuntimeError(f"{name} failed to start; see {log}:\n{log.read_text()[-3000:]}")
     print(f"  {name} ready in {fmt_s(time.monotonic() - t0)}", flush=True)
     state = read_state(Path(env["QWEN_VL_RUN_DIR"]))
@@ -115,30 +100,23 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
                     replicas.append(pid)
             except psutil.NoSuchProcess:
                 pass
-        return _tree(replicas)
+        return process_tree(replicas)
 
-    base = f"http://{cfg.server.host}:{cfg.server.port}"
+    base = base_url(cfg.server.host, cfg.server.port)
     try:
         yield Target(name=name, base_url=base, model=cfg.model.served_name,
                      api_key=_api_key(cfg), engine_pids=engine_pids,
                      metrics_url=f"http://127.0.0.1:{cfg.server.metrics_port}/metrics")
     finally:
-        stop = subprocess.run([sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        stop = _cli(env, "stop")
         print(f"  {name} stopped" + ("" if stop.returncode == 0 else f" (code {stop.returncode})"),
               flush=True)
 
 
 def _api_key(cfg: ServingConfig) -> str | None:
-    """The first API key the config names, if the stack requires keys."""
-    a = cfg.access
-    if a.api_keys_env and os.environ.get(a.api_keys_env):
-        return os.environ[a.api_keys_env].split(",")[0].strip()
-    if a.api_keys_file and Path(a.api_keys_file).exists():
-        for line in Path(a.api_keys_file).read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                return line.strip()
-    return None
+    """The first key the stack accepts (its own key source), if it requires keys."""
+    keys = KeySource(cfg.access.api_keys_env, cfg.access.api_keys_file).keys()
+    return keys[0] if keys else None
 
 
 def vllm_serve_argv(cfg: ServingConfig, port: int) -> list[str]:
@@ -184,7 +162,7 @@ def bare_vllm(data: dict, work: Path, name: str = "vllm-serve",
         wait_http(base + "/health", timeout_s, name, proc, log)
         print(f"  {name} ready in {fmt_s(time.monotonic() - t0)}", flush=True)
         yield Target(name=name, base_url=base, model=cfg.model.served_name,
-                     engine_pids=lambda: _tree([proc.pid]), metrics_url=base + "/metrics")
+                     engine_pids=lambda: process_tree([proc.pid]), metrics_url=base + "/metrics")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

@@ -33,11 +33,15 @@ GIB = float(1 << 30)
 
 
 def quantized_unsupported_reason(model_path: str) -> str | None:
-    cfg = json.loads((Path(model_path) / "config.json").read_text())
-    method = (cfg.get("quantization_config") or {}).get("quant_method")
-    if not method:
-        return None
     import importlib.util
+
+    from engine.checkpoint import quantization_of, read_config
+
+    path = str(Path(model_path).resolve())
+    found = quantization_of(path, *read_config(path))
+    if found is None or found == "unknown":
+        return None
+    method = found.method
 
     needed = {"gptq": "gptqmodel", "awq": "awq"}.get(method, method)
     if importlib.util.find_spec(needed) is None:

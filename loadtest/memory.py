@@ -12,12 +12,26 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 import urllib.request
 from typing import Callable
 
 GIB = float(1 << 30)
 KV_METRICS = ("ray_vllm_kv_cache_usage_perc", "vllm:kv_cache_usage_perc")
+
+
+def process_tree(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants that are alive."""
+    import psutil
+
+    out = set()
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            out.add(pid)
+            out.update(c.pid for c in p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(out)
 
 
 def rss_bytes(pids: list[int]) -> int:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from . import machine
+from .memory import process_tree, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"tiny": "qwen2-vl-tiny", "2b": "qwen2-vl-2b-random"}
@@ -69,13 +70,6 @@ def _weights_in_worker(worker) -> dict:
     return parts
 
 
-def _rss_bytes(pid: int) -> int:
-    import psutil
-
-    proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-
-
 def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> dict:
     """One variant, in this process (run by ``main`` in a fresh subprocess)."""
     from vllm import LLM, SamplingParams
@@ -84,7 +78,7 @@ def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> d
     llm = LLM(**engine_kwargs(source, max_model_len))
     load_s = time.perf_counter() - t0
     weights = llm.collective_rpc(_weights_in_worker)[0]
-    rss = _rss_bytes(os.getpid())
+    rss = rss_bytes(process_tree([os.getpid()]))
 
     def prompts(n: int, salt: int) -> list[dict]:  # distinct prompts: no prefix reuse
         return [{"prompt_token_ids": [151644, 872, 198] + [1000 + 37 * i + salt + j
