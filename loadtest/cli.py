@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--no-baseline", dest="baseline", action="store_false",
                       help="skip the HF transformers columns")
 
+    def mixed_workload_flags(sp):  # sweep and overhead send the same mixed workload
+        sp.add_argument("--image-fraction", type=float, default=0.5)
+        sp.add_argument("--images-per-request", type=int, default=1)
+        sp.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+
     def one_model(sp):
         common(sp)
         sp.add_argument("--variant", type=lambda t: _variants(t)[0], default="BF16",
@@ -107,13 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --url (default: $OPENAI_API_KEY)")
     sweep.add_argument("--max-concurrency", type=int)
     sweep.add_argument("--min-requests", type=int, help="requests per level at least")
-    sweep.add_argument("--image-fraction", type=float, default=0.5)
-    sweep.add_argument("--images-per-request", type=int, default=1)
-    sweep.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+    mixed_workload_flags(sweep)
     sweep.add_argument("--slo-ttft-ms", type=float)
     sweep.add_argument("--slo-tpot-ms", type=float)
 
     over = one_model(sub.add_parser("overhead", help="our stack vs bare vllm serve"))
+    mixed_workload_flags(over)
     over.add_argument("--concurrency", type=int)
     over.add_argument("--rounds", type=int)
     over.add_argument("--requests", type=int, help="requests per round")
@@ -195,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def mixed_workload(args, d: dict, n_in: int, n_out: int):
+    """The sweep's (and overhead's) chat workload: text, and images on a share of requests."""
+    from .workload import Workload
+
+    return Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
+                    image_fraction=args.image_fraction, images_per_request=args.images_per_request,
+                    image_size=args.image_size or d["image_size"])
+
+
 def _run_other(args, device: str, out: Path, label: str):
     from . import deploy
     from .scenarios.common import check
@@ -214,10 +227,7 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "sweep":
         from .scenarios import sweep
 
-        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
-                     image_fraction=args.image_fraction,
-                     images_per_request=args.images_per_request,
-                     image_size=args.image_size or d["image_size"])
+        w = mixed_workload(args, d, n_in, n_out)
         target = (deploy.remote(args.url, None, args.api_key) if args.url
                   else deploy.stack(data, out / "deploy"))
         if args.url:
@@ -231,9 +241,7 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "overhead":
         from .scenarios import overhead
 
-        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
-                     image_fraction=0.5, image_size=d["image_size"])
-        return overhead.run(data=data, workload=w, concurrency=_opt(args, "concurrency", d),
+        return overhead.run(data=data, workload=mixed_workload(args, d, n_in, n_out), concurrency=_opt(args, "concurrency", d),
                             requests_per_round=_opt(args, "requests", d),
                             rounds=_opt(args, "rounds", d), out=out,
                             title=f"Stack overhead vs bare vllm serve: {what}",

@@ -92,7 +92,7 @@ def summarize(records: Iterable[RequestRecord], duration: float | None = None,
     records = list(records)
     ok = [r for r in records if r.success]
     if duration is None:
-        duration = (max(r.end_time for r in ok) - min(r.start_time for r in records)) if ok else 0.0
+        duration = run_duration(records) or 0.0
     dur = max(duration, 1e-9)
     total_in = sum(r.prompt_tokens for r in ok)
     total_out = sum(r.output_tokens for r in ok)
@@ -123,6 +123,14 @@ def summarize(records: Iterable[RequestRecord], duration: float | None = None,
     for name in METRICS:
         out.update(_stats(values[name], name))
     return out
+
+
+def run_duration(records: list[RequestRecord]) -> float | None:
+    """First request sent to last successful one finished; None if none succeeded."""
+    ok = [r for r in records if r.success]
+    if not ok:
+        return None
+    return max(r.end_time for r in ok) - min(r.start_time for r in records)
 
 
 def max_concurrency(records: list[RequestRecord]) -> int:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from .memory import MemorySampler
-from .metrics import RequestRecord, read_records
+from .metrics import RequestRecord, read_records, run_duration
 from .workload import Workload
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+WARMUP_OFFSET = 10**6  # warm-up prompts come from their own index range
 
 
 @dataclass
@@ -95,6 +96,7 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
     env = {**os.environ, "QWEN_VL_LOADTEST_SPEC": str(spec_path)}
     log = open(out_dir / f"locust-{safe}.log", "w")
     progress = Progress(f"{target.name} {tag}", num_requests, every=progress_every)
+    tail = _RecordTail(records_path)
     t0 = time.time()
     with MemorySampler(target.engine_pids, target.metrics_url, target.api_key) as mem:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -104,8 +106,8 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
             if time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"Locust step {tag} ran past {fmt_s(limit)}; see {log.name}")
-            recs = read_records(records_path)
-            progress.update(len(recs), sum(not r.success for r in recs))
+            tail.poll()
+            progress.update(tail.done, tail.failed)
             time.sleep(1.0)
     log.close()
     records = read_records(records_path)
@@ -113,7 +115,35 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
     if len(records) != num_requests:
         raise RuntimeError(f"Locust step {tag}: {len(records)} of {num_requests} requests "
                            f"recorded (exit code {proc.returncode}); see {log.name}")
-    ok = [r for r in records if r.success]
-    duration = (max(r.end_time for r in ok) - min(r.start_time for r in records)) if ok else \
-        time.time() - t0
-    return StepResult(records, duration, mem.summary())
+    duration = run_duration(records)
+    return StepResult(records, time.time() - t0 if duration is None else duration,
+                      mem.summary())
+
+
+def warm_up(target: Target, workload: Workload, *, output_tokens: int, out_dir: Path,
+            tag: str = "warmup") -> StepResult:
+    """One request of ``workload`` cut to ``output_tokens``, outside any measurement."""
+    return run_step(target, workload.model_copy(update={"output_tokens": output_tokens}),
+                    concurrency=1, num_requests=1, out_dir=out_dir, tag=tag,
+                    index_offset=WARMUP_OFFSET)
+
+
+class _RecordTail:
+    """Counts the records a running step has appended, reading only the new bytes."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.done, self.failed = path, 0, 0, 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line being written waits for next time
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            if line.strip():
+                self.done += 1
+                self.failed += not json.loads(line)["success"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import deploy, hf_baseline
 from ..report import Report, plot, step_result
-from ..runner import run_step
+from ..runner import run_step, warm_up
 from ..workload import Workload
 
 COLUMNS = [
@@ -47,8 +47,7 @@ def run(*, data: dict, model_path: str, dtype: str, workload: Workload,
             "per_user_tokens_per_s": hf_tps, "vs_hf": 1.0,
             "median_ttft_ms": row["ttft_ms"], "memory_gib_peak": row["memory_gib"]})
     with deploy.stack(data, out / "deploy", name="stack") as target:
-        run_step(target, workload.model_copy(update={"output_tokens": 4}), concurrency=1,
-                 num_requests=1, out_dir=out / "steps", tag="warmup", index_offset=10**6)
+        warm_up(target, workload, output_tokens=4, out_dir=out / "steps")
         offset = 0
         for c in concurrencies:
             n = max(requests_min, c)

@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import deploy, hf_baseline
 from ..bandwidth import measure_bandwidth, weight_bytes_per_token
 from ..report import Report, plot, step_result
-from ..runner import Progress, run_step
+from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
 from .common import VARIANTS, Grid, card_row, check, derive, load_base, variant_source
 
@@ -69,15 +69,16 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
     for variant, data, cfg in runnable:
         rows = []
         with deploy.stack(data, out / "deploy", name=f"stack-{variant}") as target:
-            warm = Workload(input_tokens=min(grid.input_lengths), output_tokens=min(
-                16, grid.output_tokens), seed=7)
-            run_step(target, warm, concurrency=1, num_requests=1, out_dir=out / "steps",
-                     tag=f"{variant}-warmup", index_offset=10**6)
+            warm_up(target, Workload(input_tokens=min(grid.input_lengths), seed=7),
+                    output_tokens=min(16, grid.output_tokens), out_dir=out / "steps",
+                    tag=f"{variant}-warmup")
             for n_in in grid.input_lengths:
                 w = Workload(input_tokens=n_in, output_tokens=grid.output_tokens, seed=n_in)
                 step = run_step(target, w, concurrency=1, num_requests=grid.requests_per_cell,
                                 out_dir=out / "steps", tag=f"{variant}-in{n_in}")
-                report.add_step(_step(report, variant, n_in, step, w), step.records)
+                report.add_step(step_result(f"{variant}-in{n_in}", "stack", 1, step.records,
+                                            step.duration, step.memory, w.model_dump()),
+                                step.records)
                 ok = [r for r in step.records if r.success]
                 card = card_row(n_in, variant) or {}
                 row = {
@@ -115,11 +116,6 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
-
-
-def _step(report: Report, variant: str, n_in: int, step, w: Workload) -> dict:
-    return step_result(f"{variant}-in{n_in}", "stack", 1, step.records, step.duration,
-                       step.memory, w.model_dump())
 
 
 def _add_baseline(report: Report, variant: str, model_path: str, grid: Grid,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from engine.config import ConfigError, ServingConfig, parse_config
+from engine.embedded_model import EMBEDDED_PREFIX, is_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD_CSV = Path(__file__).resolve().parents[1] / "data" / "qwen2-vl-2b-instruct-speed.csv"
@@ -40,15 +42,13 @@ CPU_GRID = Grid((1, 256), 32, 2)
 QUICK_GRID = Grid((1, 32), 16, 1)
 
 
-def card_rows() -> list[dict]:
+@functools.lru_cache(maxsize=1)
+def card_rows() -> tuple[dict, ...]:
     """The model card's speed table (tokens/s and GPU memory, HF transformers on one A100)."""
     lines = [ln for ln in CARD_CSV.read_text().splitlines() if not ln.startswith("#")]
-    rows = []
-    for r in csv.DictReader(lines):
-        rows.append({"input_length": int(r["input_length"]), "quantization": r["quantization"],
-                     "tokens_per_s": float(r["tokens_per_s"]),
-                     "gpu_memory_gb": float(r["gpu_memory_gb"])})
-    return rows
+    return tuple({"input_length": int(r["input_length"]), "quantization": r["quantization"],
+                  "tokens_per_s": float(r["tokens_per_s"]),
+                  "gpu_memory_gb": float(r["gpu_memory_gb"])} for r in csv.DictReader(lines))
 
 
 def card_row(input_length: int, quantization: str) -> dict | None:
@@ -63,19 +63,18 @@ def load_base(path: Path) -> dict:
 
 
 def variant_source(family: str, variant: str) -> str:
-    return f"embedded:{FAMILIES[family]}{VARIANTS[variant]}"
+    return f"{EMBEDDED_PREFIX}{FAMILIES[family]}{VARIANTS[variant]}"
 
 
 def derive(base: dict, *, source: str | None = None, dtype: str | None = None,
-           max_model_len: int | None = None, prefix_caching: bool | None = None,
-           max_num_seqs: int | None = None) -> dict:
+           max_model_len: int | None = None, prefix_caching: bool | None = None) -> dict:
     """A copy of ``base`` with the settings a scenario needs (everything else unchanged)."""
     data = copy.deepcopy(base)
     model, engine = data.setdefault("model", {}), data.setdefault("engine", {})
     if source is not None:
         model["source"] = source
-        if source.startswith("embedded:"):
-            model["served_name"] = source.removeprefix("embedded:")
+        if is_embedded(source):
+            model["served_name"] = source.removeprefix(EMBEDDED_PREFIX)
     if dtype is not None:
         model["dtype"] = dtype
     if max_model_len is not None:
@@ -87,8 +86,6 @@ def derive(base: dict, *, source: str | None = None, dtype: str | None = None,
             engine["max_num_batched_tokens"] = engine["max_model_len"]
     if prefix_caching is not None:
         engine["enable_prefix_caching"] = prefix_caching
-    if max_num_seqs is not None:
-        engine["max_num_seqs"] = max(engine.get("max_num_seqs", 1), max_num_seqs)
     limits = data.setdefault("limits", {})
     if limits.get("max_tokens") is not None and max_model_len is not None:
         limits["max_tokens"] = max(limits["max_tokens"], max_model_len)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import deploy
 from ..metrics import summarize
 from ..report import Report, plot, step_result
-from ..runner import Progress, run_step
+from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
 
 COLUMNS = [
@@ -36,9 +36,8 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
     progress = Progress("overhead", 2 * rounds, every=0, unit="rounds")
     with deploy.stack(data, out / "deploy", name="stack") as stack, \
             deploy.bare_vllm(data, out / "deploy", name="vllm-serve") as bare:
-        for t in (stack, bare):  # warm-up
-            run_step(t, workload.model_copy(update={"output_tokens": 4}), concurrency=1,
-                     num_requests=1, out_dir=out / "steps", tag="warmup", index_offset=10**6)
+        for t in (stack, bare):
+            warm_up(t, workload, output_tokens=4, out_dir=out / "steps")
         done = 0
         for r in range(rounds):
             order = (stack, bare) if r % 2 == 0 else (bare, stack)

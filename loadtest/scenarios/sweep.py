@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..report import Report, plot, step_result
-from ..runner import Progress, Target, run_step
+from ..runner import Progress, Target, run_step, warm_up
 from ..workload import Workload
 
 COLUMNS = [
@@ -51,9 +51,8 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
     best = 0.0
     offset = 0
     with deployment as target:
-        warm = workload.model_copy(update={"output_tokens": min(8, workload.output_tokens)})
-        run_step(target, warm, concurrency=1, num_requests=1, out_dir=out / "steps",
-                 tag="warmup", index_offset=10**6)
+        warm_up(target, workload, output_tokens=min(8, workload.output_tokens),
+                out_dir=out / "steps")
         for i, c in enumerate(plan):
             n = max(min_requests, 2 * c)
             step = run_step(target, workload, concurrency=c, num_requests=n,

@@ -59,3 +59,19 @@ def test_kv_cache_usage_from_prometheus_text():
     assert kv_cache_usage(text) == 0.5
     assert kv_cache_usage('vllm:kv_cache_usage_perc{engine="0"} 0.125\n') == 0.125
     assert kv_cache_usage("nothing here\n") is None
+
+
+def test_progress_counts_only_complete_new_records(tmp_path):
+    from loadtest.runner import _RecordTail
+
+    path = tmp_path / "records.jsonl"
+    tail = _RecordTail(path)
+    tail.poll()  # no file yet
+    assert (tail.done, tail.failed) == (0, 0)
+    ok, bad = rec(0.0, 0.1, [0.1], 2).to_json(), RequestRecord(start_time=0.0).to_json()
+    path.write_text(ok + "\n" + bad + "\n" + ok[:20])  # the third is still being written
+    tail.poll()
+    assert (tail.done, tail.failed) == (2, 1)
+    path.write_text(ok + "\n" + bad + "\n" + ok + "\n")
+    tail.poll()
+    assert (tail.done, tail.failed) == (3, 1)
