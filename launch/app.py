@@ -7,9 +7,16 @@ In front, our ingress deployment (``launch.ingress``). Everything here is derive
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from engine.config import ServingConfig
+from engine.checkpoint import read_config
+from engine.config import ServingConfig, parse_config
+
+# The Ray Serve application builder (``import_path`` of a Serve config): the local launcher and
+# the Helm chart's RayService both name it, with the serving config as its ``args``.
+APP_BUILDER = "launch.app:build_from_args"
+QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 
 # Environment for every engine process (Ray replica, vLLM engine core and workers).
 BASE_ENGINE_ENV = {
@@ -76,12 +83,11 @@ def build_app(cfg: ServingConfig, model_path: str | None = None):
     from .ingress import QwenVLIngress, make_ingress_class
 
     llm_config = LLMConfig.model_validate(llm_config_dict(cfg, model_path))
-    # Reads config.json: marks the model as vision-capable in /v1/models (Ray does this only
-    # inside its own builder).
+    # Marks the model as vision-capable in /v1/models (Ray does this only inside its own
+    # builder, by downloading config.json). Every model we serve is a Qwen2-VL, so no download:
+    # building the application needs no network (the chart's head pod, offline tests).
     llm_config.apply_checkpoint_info(
-        llm_config.model_loading_config.model_source,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+        llm_config.model_loading_config.model_source, hf_config=_checkpoint_info(cfg))
     model_id = llm_config.model_id
     llm_deployment = build_llm_deployment(llm_config)
     ingress_options = QwenVLIngress.get_deployment_options([llm_config])
@@ -90,3 +96,27 @@ def build_app(cfg: ServingConfig, model_path: str | None = None):
         model_cards={model_id: to_model_metadata(model_id, llm_config)},
         serving_config=cfg.model_dump(mode="json"),
     )
+
+
+def _checkpoint_info(cfg: ServingConfig) -> SimpleNamespace:
+    """What Ray reads from a checkpoint's config: a vision config and the architecture."""
+    ckpt, _ = read_config(cfg.model.source, cfg.model.revision)
+    archs = (ckpt or {}).get("architectures") or [QWEN2_VL_ARCHITECTURE]
+    return SimpleNamespace(vision_config=True, architectures=archs)
+
+
+def serve_application(cfg: ServingConfig) -> dict[str, Any]:
+    """The application entry of a Ray Serve config (what a RayService's ``serveConfigV2``
+    lists): the builder and the serving config as its args. The Helm chart renders the same."""
+    return {
+        "name": cfg.server.app_name,
+        "route_prefix": "/",
+        "import_path": APP_BUILDER,
+        "args": cfg.model_dump(mode="json", exclude_unset=True),
+    }
+
+
+def build_from_args(args: dict[str, Any]):
+    """Ray Serve application builder: ``args`` is the serving config (checked here, so a bad
+    config fails the deployment with the key named)."""
+    return build_app(parse_config(args, "(the Serve application's args)"))

@@ -166,18 +166,21 @@ def _progress(app_status, elapsed: float) -> str:
     return f"[{elapsed:5.0f}s] " + "; ".join(parts)
 
 
-def deploy(cfg: ServingConfig, state: ClusterState, model_path: str) -> None:
+def deploy(cfg: ServingConfig, state: ClusterState) -> None:
     from ray import serve
     from ray.serve.config import HTTPOptions
     from ray.serve.api import RunTarget
 
-    from .app import build_app
+    from .app import build_from_args, serve_application
 
     _connect(state.address)
     serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port))
-    app = build_app(cfg, model_path)
+    # The same application entry the Helm chart renders into its RayService, through the same
+    # builder (model_path is cached by now: building the embedded model happened before).
+    entry = serve_application(cfg)
+    app = build_from_args(entry["args"])
     serve.run_many(
-        [RunTarget(target=app, name=cfg.server.app_name, route_prefix="/")],
+        [RunTarget(target=app, name=entry["name"], route_prefix=entry["route_prefix"])],
         wait_for_ingress_deployment_creation=False,
         wait_for_applications_running=False,
     )
@@ -264,7 +267,7 @@ def cmd_serve(args) -> int:
     cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
     state = _ensure_cluster(cfg)
     try:
-        deploy(cfg, state, model_path)
+        deploy(cfg, state)
         wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
     except BaseException:
         if state.started_by_us and not args.keep_on_failure:
@@ -366,6 +369,35 @@ def cmd_status(args) -> int:
     return 0 if code == 200 else 1
 
 
+# ------------------------------------------------------------------------ download/chart
+def cmd_download(args) -> int:
+    """Fetch the checkpoint into the Hugging Face cache (the chart's init container runs this
+    before the engine starts, so a long download is visible as such)."""
+    from engine.checkpoint import is_local_path
+    from engine.embedded_model import is_embedded
+
+    cfg = load_config(args.config)
+    src = cfg.model.source
+    if is_embedded(src) or is_local_path(src):
+        _say(f"{src}: {cfg.model_path()} (local, nothing to download)")
+        return 0
+    from huggingface_hub import snapshot_download
+
+    _say(f"downloading {src}" + (f" at {cfg.model.revision}" if cfg.model.revision else "")
+         + " into the Hugging Face cache...")
+    t0 = time.monotonic()
+    path = snapshot_download(src, revision=cfg.model.revision)
+    _say(f"{src}: {path} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def cmd_chart_values(args) -> int:
+    from .chart import chart_values
+
+    sys.stdout.write(chart_values(args.config))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen-vl", description=__doc__.split("\n")[0])
@@ -379,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="shut the application and local Ray down").set_defaults(
         func=cmd_stop)
     sub.add_parser("status", help="replicas and health").set_defaults(func=cmd_status)
+    d = sub.add_parser("download", help="fetch the config's checkpoint into the HF cache")
+    d.add_argument("--config", required=True, help="YAML config")
+    d.set_defaults(func=cmd_download)
+    c = sub.add_parser("chart-values",
+                       help="print a config as the Helm chart's serving: values block")
+    c.add_argument("--config", required=True, help="YAML config")
+    c.set_defaults(func=cmd_chart_values)
     return p
 
 
