@@ -5,8 +5,8 @@ The chart (``helm/qwen-vl-serving``) takes the serving config unchanged as its `
 values block. Its ``values.schema.json`` checks that block with the JSON schema of the same
 pydantic model (``$defs``, regenerated here), so ``helm install`` rejects what ``qwen-vl serve``
 would; the chart-level keys are written by hand in the same file. ``python -m launch.chart
-schema`` rewrites the ``$defs``; ``python -m launch.chart reference`` prints the README's values
-table. Tests fail when either is stale.
+schema`` rewrites the ``$defs``; ``python -m launch.chart reference`` prints the values table and
+``python -m launch.chart readme`` puts it into the README. Tests fail when either is stale.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def chart_values(config_path: str | Path) -> str:
     return yaml.safe_dump({"serving": data}, sort_keys=False)
 
 
+# Objects shown as one row (their fields are Kubernetes' own).
+LEAF_OBJECTS = ("resources", "startup", "liveness", "readiness")
+
+
 def _type_of(node: dict[str, Any]) -> str:
     t = node.get("type")
     if isinstance(t, list):
@@ -59,7 +63,7 @@ def _rows(node: dict[str, Any], values: Any, prefix: str):
     for key, sub in node.get("properties", {}).items():
         path = f"{prefix}{key}"
         val = values.get(key) if isinstance(values, dict) else None
-        if sub.get("type") == "object" and "properties" in sub and key not in ("resources",):
+        if sub.get("type") == "object" and "properties" in sub and key not in LEAF_OBJECTS:
             yield from _rows(sub, val, path + ".")
             continue
         if sub.get("type") == "array" and "properties" in sub.get("items", {}) and \
@@ -86,14 +90,29 @@ def values_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+README = CHART_DIR.parent.parent / "README.md"
+_TABLE_HEAD = "| key | type | default | description |\n|---|---|---|---|\n| `serving`"
+
+
+def update_readme(path: Path = README) -> Path:
+    """Replace the values table in README "Deploy on Kubernetes" with the current one."""
+    text = path.read_text()
+    start = text.index(_TABLE_HEAD)
+    end = text.index("\n\n", start) + 1
+    path.write_text(text[:start] + values_reference() + text[end:])
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["schema"]:
         print(f"wrote {write_schema()}")
     elif argv == ["reference"]:
         sys.stdout.write(values_reference())
+    elif argv == ["readme"]:
+        print(f"wrote {update_readme()}")
     else:
-        print("usage: python -m launch.chart schema|reference", file=sys.stderr)
+        print("usage: python -m launch.chart schema|reference|readme", file=sys.stderr)
         return 2
     return 0
 
