@@ -162,6 +162,11 @@ def test_every_optional_object_validates(chart):
         assert kind in kinds
     rs = one(objs, "RayService")
     assert rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    # The metrics Service selects the Ray pods (head and workers), not the helm test pod.
+    selector = next(o for o in objs if o["kind"] == "Service")["spec"]["selector"]
+    for _, tpl in pod_templates(rs):
+        assert selector.items() <= tpl["metadata"]["labels"].items()
+    assert not selector.items() <= one(objs, "Pod")["metadata"]["labels"].items()
 
 
 def test_the_crd_check_catches_a_misspelt_field(chart):

@@ -227,6 +227,7 @@ volumes:
 labels:
   {{- include "qwen-vl-serving.selectorLabels" .root | nindent 2 }}
   app.kubernetes.io/component: ray-{{ .kind }}
+  app.kubernetes.io/part-of: ray
   {{- with .root.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
