@@ -6,7 +6,7 @@ CONFIG  ?= configs/default.yaml
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 
-.PHONY: install serve serve-detached stop status test test-fast clean lock \
+.PHONY: install serve serve-detached stop status test test-fast clean lock chart \
         loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline
 
 install: $(STAMP)
@@ -51,6 +51,12 @@ loadtest-quick: install
 
 loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline: install
 	$(PY) -m loadtest $(@:loadtest-%=%) --config $(CONFIG) --model $(LOADTEST_MODEL) $(ARGS)
+
+# Helm chart: regenerate values.schema.json's serving part (from engine/config.py) and the
+# README's values table (from the schema); tests/helm and tests/launch/test_chart.py check both.
+chart: install
+	$(PY) -m launch.chart schema
+	$(PY) -m launch.chart readme
 
 clean:
 	rm -rf $(VENV) *.egg-info
