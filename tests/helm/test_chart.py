@@ -18,7 +18,10 @@ from launch.app import serve_application
 from launch.chart import CHART_DIR
 from tests.conftest import CONFIGS
 
-SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-schemas"
+# The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
+# copied from the project's shared/k8s-schemas so a clone tests on its own.
+SCHEMAS = Path(__file__).resolve().parent / "crds"
+SHARED_SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-schemas"
 K8S_VERSIONS = ("1.27.0", "1.33.0")  # the chart's kubeVersion floor and a current release
 PROFILES = {  # profile -> the configs/ file its serving block is
     "2b-bf16-l4": "qwen2-vl-2b-instruct.yaml",
@@ -167,6 +170,12 @@ def test_every_optional_object_validates(chart):
     for _, tpl in pod_templates(rs):
         assert selector.items() <= tpl["metadata"]["labels"].items()
     assert not selector.items() <= one(objs, "Pod")["metadata"]["labels"].items()
+
+
+@pytest.mark.skipif(not SHARED_SCHEMAS.is_dir(), reason="no shared/k8s-schemas beside the clone")
+def test_crds_are_the_shared_ones():
+    for f in SCHEMAS.iterdir():
+        assert f.read_bytes() == (SHARED_SCHEMAS / f.name).read_bytes(), f.name
 
 
 def test_the_crd_check_catches_a_misspelt_field(chart):
