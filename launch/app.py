@@ -13,9 +13,6 @@ from typing import Any
 from engine.checkpoint import read_config
 from engine.config import ServingConfig, parse_config
 
-# The Ray Serve application builder (``import_path`` of a Serve config): the local launcher and
-# the Helm chart's RayService both name it, with the serving config as its ``args``.
-APP_BUILDER = "launch.app:build_from_args"
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 
 # Environment for every engine process (Ray replica, vLLM engine core and workers).
@@ -70,7 +67,7 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
     return out
 
 
-def build_app(cfg: ServingConfig, model_path: str | None = None):
+def build_app(cfg: ServingConfig):
     """The Ray Serve application: our ingress in front of one LLM deployment."""
     from engine import torchvision_shim
 
@@ -82,7 +79,7 @@ def build_app(cfg: ServingConfig, model_path: str | None = None):
 
     from .ingress import QwenVLIngress, make_ingress_class
 
-    llm_config = LLMConfig.model_validate(llm_config_dict(cfg, model_path))
+    llm_config = LLMConfig.model_validate(llm_config_dict(cfg))
     # Marks the model as vision-capable in /v1/models (Ray does this only inside its own
     # builder, by downloading config.json). Every model we serve is a Qwen2-VL, so no download:
     # building the application needs no network (the chart's head pod, offline tests).
@@ -111,7 +108,7 @@ def serve_application(cfg: ServingConfig) -> dict[str, Any]:
     return {
         "name": cfg.server.app_name,
         "route_prefix": "/",
-        "import_path": APP_BUILDER,
+        "import_path": f"{build_from_args.__module__}:{build_from_args.__qualname__}",
         "args": cfg.model_dump(mode="json", exclude_unset=True),
     }
 

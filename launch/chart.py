@@ -40,10 +40,12 @@ def write_schema(path: Path = SCHEMA_PATH) -> Path:
 
 
 def chart_values(config_path: str | Path) -> str:
-    """A config file as the chart's ``serving:`` block (checked first; keys as written)."""
-    load_config(config_path)  # raises ConfigError naming the key
-    data = yaml.safe_load(Path(config_path).read_text())
-    return yaml.safe_dump({"serving": data}, sort_keys=False)
+    """A config file as the chart's ``serving:`` block: the keys it sets, checked (ConfigError
+    names a bad one), exactly the args the local launcher deploys."""
+    from .app import serve_application
+
+    args = serve_application(load_config(config_path))["args"]
+    return yaml.safe_dump({"serving": args}, sort_keys=False)
 
 
 # Objects shown as one row (their fields are Kubernetes' own).
