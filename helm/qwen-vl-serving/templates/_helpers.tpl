@@ -144,7 +144,7 @@ Face ids it needs none, so a ReadWriteOnce claim is left to the single engine po
   readOnly: true
 {{- end }}
 
-{{/* One Ray container (head or worker); .kind is "head" or "worker", .group the worker group. */}}
+{{/* One Ray container; .kind is "head" or "worker", .group .Values.head or the worker group. */}}
 {{- define "qwen-vl-serving.rayContainer" -}}
 {{- $root := .root -}}
 {{- $server := include "qwen-vl-serving.server" $root | fromJson -}}
@@ -163,16 +163,13 @@ Face ids it needs none, so a ReadWriteOnce claim is left to the single engine po
     - {containerPort: {{ $server.port }}, name: serve}
     - {containerPort: {{ $server.metricsPort }}, name: metrics}
   resources:
-    {{- if eq .kind "head" }}
-    {{- toYaml $root.Values.head.resources | nindent 4 }}
-    {{- else }}
     {{- $res := deepCopy (default dict .group.resources) }}
-    {{- if eq $dep.device "gpu" }}
-    {{- $_ := set $res "limits" (merge (dict "nvidia.com/gpu" $dep.tensorParallelSize) (default dict $res.limits)) }}
-    {{- $_ := set $res "requests" (merge (dict "nvidia.com/gpu" $dep.tensorParallelSize) (default dict $res.requests)) }}
+    {{- if and (eq .kind "worker") (eq $dep.device "gpu") }}
+    {{- range $k := list "limits" "requests" }}
+    {{- $_ := set $res $k (merge (dict "nvidia.com/gpu" $dep.tensorParallelSize) (default dict (index $res $k))) }}
+    {{- end }}
     {{- end }}
     {{- toYaml $res | nindent 4 }}
-    {{- end }}
   securityContext:
     {{- toYaml $root.Values.securityContext | nindent 4 }}
   volumeMounts:
@@ -207,7 +204,7 @@ Face ids it needs none, so a ReadWriteOnce claim is left to the single engine po
 {{- end -}}
 {{- end }}
 
-{{/* Pod spec fields shared by head and workers. */}}
+{{/* Pod spec fields shared by head and workers (scheduling from .group). */}}
 {{- define "qwen-vl-serving.podCommon" -}}
 {{- with .root.Values.imagePullSecrets -}}
 imagePullSecrets:
@@ -221,6 +218,12 @@ securityContext:
 terminationGracePeriodSeconds: {{ .root.Values.gracefulShutdown.terminationGracePeriodSeconds }}
 volumes:
   {{- include "qwen-vl-serving.volumes" . | nindent 2 }}
+{{- range $field := list "nodeSelector" "tolerations" "affinity" }}
+{{- with index $.group $field }}
+{{ $field }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "qwen-vl-serving.podMetadata" -}}
