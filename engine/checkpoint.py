@@ -34,8 +34,13 @@ class CheckpointQuant:
         return self.method.upper() + (f" {self.bits}-bit" if self.bits else "")
 
 
+# A model.source with one of these prefixes is a checkpoint directory (the Helm chart's
+# "localSource" helper tests the same prefixes; tests/helm checks each).
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
 def is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~"))
+    return source.startswith(LOCAL_PATH_PREFIXES)
 
 
 def read_config(source: str, revision: str | None = None) -> tuple[dict | None, str]:

@@ -4,6 +4,7 @@ objects validated against the Kubernetes schemas and the KubeRay / prometheus-op
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
+from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
 from engine.config import AccessSettings, ServerSettings, load_config, parse_config
 from launch.app import serve_application
 from launch.chart import CHART_DIR
@@ -105,7 +107,9 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
+@functools.cache
 def _crd_validator(filename: str) -> Draft7Validator:
+    """Read once per session (the RayService CRD is 1 MB of YAML)."""
     crd = yaml.safe_load((SCHEMAS / filename).read_text())
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     return Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
@@ -287,6 +291,25 @@ def test_gpus_per_engine_pod_are_the_tensor_parallel_size(chart, name):
     for g in cluster["workerGroupSpecs"]:
         res = g["template"]["spec"]["containers"][0]["resources"]
         assert res["limits"]["nvidia.com/gpu"] == tp == res["requests"]["nvidia.com/gpu"]
+
+
+@pytest.mark.parametrize("prefix", LOCAL_PATH_PREFIXES)
+def test_checkpoint_directory_sources_mount_the_cache_on_the_head(chart, prefix):
+    """The chart's localSource helper agrees with engine.checkpoint.is_local_path: the head
+    builds the application from the directory, so it mounts the claim too; for a hub id it
+    does not (a ReadWriteOnce claim stays with the engine pod)."""
+    def head_cache(source: str) -> dict:
+        rs = one(objects(render(chart, {
+            "serving": {"model": {"source": source}},
+            "modelCache": {"persistence": {"enabled": True, "existingClaim": "weights"}}})),
+            "RayService")
+        volumes = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
+        return next(v for v in volumes if v["name"] == "model-cache")
+
+    source = f"{prefix}models/qwen2-vl-2b" if prefix.endswith("/") else f"{prefix}/qwen2-vl"
+    assert is_local_path(source)
+    assert head_cache(source)["persistentVolumeClaim"] == {"claimName": "weights"}
+    assert "emptyDir" in head_cache("Qwen/Qwen2-VL-2B-Instruct")
 
 
 def test_cpu_device_requests_no_gpus(chart):
