@@ -5,6 +5,8 @@ Keys are never in the config: ``access.api_keys_env`` names an environment varia
 changes, so keys rotate without a restart; two keys can be valid at once). With no key
 configured the API is open (local development). Keys are compared in constant time. ``/health``
 is always open. The body cap answers 413 from Content-Length, or while the body streams in.
+Before a 413 the rest of the body is read and dropped (up to ``DRAIN_FACTOR`` times the cap), so
+a client that sends the whole body before reading the answer gets the 413, not a broken pipe.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .errors import error_body
 from .rejections import count_rejection
 
 OPEN_PATHS = {"/health", "/-/healthz", "/-/routes"}
+DRAIN_FACTOR = 4  # bodies larger than this many caps are not read; the connection just closes
 
 
 class KeySource:
@@ -85,16 +88,20 @@ class AccessGate:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             count_rejection("body_too_large")
+            if int(declared) <= DRAIN_FACTOR * self.max_body_bytes:
+                await _drain(receive, 0, DRAIN_FACTOR * self.max_body_bytes)
             return await _send_json(send, 413, _too_large(int(declared), self.max_body_bytes))
         total = 0
         over = False
+        body_done = False
 
         async def limited_receive():
-            nonlocal total, over
+            nonlocal total, over, body_done
             if over:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 total += len(message.get("body", b""))
                 if total > self.max_body_bytes:
                     over = True  # the app sees a disconnect; we answer 413 below
@@ -112,7 +119,20 @@ class AccessGate:
                 raise
         if over:
             count_rejection("body_too_large")
+            if not body_done:
+                await _drain(receive, total, DRAIN_FACTOR * self.max_body_bytes)
             await _send_json(send, 413, _too_large(total, self.max_body_bytes))
+
+
+async def _drain(receive, seen: int, limit: int) -> None:
+    """Read and drop the rest of a request body, stopping at ``limit`` bytes in all."""
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(size: int, limit: int) -> dict:

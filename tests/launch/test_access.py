@@ -65,3 +65,65 @@ def test_local_files_only_inside_media_dir(tmp_path):
     (media / "link.png").symlink_to(tmp_path / "secret.png")
     with pytest.raises(RequestRejected, match="outside the configured media_dir"):
         d._image(str(media / "link.png"), "p")
+
+
+# The body cap, driven as plain ASGI: what the gate reads before it answers 413.
+def run_gate(chunks, *, cap, content_length=None):
+    import asyncio
+
+    from launch.access import AccessGate
+
+    pending = list(chunks)
+    reads, sent, app_saw = [], [], []
+
+    async def receive():
+        if not pending:
+            return {"type": "http.disconnect"}
+        body = pending.pop(0)
+        reads.append(len(body))
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            app_saw.append(message["type"])
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    headers = [(b"content-type", b"application/json")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
+    gate = AccessGate(app, max_body_bytes=cap, api_keys_env=None, api_keys_file=None)
+    asyncio.run(gate(scope, receive, send))
+    return reads, sent, app_saw, pending
+
+
+def test_declared_oversize_body_is_drained_before_413():
+    chunks = [b"x" * 1000] * 5
+    reads, sent, app_saw, left = run_gate(chunks, cap=2048, content_length=5000)
+    assert sent[0]["status"] == 413 and app_saw == []
+    assert left == [] and sum(reads) == 5000  # all read, so the client can read its 413
+    assert b"the limit is 2048" in sent[1]["body"]
+
+
+def test_streamed_oversize_body_is_drained_and_the_app_sees_a_disconnect():
+    chunks = [b"x" * 1000] * 5
+    reads, sent, app_saw, left = run_gate(chunks, cap=2048)
+    assert [m["status"] for m in sent if "status" in m] == [413]  # the app's 200 never leaves
+    assert app_saw[-1] == "http.disconnect" and left == []
+
+
+def test_body_far_over_the_cap_is_not_read():
+    from launch.access import DRAIN_FACTOR
+
+    chunks = [b"x" * 1000] * 50
+    reads, sent, _, left = run_gate(chunks, cap=1024, content_length=50_000)
+    assert 50_000 > DRAIN_FACTOR * 1024 and reads == [] and sent[0]["status"] == 413
+    reads, sent, _, left = run_gate(chunks, cap=1024)  # no length: stops after the bound
+    assert sent[0]["status"] == 413 and sum(reads) <= DRAIN_FACTOR * 1024 + 1000 and left
