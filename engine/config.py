@@ -184,7 +184,19 @@ class DeploymentSettings(_Strict):
     replicas: int = Field(1, ge=1, description="Fixed replica count (ignored with autoscaling).")
     autoscaling: Autoscaling | None = None
     max_ongoing_requests: int = Field(32, ge=1, description="Requests in flight per replica.")
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests each ingress replica holds waiting for a free engine "
+        "replica; beyond it the client gets 503 with Retry-After at once.")
+    retry_after_s: int = Field(
+        5, ge=1, description="Retry-After (seconds) on 503s: overloaded, draining, engine lost.")
+    drain_timeout_s: float = Field(
+        60, ge=0, description="On stop/redeploy/SIGTERM: how long running requests may finish.")
+    health_check_period_s: float = Field(
+        5, gt=0, description="How often Ray Serve checks each engine (3 misses: replaced).")
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per engine replica.")
+    ingress_cpus: float = Field(
+        0, ge=0, description="Ray CPUs reserved per API ingress replica (0, as Ray Serve LLM's "
+        "own builder: it schedules anywhere and leaves every CPU to the engines).")
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for engine processes."
     )
@@ -213,6 +225,14 @@ class ServerSettings(_Strict):
         None, ge=1, description="Logical CPUs of a local Ray head; None: 2 per replica + 2."
     )
     startup_timeout_s: float = Field(900, gt=0, description="How long `serve` waits for health.")
+    node_ip_address: str = Field(
+        "127.0.0.1", description="The IP a local Ray head advertises; a reachable one for "
+        "`qwen-vl join` from other machines.")
+    ray_port: int | None = Field(
+        None, ge=1, le=65535, description="GCS port of a local Ray head; None: a free port.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Ray Serve runs HTTP proxies (every node serves the API, "
+        "or the head only).")
 
 
 class ServingConfig(_Strict):

@@ -14,6 +14,7 @@ from engine.checkpoint import read_config
 from engine.config import ServingConfig, parse_config
 
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
+INGRESS_DEPLOYMENT = "QwenVLIngress"  # the API's deployment (the engines': "LLMServer:<model>")
 
 # Environment for every engine process (Ray replica, vLLM engine core and workers).
 BASE_ENGINE_ENV = {
@@ -26,7 +27,13 @@ BASE_ENGINE_ENV = {
 
 def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     d = cfg.deployment
-    out: dict[str, Any] = {"max_ongoing_requests": d.max_ongoing_requests}
+    out: dict[str, Any] = {
+        "max_ongoing_requests": d.max_ongoing_requests,
+        # Bounded: beyond it the ingress's handle raises BackPressureError (a 503 for the client).
+        "max_queued_requests": d.max_queued_requests,
+        "health_check_period_s": d.health_check_period_s,
+        **drain_options(cfg),
+    }
     if d.autoscaling is not None:
         a = d.autoscaling
         out["autoscaling_config"] = {
@@ -40,6 +47,13 @@ def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     else:
         out["num_replicas"] = d.replicas
     return out
+
+
+def drain_options(cfg: ServingConfig) -> dict[str, Any]:
+    """Ray Serve's graceful shutdown: a stopping replica (stop, redeploy, scale-down) finishes
+    the requests it holds for up to ``deployment.drain_timeout_s``."""
+    return {"graceful_shutdown_timeout_s": cfg.deployment.drain_timeout_s,
+            "graceful_shutdown_wait_loop_s": 1}
 
 
 def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[str, Any]:
@@ -87,8 +101,10 @@ def build_app(cfg: ServingConfig):
         llm_config.model_loading_config.model_source, hf_config=_checkpoint_info(cfg))
     model_id = llm_config.model_id
     llm_deployment = build_llm_deployment(llm_config)
-    ingress_options = QwenVLIngress.get_deployment_options([llm_config])
-    return serve.deployment(make_ingress_class(cfg), **ingress_options).bind(
+    ingress_options = {**QwenVLIngress.get_deployment_options([llm_config]), **drain_options(cfg),
+                       "ray_actor_options": {"num_cpus": cfg.deployment.ingress_cpus}}
+    return serve.deployment(make_ingress_class(cfg), name=INGRESS_DEPLOYMENT,
+                            **ingress_options).bind(
         llm_deployments={model_id: llm_deployment},
         model_cards={model_id: to_model_metadata(model_id, llm_config)},
         serving_config=cfg.model_dump(mode="json"),

@@ -1,6 +1,7 @@
 """``qwen-vl``: serve, stop and inspect the stack.
 
     qwen-vl serve --config configs/default.yaml [--detach]
+    qwen-vl join --address HOST:PORT      (on another machine: add a worker node)
     qwen-vl status
     qwen-vl stop
 
@@ -30,8 +31,10 @@ from .local_cluster import (
     clear_state,
     port_in_use,
     read_state,
+    free_port,
     start_head,
-    stop_head,
+    start_worker,
+    stop_processes,
     write_state,
 )
 
@@ -88,6 +91,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
     state = read_state()
     srv = cfg.server
+    if state is not None and state.role == "worker":
+        raise LaunchError(f"this run directory holds a worker node of {state.address} "
+                          f"(`qwen-vl join`); deploy from the head, or `qwen-vl stop` it first")
     if state is not None and state.started_by_us:
         from .local_cluster import cluster_processes
 
@@ -97,13 +103,15 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
                     f"a qwen-vl cluster is already running with its API on "
                     f"{base_url(state.http_host, state.http_port)}; run `qwen-vl stop` first"
                 )
+            state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
+            write_state(state)
             return state
         clear_state()
     if os.environ.get("RAY_ADDRESS"):  # an existing cluster: deploy there, never stop it
         state = ClusterState(
             address=os.environ["RAY_ADDRESS"], temp_dir="", started_by_us=False,
             metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
-            app_name=srv.app_name,
+            app_name=srv.app_name, drain_timeout_s=cfg.deployment.drain_timeout_s,
         )
         write_state(state)
         return state
@@ -115,14 +123,15 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
             )
     replicas = (cfg.deployment.autoscaling.max_replicas if cfg.deployment.autoscaling
                 else cfg.deployment.replicas)
-    # Logical CPUs, not cores: the ingress, proxy and controller need their own CPU slots.
+    # Logical CPUs, not cores: an engine replica takes 2 (its actor's bundle and the engine's).
     num_cpus = srv.ray_num_cpus or (2 * replicas + 2)
     _say(f"starting a local Ray head ({num_cpus} logical CPUs)...")
-    address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port)
+    address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port,
+                                   node_ip=srv.node_ip_address, port=srv.ray_port)
     state = ClusterState(
         address=address, temp_dir=temp_dir, started_by_us=True,
         metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
-        app_name=srv.app_name,
+        app_name=srv.app_name, drain_timeout_s=cfg.deployment.drain_timeout_s,
     )
     write_state(state)
     return state
@@ -173,8 +182,12 @@ def deploy(cfg: ServingConfig, state: ClusterState) -> None:
 
     from .app import build_from_args, serve_application
 
+    from . import drain
+
     _connect(state.address)
-    serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port))
+    serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port),
+                proxy_location=cfg.server.proxy_location)
+    drain.clear(cfg.server.app_name)  # a stop that was cut short leaves its flag behind
     # The same application entry the Helm chart renders into its RayService, through the same
     # builder (model_path is cached by now: building the embedded model happened before).
     entry = serve_application(cfg)
@@ -260,7 +273,13 @@ def curl_example(cfg: ServingConfig) -> str:
     )
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args) -> int:
+    # SIGTERM while starting unwinds like Ctrl-C: what was started is stopped again.
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = load_config(args.config)
     _say(f"model {cfg.model.served_name} from {cfg.model.source}")
     model_path = cfg.model_path()  # builds the embedded model on first use
@@ -268,6 +287,7 @@ def cmd_serve(args) -> int:
     state = _ensure_cluster(cfg)
     try:
         deploy(cfg, state)
+        signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
     except BaseException:
         if state.started_by_us and not args.keep_on_failure:
@@ -277,6 +297,8 @@ def cmd_serve(args) -> int:
     _say(f"\nready: {url}/v1  (model: {cfg.model.served_name})")
     _say(f"metrics: http://127.0.0.1:{cfg.server.metrics_port}/metrics")
     _say("try it:\n" + curl_example(cfg) + "\n")
+    if state.started_by_us:
+        _say(f"add a worker node (another machine): qwen-vl join --address {state.address}")
     if args.detach:
         _say("running in the background; stop it with `qwen-vl stop`")
         return 0
@@ -311,25 +333,81 @@ class _stderr_muted:
         return False
 
 
-def _shutdown(state: ClusterState, quiet: bool = False) -> None:
-    """Our own cluster: Serve down, then every process of it. A cluster we joined via
-    RAY_ADDRESS: only our application is deleted."""
-    try:
-        import ray
-        from ray import serve
+SHUTDOWN_GRACE_S = 90  # connect + Serve shutdown, on top of the drain timeout
 
-        _connect(state.address)
-        with _stderr_muted():  # Ray prints non-actionable noise about its dying controller
-            if state.started_by_us:
-                serve.shutdown()
-            else:
-                serve.delete(state.app_name)
-            ray.shutdown()
-    except Exception as err:  # the cluster may already be gone; processes are reaped below
-        if not quiet:
-            _say(f"serve shutdown: {one_line(str(err))}")
+
+def drain_application(state: ClusterState, quiet: bool = False) -> None:
+    """New requests get 503 + Retry-After; wait (``drain_timeout_s`` at most) until every
+    ingress replica reports that the requests it held are done (``launch.drain``)."""
+    from ray import serve
+
+    from . import drain
+    from .app import INGRESS_DEPLOYMENT
+
+    app_status = serve.status().applications.get(state.app_name)
+    if app_status is None or INGRESS_DEPLOYMENT not in app_status.deployments:
+        return
+    ingresses = (app_status.deployments[INGRESS_DEPLOYMENT].replica_states or {}).get(
+        "RUNNING", 0)
+    since = drain.set_draining(state.app_name)
+    deadline = since + state.drain_timeout_s
+    last_print = 0.0
+    while True:
+        reports = drain.inflight_reports(state.app_name, since)
+        held = sum(reports.values())
+        if len(reports) >= ingresses and held == 0:
+            return
+        now = time.time()
+        if now >= deadline:
+            if not quiet:
+                _say(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
+                     f": {held} requests still running are cut off")
+            return
+        if not quiet and now - last_print >= 5:
+            _say(f"draining: {held} requests still running "
+                 f"(at most {deadline - now:.0f}s more)")
+            last_print = now
+        time.sleep(drain.POLL_S)
+
+
+def _shutdown(state: ClusterState, quiet: bool = False) -> None:
+    """Our own cluster: drain, Serve down, then every process of it. A cluster we joined via
+    RAY_ADDRESS: drain, then only our application is deleted. A worker node we joined: its
+    processes only (Serve moves its replicas elsewhere).
+
+    The Serve part runs in a thread with a deadline: a half-dead cluster (GCS up, raylet gone)
+    makes ``ray.init`` wait for minutes, and stop must still end every process."""
+    if state.role != "worker":
+        done = threading.Event()
+
+        def serve_down():
+            try:
+                import ray
+                from ray import serve
+
+                from . import drain
+
+                _connect(state.address)
+                drain_application(state, quiet)
+                with _stderr_muted():  # Ray prints noise about its dying controller
+                    if state.started_by_us:
+                        serve.shutdown()
+                    else:
+                        serve.delete(state.app_name)
+                        drain.clear(state.app_name)
+                    ray.shutdown()
+            except Exception as err:  # the cluster may be gone; processes are reaped below
+                if not quiet:
+                    _say(f"serve shutdown: {one_line(str(err))}")
+            finally:
+                done.set()
+
+        threading.Thread(target=serve_down, daemon=True).start()
+        if not done.wait(state.drain_timeout_s + SHUTDOWN_GRACE_S):
+            _say(f"serve shutdown: no answer from the cluster in "
+                 f"{state.drain_timeout_s + SHUTDOWN_GRACE_S:.0f}s; ending its processes")
     if state.started_by_us:
-        stop_head(state)
+        stop_processes(state)
     clear_state()
 
 
@@ -344,18 +422,67 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_join(args) -> int:
+    """Start a Ray worker node that joins the cluster at ``--address`` (a head that
+    ``qwen-vl serve`` started, or any Ray cluster); Serve places replicas on it."""
+    state = read_state()
+    if state is not None:
+        from .local_cluster import cluster_processes
+
+        if cluster_processes(state):
+            raise LaunchError(f"this run directory already holds a {state.role} of "
+                              f"{state.address}; `qwen-vl stop` it first, or set "
+                              "QWEN_VL_RUN_DIR to another directory")
+        clear_state()
+    metrics_port = args.metrics_port or free_port()
+    _say(f"joining {args.address} as a worker node ({args.num_cpus} logical CPUs)...")
+    temp_dir = start_worker(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                            metrics_port=metrics_port, node_ip=args.node_ip)
+    write_state(ClusterState(address=args.address, temp_dir=temp_dir, started_by_us=True,
+                             metrics_port=metrics_port, http_host="", http_port=0,
+                             app_name="", role="worker"))
+    _say(f"joined {args.address}; metrics on :{metrics_port}. `qwen-vl stop` takes this node "
+         "out (Ray Serve restarts its replicas elsewhere).")
+    return 0
+
+
+def node_rows() -> list[dict[str, Any]]:
+    import ray
+
+    rows = []
+    for n in ray.nodes():
+        res = n.get("Resources") or {}
+        rows.append({"node_id": n["NodeID"], "ip": n.get("NodeManagerAddress"),
+                     "alive": bool(n.get("Alive")),
+                     "head": "node:__internal_head__" in res,
+                     "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0)})
+    return rows
+
+
 def cmd_status(args) -> int:
     state = read_state()
     if state is None:
         _say("not running")
         return 3
+    import asyncio
+
     from ray import serve
 
+    from .replicas import replica_report
+
     _connect(state.address)
+    _say(f"cluster: {state.address} (started by qwen-vl: {state.started_by_us}"
+         + (", this machine is a worker node)" if state.role == "worker" else ")"))
+    nodes = node_rows()
+    _say(f"nodes:   {sum(n['alive'] for n in nodes)} alive")
+    for n in nodes:
+        _say(f"  {n['node_id'][:12]}  {n['ip']:<15} {'head  ' if n['head'] else 'worker'} "
+             f"{'alive' if n['alive'] else 'DEAD '}  CPU {n['cpus']:g}, GPU {n['gpus']:g}")
+    if state.role == "worker":
+        return 0
     status = serve.status().applications.get(state.app_name)
     url = base_url(state.http_host, state.http_port)
     code, body = http_get(url + "/health", timeout=15)
-    _say(f"cluster: {state.address} (started by qwen-vl: {state.started_by_us})")
     _say(f"api:     {url}/v1")
     if state.temp_dir:
         _say(f"logs:    {state.temp_dir}/session_latest/logs")
@@ -365,7 +492,12 @@ def cmd_status(args) -> int:
     _say(f"application {state.app_name}: {_name(status.status)}")
     for name, dep in status.deployments.items():
         _say(f"  {name}: {_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
-    _say(f"health:  {'ok' if code == 200 else f'HTTP {code}'} {json.dumps(body) if body else ''}")
+    _say("replicas:")
+    for r in asyncio.run(replica_report(state.app_name)):
+        _say(f"  {r['deployment']:<28} {r['replica_id']:<10} {r['state']:<9} "
+             f"node {r['node_ip']} ({(r['node_id'] or '')[:12]})  pid {r['pid']}  {r['health']}")
+    health = (body or {}).get("status") or ((body or {}).get("error") or {}).get("message")
+    _say(f"health:  {'ok' if code == 200 else f'HTTP {code}'} ({health})")
     return 0 if code == 200 else 1
 
 
@@ -410,7 +542,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     sub.add_parser("stop", help="shut the application and local Ray down").set_defaults(
         func=cmd_stop)
-    sub.add_parser("status", help="replicas and health").set_defaults(func=cmd_status)
+    sub.add_parser("status", help="nodes, replicas (where each runs) and health").set_defaults(
+        func=cmd_status)
+    j = sub.add_parser("join", help="start a Ray worker node that joins a running cluster")
+    j.add_argument("--address", required=True, help="the head's GCS address HOST:PORT "
+                   "(printed by `qwen-vl serve` and `qwen-vl status`)")
+    j.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
+                   help="logical CPUs this node offers (default: this machine's cores)")
+    j.add_argument("--num-gpus", type=int, default=None, help="GPUs (default: all visible)")
+    j.add_argument("--node-ip", default="127.0.0.1",
+                   help="this node's IP as the head can reach it (default 127.0.0.1)")
+    j.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus port of this node (default: a free port)")
+    j.set_defaults(func=cmd_join)
     d = sub.add_parser("download", help="fetch the config's checkpoint into the HF cache")
     d.add_argument("--config", required=True, help="YAML config")
     d.set_defaults(func=cmd_download)

@@ -11,11 +11,13 @@ Qwen2-VL (embeddings, audio, score).
 from __future__ import annotations
 
 import asyncio
-
+import json
 import urllib.request
 
 from fastapi import Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -29,19 +31,30 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 
 from engine.config import ServingConfig
 
+from . import drain
 from .access import AccessGate
 from .errors import error_body, openai_errors_middleware
 from .front_door import FrontDoor
 from .rejections import RequestRejected, count_rejection
+from .replicas import healthy, replica_report
 
 HEALTH_TIMEOUT_S = 10.0
+
+
+def engine_lost(err: BaseException) -> bool:
+    """The engine replica behind a request died: its actor, or vLLM's engine core inside it
+    (``EngineDeadError``, which reaches us wrapped in Ray's ``RayTaskError``)."""
+    return isinstance(err, (RayActorError, ActorUnavailableError)) or any(
+        cls.__name__ == "EngineDeadError" for cls in type(err).__mro__)
+
 SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
 
 
 def rejection_response(err: RequestRejected) -> JSONResponse:
     count_rejection(err.reason)
-    return JSONResponse(error_body(err.status, err.message, param=err.param),
-                        status_code=err.status)
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+    return JSONResponse(error_body(err.status, err.message, param=err.param, code=err.code),
+                        status_code=err.status, headers=headers)
 
 
 class QwenVLIngress(OpenAiIngress):
@@ -49,6 +62,30 @@ class QwenVLIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.cfg = ServingConfig.model_validate(serving_config)
         self.front_door = FrontDoor(self.cfg)
+        self._inflight = 0
+        self._draining = False
+        self._replica = _replica_name()
+        try:  # Serve builds the replica inside its event loop
+            self._drain_task = asyncio.get_running_loop().create_task(self._watch_drain())
+        except RuntimeError:  # built outside Serve (tests of the class): no drain watch
+            self._drain_task = None
+
+    async def _watch_drain(self) -> None:
+        """Follow the application's drain flag (``launch.drain``); report what we hold."""
+        app = self.cfg.server.app_name
+        while True:
+            try:
+                self._draining = await asyncio.to_thread(drain.is_draining, app)
+                if self._draining:
+                    await asyncio.to_thread(drain.report_inflight, app, self._replica,
+                                            self._inflight)
+            except Exception:  # GCS briefly unreachable: keep the last state, try again
+                pass
+            await asyncio.sleep(drain.POLL_S)
+
+    def _unavailable(self, message: str, code: str) -> RequestRejected:
+        return RequestRejected(503, message, code=code, reason=code,
+                               retry_after=self.cfg.deployment.retry_after_s)
 
     async def metrics(self) -> Response:
         """The Prometheus text of this node's Ray metrics agent (vLLM's included)."""
@@ -67,20 +104,65 @@ class QwenVLIngress(OpenAiIngress):
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        try:
-            await self._check_model(body)
-            await self.front_door.check_chat(body)
-        except RequestRejected as err:
-            return rejection_response(err)
-        return await super().chat(body, request)
+        return await self._serve(body, request, super().chat, self.front_door.check_chat)
 
     async def completions(self, body: CompletionRequest, request: Request):
+        async def check(b):
+            self.front_door.check_completion(b)
+
+        return await self._serve(body, request, super().completions, check)
+
+    async def _serve(self, body, request, call, check):
+        """Checks, then the engine call, counted in flight until the last byte is sent.
+
+        Refusals that say "come back later" (draining, overloaded, engine replica lost) are
+        503 with Retry-After. A stream whose engine fails after it started ends with an OpenAI
+        error event and ``[DONE]``: the client always sees an end, never a hang."""
         try:
+            if self._draining:
+                raise self._unavailable("the server is shutting down; retry on another "
+                                        "instance or after the restart", "draining")
             await self._check_model(body)
-            self.front_door.check_completion(body)
+            await check(body)
         except RequestRejected as err:
             return rejection_response(err)
-        return await super().completions(body, request)
+        self._inflight += 1
+        streaming = False
+        try:
+            try:
+                response = await call(body, request)
+            except BackPressureError:
+                raise self._unavailable(
+                    "the server is at capacity (deployment.max_queued_requests requests are "
+                    "already waiting); retry later", "overloaded")
+            except Exception as err:
+                if not engine_lost(err):
+                    raise
+                raise self._unavailable("the model replica serving this request failed; "
+                                        "retry", "replica_failed") from None
+            if isinstance(response, StreamingResponse):
+                response.body_iterator = self._guarded_stream(response.body_iterator)
+                streaming = True
+            return response
+        except RequestRejected as err:
+            return rejection_response(err)
+        finally:
+            if not streaming:
+                self._inflight -= 1
+
+    async def _guarded_stream(self, chunks):
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as err:
+            if not engine_lost(err):
+                raise
+            count_rejection("replica_failed")
+            event = error_body(503, "the model replica serving this stream failed; retry",
+                               code="replica_failed")
+            yield f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n"
+        finally:
+            self._inflight -= 1
 
     async def _check_model(self, body) -> None:
         model = getattr(body, "model", None)
@@ -90,20 +172,38 @@ class QwenVLIngress(OpenAiIngress):
                                   reason="unknown_model")
 
     async def health(self) -> JSONResponse:
-        """200 when every model's engine is healthy, else 503 with an OpenAI error body."""
-        results = {}
-        for model_id, handle in self._default_serve_handles.items():
-            try:
-                await asyncio.wait_for(handle.check_health.remote(), HEALTH_TIMEOUT_S)
-                results[model_id] = "healthy"
-            except Exception as err:  # any failure means unhealthy; details stay server-side
-                results[model_id] = f"unhealthy: {type(err).__name__}"
-        if all(v == "healthy" for v in results.values()):
-            return JSONResponse({"status": "ok", "models": results})
+        """200 when every running replica (every engine) answers its health check, else 503
+        with an OpenAI error body; either way the replicas, their nodes and health."""
+        try:
+            rows = await replica_report(self.cfg.server.app_name, HEALTH_TIMEOUT_S)
+        except Exception as err:  # the controller is unreachable: say so, never "ok"
+            rows, failure = [], f"replica states unavailable ({type(err).__name__})"
+        else:
+            failure = None if healthy(rows) else "an engine replica is unhealthy"
+        if self._draining:
+            failure = "draining"
+        models = {model_id: "healthy" if failure is None else "unhealthy"
+                  for model_id in self._model_cards}
+        replicas = [{k: row[k] for k in ("deployment", "replica_id", "state", "node_ip",
+                                          "node_id", "health")} for row in rows]
+        if failure is None:
+            return JSONResponse({"status": "ok", "models": models, "replicas": replicas})
         return JSONResponse(
-            {**error_body(503, "engine unhealthy"), "models": results},
+            {**error_body(503, failure), "models": models, "replicas": replicas},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(self.cfg.deployment.retry_after_s)},
         )
+
+
+def _replica_name() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        import os
+
+        return f"pid-{os.getpid()}"
 
 
 ENDPOINTS = {name: DEFAULT_ENDPOINTS[name] for name in SERVED_ENDPOINTS}

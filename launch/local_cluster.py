@@ -33,6 +33,8 @@ class ClusterState:
     http_host: str
     http_port: int
     app_name: str
+    drain_timeout_s: float = 60.0
+    role: str = "head"  # "head": a cluster (ours or RAY_ADDRESS's); "worker": a node we joined
 
 
 def run_dir() -> Path:
@@ -87,37 +89,67 @@ def _ray_bin() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def start_head(num_cpus: int, metrics_port: int) -> tuple[str, str]:
-    """Start a Ray head on free ports; returns (address, temp_dir)."""
-    gcs_port = free_port()
+def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
+               port: int | None = None) -> tuple[str, str]:
+    """Start a Ray head (GCS on ``port``, else a free one); returns (address, temp_dir)."""
+    gcs_port = port or free_port()
     temp_dir = ray_temp_dir()
-    Path(temp_dir).mkdir(parents=True, exist_ok=True)
     cmd = [
         _ray_bin(), "start", "--head",
         f"--port={gcs_port}",
         f"--num-cpus={num_cpus}",
         f"--num-gpus={_gpu_count()}",
+        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=(20000, 24999)),
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+    ]
+    _ray_start(cmd)
+    return f"{node_ip}:{gcs_port}", temp_dir
+
+
+def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port: int,
+                 node_ip: str = "127.0.0.1") -> str:
+    """Join the cluster at ``address`` as a worker node; returns its temp dir. Its own ports
+    and temp dir, so a worker can share a machine with its head (tests, a laptop)."""
+    temp_dir = ray_temp_dir()
+    cmd = [
+        _ray_bin(), "start", f"--address={address}",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={_gpu_count() if num_gpus is None else num_gpus}",
+        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=(25000, 29999)),
+    ]
+    _ray_start(cmd)
+    return temp_dir
+
+
+def _node_args(metrics_port: int, temp_dir: str, node_ip: str,
+               worker_ports: tuple[int, int]) -> list[str]:
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    return [
         f"--metrics-export-port={metrics_port}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
         f"--ray-client-server-port={free_port()}",
-        # Keep worker ports apart from the ports users pick (8000, 8080, 18080...).
-        "--min-worker-port=20000",
-        "--max-worker-port=29999",
-        "--include-dashboard=false",
-        f"--dashboard-port={free_port()}",
-        "--node-ip-address=127.0.0.1",
+        # Keep worker ports apart from the ports users pick (8000, 8080, 18080...), and a
+        # head's apart from a worker node's on the same machine.
+        f"--min-worker-port={worker_ports[0]}",
+        f"--max-worker-port={worker_ports[1]}",
+        f"--node-ip-address={node_ip}",
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
     ]
+
+
+def _ray_start(cmd: list[str]) -> None:
     # Own session: Ctrl-C in the terminal reaches the CLI (which shuts down in order), not the
     # Ray daemons directly.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
                           start_new_session=True)
     if proc.returncode != 0:
         raise ClusterError(f"`ray start` failed: {one_line(proc.stderr or proc.stdout)}")
-    return f"127.0.0.1:{gcs_port}", temp_dir
 
 
 def _gpu_count() -> int:
@@ -130,8 +162,9 @@ def _gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def stop_head(state: ClusterState, grace_s: float = 10) -> None:
-    """End every process of the cluster we started (and only ours): SIGTERM, then SIGKILL.
+def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
+    """End every process of the cluster (or worker node) we started, and only ours: SIGTERM,
+    then SIGKILL.
 
     Called after ``serve.shutdown()`` has drained the application, so nothing in flight is
     lost by the SIGKILL (gcs_server ignores SIGTERM for longer than any sensible grace)."""
@@ -159,10 +192,12 @@ def stop_head(state: ClusterState, grace_s: float = 10) -> None:
 
 
 def cluster_processes(state: ClusterState) -> list[int]:
-    """PIDs of our cluster: processes naming its temp dir or GCS address, and their children."""
+    """PIDs of our cluster: processes naming its temp dir or GCS address, and their children.
+    For a worker node we joined: its temp dir only (the GCS address names the whole cluster)."""
     import psutil
 
     gcs_port = state.address.rsplit(":", 1)[-1]
+    worker = state.role == "worker"
     roots = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -171,7 +206,8 @@ def cluster_processes(state: ClusterState) -> list[int]:
             continue
         if p.info["pid"] == os.getpid():
             continue
-        if state.temp_dir in cmd or f":{gcs_port} " in cmd + " " or f"={state.address}" in cmd:
+        if state.temp_dir in cmd or (not worker and (
+                f":{gcs_port} " in cmd + " " or f"={state.address}" in cmd)):
             roots.append(p)
     pids = set()
     for p in roots:

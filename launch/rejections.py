@@ -8,16 +8,20 @@ class RequestRejected(Exception):
 
     ``status``: HTTP status (400 bad input, 401 auth, 404 unknown model, 413 too large);
     ``param``: the offending field (``messages[0].content[1].image_url``);
-    ``reason``: a short label for the rejected-requests metric.
+    ``reason``: a short label for the rejected-requests metric; ``code``: the error's code
+    (default: the status); ``retry_after``: seconds, sent as Retry-After (503s that pass).
     """
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 reason: str = "invalid_request"):
+                 reason: str = "invalid_request", code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.reason = reason
+        self.code = code
+        self.retry_after = retry_after
 
 
 _counter = None

@@ -106,7 +106,8 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
     try:
         yield Target(name=name, base_url=base, model=cfg.model.served_name,
                      api_key=_api_key(cfg), engine_pids=engine_pids,
-                     metrics_url=f"http://127.0.0.1:{cfg.server.metrics_port}/metrics")
+                     metrics_url=f"http://127.0.0.1:{cfg.server.metrics_port}/metrics",
+                     stack_pids=lambda: cluster_processes(state))
     finally:
         stop = _cli(env, "stop")
         print(f"  {name} stopped" + ("" if stop.returncode == 0 else f" (code {stop.returncode})"),

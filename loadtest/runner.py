@@ -34,6 +34,7 @@ class Target:
     api_key: str | None = None
     engine_pids: Callable[[], list[int]] | None = None
     metrics_url: str | None = None
+    stack_pids: Callable[[], list[int]] | None = None  # every process of a local stack
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import os
 import time
 import urllib.error
@@ -113,7 +114,11 @@ def expected_prompt_tokens(tokenizer, server, content_kinds: list, text: str, si
 def test_health(server):
     code, body = get(server["base"] + "/health")
     assert code == 200
-    assert json.loads(body) == {"status": "ok", "models": {server["model"]: "healthy"}}
+    body = json.loads(body)
+    assert body["status"] == "ok" and body["models"] == {server["model"]: "healthy"}
+    engines = [r for r in body["replicas"] if r["deployment"].startswith("LLMServer:")]
+    assert len(engines) == 1 and engines[0]["state"] == "RUNNING"
+    assert engines[0]["health"] == "healthy" and engines[0]["node_id"]
 
 
 def test_models(server):
@@ -281,6 +286,9 @@ def test_status_cli(server):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "application qwen-vl: RUNNING" in r.stdout
     assert "HEALTHY (1 RUNNING)" in r.stdout
+    assert "nodes:   1 alive" in r.stdout
+    assert re.search(r"LLMServer:\S+\s+\w+\s+RUNNING\s+node \S+ \(\w{12}\)\s+pid \d+\s+healthy",
+                     r.stdout), r.stdout
     assert "health:  ok" in r.stdout
 
 

@@ -147,3 +147,6 @@ def test_every_documented_flag_parses():
                   "--image-fraction", "1", "--image-size", "224x224"])
     p.parse_args(["baseline", "--model", "2b", "--input-tokens", "32", "--output-tokens", "32",
                   "--min-requests", "2", "--concurrency", "1,16"])
+    a = p.parse_args(["soak", "--duration", "600", "--concurrency", "4", "--image-fraction",
+                      "0.5", "--url", "http://h:8000", "--api-key", "k"])
+    assert (a.duration, a.concurrency, a.url) == (600, 4, "http://h:8000")

@@ -92,6 +92,23 @@ def test_sweep_quick(tmp_path):
     assert all(r["request_goodput"] is not None for r in data["table"])
 
 
+def test_soak_quick(tmp_path):
+    """The 1-minute soak (the README's is 10): no failed request, memory growth bounded."""
+    out, data, stdout = run_scenario(tmp_path, "soak")
+    check_folder(out, data, ["soak.png"])
+    assert sum(r["completed"] for r in data["table"]) > 0
+    assert sum(r["failed"] for r in data["table"]) == 0
+    assert data["table"][-1]["elapsed_s"] >= 60
+    kinds = {r.kind for r in read_records(out / "records.jsonl")}
+    assert kinds == {"text", "image"}
+    targets = {t["target"]: t for t in data["targets"]}
+    assert targets["failed valid requests"]["met"] is True
+    mem = data["memory"]
+    assert mem["start_gib"] > 0.5 and mem["end_gib"] > 0.5  # the whole stack, not one process
+    assert targets["resident memory growth"]["met"] is True, mem
+    assert "stack resident memory at start" in stdout and "at the end" in stdout
+
+
 def test_overhead_quick(tmp_path):
     out, data, stdout = run_scenario(tmp_path, "overhead")
     check_folder(out, data, ["overhead.png"])

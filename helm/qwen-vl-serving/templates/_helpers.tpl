@@ -50,7 +50,8 @@ each against the pydantic model, so they cannot drift.
 {{- toJson (dict
   "port" (int (default 8000 $s.port))
   "metricsPort" (int (default 8080 $s.metrics_port))
-  "appName" (default "qwen-vl" $s.app_name)) -}}
+  "appName" (default "qwen-vl" $s.app_name)
+  "proxyLocation" (default "EveryNode" $s.proxy_location)) -}}
 {{- end }}
 
 {{- define "qwen-vl-serving.deployment" -}}
@@ -58,7 +59,8 @@ each against the pydantic model, so they cannot drift.
 {{- toJson (dict
   "device" (default "cpu" $d.device)
   "tensorParallelSize" (int (default 1 $d.tensor_parallel_size))
-  "autoscaling" (not (empty $d.autoscaling))) -}}
+  "autoscaling" (not (empty $d.autoscaling))
+  "drainTimeoutS" (float64 (default 60 $d.drain_timeout_s))) -}}
 {{- end }}
 
 {{/* The variable the ingress reads API keys from ("" when the config switches keys off). */}}
@@ -185,7 +187,7 @@ Face ids it needs none, so a ReadWriteOnce claim is left to the single engine po
     {{- if eq $.kind "head" }}
     httpGet: {{ include "qwen-vl-serving.rayHealth" $.kind }}
     {{- else }}
-    httpGet: {path: /health, port: serve}
+    httpGet: {path: /-/healthz, port: serve}
     {{- end }}
     {{- toYaml .readiness | nindent 4 }}
   {{- end }}

@@ -1,0 +1,68 @@
+"""Where every replica of the application runs, and whether it answers: one view for
+``qwen-vl status`` and for the ``/health`` route.
+
+Ray Serve's controller knows each replica (state, node, pid). Each replica actor answers the
+same ``check_health`` the controller calls, which for an engine replica asks vLLM whether the
+engine core lives. A check through a deployment handle would reach one replica at random and
+could hide a dead engine behind a live one, so every running replica is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+SERVE_NAMESPACE = "serve"
+
+
+async def serve_details() -> dict[str, Any]:
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    return await client._controller.get_serve_instance_details.remote()
+
+
+async def _probe(actor_name: str, timeout_s: float) -> str:
+    import ray
+
+    try:
+        actor = ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
+        await asyncio.wait_for(actor.check_health.remote(), timeout_s)
+        return "healthy"
+    except Exception as err:  # any failure is unhealthy; the type is enough for operators
+        return f"unhealthy: {type(err).__name__}"
+
+
+async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """One row per replica of ``app_name``: deployment, id, state, node, pid and health
+    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more)."""
+    details = await serve_details()
+    app = (details.get("applications") or {}).get(app_name) or {}
+    rows = []
+    for dep_name, dep in (app.get("deployments") or {}).items():
+        for r in dep.get("replicas") or []:
+            rows.append({"deployment": dep_name, "replica_id": r.get("replica_id"),
+                         "state": _plain(r.get("state")), "node_ip": r.get("node_ip"),
+                         "node_id": r.get("node_id"), "pid": r.get("pid"),
+                         "actor_name": r.get("actor_name")})
+    running = [row for row in rows if row["state"] == "RUNNING" and row["actor_name"]]
+    results = await asyncio.gather(*(_probe(row["actor_name"], timeout_s) for row in running))
+    for row, health in zip(running, results):
+        row["health"] = health
+    for row in rows:
+        row.setdefault("health", "-")
+        row.pop("actor_name")
+    return rows
+
+
+def _plain(state) -> str:
+    """'RUNNING' from ReplicaState.RUNNING (a str enum) or 'RUNNING'."""
+    return str(getattr(state, "value", state))
+
+
+def healthy(rows: list[dict[str, Any]]) -> bool:
+    """Every running replica answers, and every deployment has at least one that does."""
+    deployments = {row["deployment"] for row in rows}
+    ok = {row["deployment"] for row in rows if row["health"] == "healthy"}
+    return bool(rows) and ok == deployments and not any(
+        row["health"].startswith("unhealthy") for row in rows)

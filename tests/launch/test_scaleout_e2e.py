@@ -1,0 +1,362 @@
+"""Scale-out and resilience on a real two-node Ray cluster (one machine, two Ray nodes).
+
+``qwen-vl serve`` (in the foreground, as an operator runs it) starts the head with room for the
+ingress and one engine replica; ``qwen-vl join`` adds a worker node with room for one more. Two
+replicas, one per node. Then, in order: requests spread over both; overload gets clean 503s;
+a killed engine is reported and replaced while nothing hangs; a redeploy and SIGTERM let a
+running stream finish while new requests get 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import images
+from tests.conftest import ROOT, run_cli, write_config
+
+pytestmark = pytest.mark.slow
+ENGINE = "LLMServer:qwen2-vl-tiny"
+
+
+def call(base, body=None, path="/v1/chat/completions", timeout=120):
+    """(status, json body or None, headers: case-insensitive); raises only for network errors."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null"), r.headers
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw), e.headers
+        except ValueError:
+            return e.code, {"raw": raw.decode(errors="replace")}, e.headers
+
+
+def chat(max_tokens=8, image=False, **kw):
+    content = [{"type": "text", "text": "Describe this."}]
+    if image:
+        content.insert(0, {"type": "image_url", "image_url": {
+            "url": images.data_url(images.png(56, 56, seed=3), "image/png")}})
+    return {"model": "qwen2-vl-tiny", "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens, "temperature": 0, **kw}
+
+
+def stream(base, max_tokens, started: threading.Event | None = None, timeout=600) -> dict:
+    """A streamed chat; returns its events, or the error that ended it."""
+    body = chat(max_tokens=max_tokens, ignore_eos=True, stream=True,
+                stream_options={"include_usage": True})
+    req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    events = []
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            for raw in r:
+                line = raw.decode().strip()
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if started is not None:
+                        started.set()
+    except Exception as err:  # recorded, judged by the test
+        return {"events": events, "exception": repr(err)}
+    return {"events": events}
+
+
+def outcome(result: dict, max_tokens: int) -> str:
+    """'ok', 'error:<code>' for a clean OpenAI error end, or 'BAD: ...'."""
+    events = result["events"]
+    if "exception" in result:
+        return f"BAD: {result['exception']}"
+    if not events or events[-1] != "[DONE]":
+        return f"BAD: no [DONE] ({events[-2:]})"
+    last = json.loads(events[-2])
+    if "error" in last:
+        err = last["error"]
+        return f"error:{err.get('code')}" if set(err) == {"message", "type", "param", "code"} \
+            else f"BAD: {last}"
+    if last.get("usage", {}).get("completion_tokens") != max_tokens:
+        return f"BAD: usage {last.get('usage')}"
+    return "ok"
+
+
+def health(base):
+    code, body, headers = call(base, path="/health", timeout=30)
+    return code, body
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from launch.local_cluster import cluster_processes, free_port, read_state
+
+    tmp = tmp_path_factory.mktemp("scaleout")
+    cfg_path, data = write_config(tmp, {
+        "deployment": {"replicas": 2, "max_ongoing_requests": 4, "max_queued_requests": 8,
+                       "health_check_period_s": 2, "drain_timeout_s": 120, "retry_after_s": 3},
+        # One engine replica (2 CPUs: its actor's bundle and the engine's) fits on each node;
+        # the ingress (0 CPUs) anywhere. One machine, so the API's proxy runs on the head only
+        # (two would both bind the port).
+        "server": {"ray_num_cpus": 2, "proxy_location": "HeadOnly"},
+    })
+    head_env = {"QWEN_VL_RUN_DIR": str(tmp / "head")}
+    worker_env = {"QWEN_VL_RUN_DIR": str(tmp / "worker")}
+    log = open(tmp / "serve.log", "w")
+    import os
+
+    serve = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve", "--config", str(cfg_path)],
+                             cwd=ROOT, env={**os.environ, **head_env}, stdout=log,
+                             stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{data['server']['port']}"
+    info = {"base": base, "serve": serve, "tmp": tmp, "cfg_path": cfg_path, "data": data,
+            "head_env": head_env, "worker_env": worker_env,
+            "metrics": [data["server"]["metrics_port"]]}
+    try:
+        deadline = time.monotonic() + 300
+        while read_state(tmp / "head") is None:
+            assert serve.poll() is None and time.monotonic() < deadline, \
+                (tmp / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        address = read_state(tmp / "head").address
+        worker_metrics = free_port()
+        r = run_cli("join", "--address", address, "--num-cpus", "2",
+                    "--metrics-port", str(worker_metrics), env=worker_env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"joined {address}" in r.stdout
+        info["metrics"].append(worker_metrics)
+        deadline = time.monotonic() + 900
+        while "ready: " not in (tmp / "serve.log").read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, \
+                (tmp / "serve.log").read_text()[-3000:]
+            time.sleep(2)
+        assert "qwen-vl join --address" in (tmp / "serve.log").read_text()
+        yield info
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        run_cli("stop", env=worker_env, timeout=300)
+        log.close()
+        for env in (head_env, worker_env):
+            state = read_state(Path(env["QWEN_VL_RUN_DIR"]))
+            if state is not None:
+                assert cluster_processes(state) == [], "processes left after stop"
+
+
+def replica_lines(status_out: str) -> list[str]:
+    """The engine replicas' lines of `qwen-vl status`."""
+    return [ln for ln in status_out.splitlines()
+            if ln.strip().startswith(ENGINE) and " node " in ln]
+
+
+def engine_rows(base):
+    code, body = health(base)
+    return code, [r for r in (body or {}).get("replicas", []) if r["deployment"] == ENGINE]
+
+
+def test_two_replicas_one_per_node(cluster):
+    code, rows = engine_rows(cluster["base"])
+    assert code == 200, rows
+    assert len(rows) == 2 and all(r["health"] == "healthy" for r in rows)
+    assert len({r["node_id"] for r in rows}) == 2, "both replicas on one node"
+    r = run_cli("status", env=cluster["head_env"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nodes:   2 alive" in r.stdout
+    assert re.search(r"head\s+alive", r.stdout) and re.search(r"worker\s+alive", r.stdout)
+    lines = replica_lines(r.stdout)
+    assert len(lines) == 2 and all(ln.rstrip().endswith("healthy") for ln in lines), r.stdout
+    nodes = {re.search(r"\((\w{12})\)", ln).group(1) for ln in lines}
+    assert len(nodes) == 2, r.stdout
+
+
+def replica_request_counts(metrics_ports) -> dict[str, float]:
+    """Requests handled per engine replica, from Ray Serve's own counter on each node."""
+    counts: dict[str, float] = {}
+    pat = re.compile(r'^ray_serve_deployment_request_counter_total\{([^}]*)\}\s+([0-9.e+]+)', re.M)
+    for port in metrics_ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for labels, value in pat.findall(text):
+            tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if tags.get("deployment") == ENGINE:
+                counts[tags["replica"]] = counts.get(tags["replica"], 0) + float(value)
+    return counts
+
+
+def test_requests_spread_over_both_replicas(cluster):
+    before = replica_request_counts(cluster["metrics"])
+    n = 24
+    results = []
+
+    def worker(i):
+        results.append(call(cluster["base"], chat(max_tokens=4, image=i % 2 == 0))[0])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for i in range(0, n, 6):  # six at a time: more than one replica's max_ongoing_requests
+        batch = threads[i:i + 6]  # (and within the queue: requests being routed count too)
+        for t in batch:
+            t.start()
+        for t in batch:
+            t.join(timeout=300)
+    assert results.count(200) == n, results
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    while True:
+        after = replica_request_counts(cluster["metrics"])
+        served = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        if sum(served.values()) >= n or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert sum(served.values()) >= n, served
+    assert len([k for k, v in served.items() if v > 0]) == 2, f"one replica took all: {served}"
+    assert min(served.values()) >= n // 6, served
+
+
+def test_overload_gets_503_with_retry_after_then_recovers(cluster):
+    base = cluster["base"]
+    t0 = time.monotonic()
+    assert call(base, chat(max_tokens=16))[0] == 200
+    calm = time.monotonic() - t0
+    stop = time.monotonic() + 60
+    outcomes: list = []
+    lock = threading.Lock()
+
+    def client():
+        while time.monotonic() < stop:
+            code, body, headers = call(base, chat(max_tokens=16), timeout=300)
+            with lock:
+                outcomes.append((code, (body.get("error") or {}).get("code") if code != 200 else None,
+                                 headers.get("Retry-After")))
+
+    # Capacity: 2 replicas x 4 in flight + 8 queued = 16; 64 clients is 4 times that.
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    ok = [o for o in outcomes if o[0] == 200]
+    refused = [o for o in outcomes if o[0] == 503]
+    assert len(ok) + len(refused) == len(outcomes), [o for o in outcomes if o[0] not in (200, 503)]
+    assert ok and refused, f"{len(ok)} ok, {len(refused)} refused"
+    assert all(o[1] == "overloaded" and o[2] == "3" for o in refused), refused[:3]
+    t0 = time.monotonic()
+    assert call(base, chat(max_tokens=16))[0] == 200
+    assert time.monotonic() - t0 < max(5 * calm, calm + 10), "latency did not recover"
+
+
+def engine_core_pid(replica_pid: int) -> int:
+    import psutil
+
+    for child in psutil.Process(replica_pid).children(recursive=True):
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no EngineCore process under replica pid {replica_pid}")
+
+
+def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
+    import psutil
+
+    base = cluster["base"]
+    r = run_cli("status", env=cluster["head_env"], timeout=120)
+    victim = replica_lines(r.stdout)[0]
+    replica_id = victim.split()[1]
+    core = engine_core_pid(int(re.search(r"pid (\d+)", victim).group(1)))
+    stop = threading.Event()
+    results: list[str] = []
+
+    def one_request(i) -> str:
+        if i % 2:
+            return outcome(stream(base, 32, timeout=180), 32)
+        try:
+            code, body, headers = call(base, chat(max_tokens=32), timeout=180)
+        except Exception as err:  # a dropped connection or a timeout: never acceptable
+            return f"BAD: {err!r}"
+        err = (body or {}).get("error") or {}
+        if code == 200:
+            return "ok"
+        if code == 503 and headers.get("Retry-After") and set(err) == {
+                "message", "type", "param", "code"}:
+            return f"error:{err.get('code')}"
+        return f"BAD: {code} {body}"
+
+    def client(i):
+        while not stop.is_set():
+            results.append(one_request(i))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(5)
+        psutil.Process(core).kill()
+        killed = time.monotonic()
+        reported = None
+        while time.monotonic() - killed < 60:
+            code, body = health(base)
+            if code == 503 and any(r["replica_id"] == replica_id and
+                                   r["health"].startswith("unhealthy")
+                                   for r in body.get("replicas", [])):
+                reported = time.monotonic() - killed
+                break
+            time.sleep(0.5)
+        assert reported is not None and reported < 15, f"not reported: {code} {body}"
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        replaced = False
+        while time.monotonic() - killed < 600:
+            code, rows = engine_rows(base)
+            if code == 200 and len(rows) == 2 and replica_id not in {r["replica_id"] for r in rows}:
+                replaced = True
+                break
+            time.sleep(3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert replaced, f"the replica was not replaced: {rows}"
+    bad = [r for r in results if r.startswith("BAD")]
+    assert not bad, bad[:5]
+    assert set(results) <= {"ok", "error:replica_failed"}, set(results)
+    assert results.count("ok") > 0
+    print(f"reported after {reported:.1f}s; {len(results)} requests: "
+          f"{results.count('ok')} ok, {results.count('error:replica_failed')} replica_failed")
+
+
+def test_sigterm_drains_running_stream_and_refuses_new_requests(cluster):
+    base = cluster["base"]
+    started = threading.Event()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(stream(base, 600, started)))
+    t.start()
+    assert started.wait(120)
+    cluster["serve"].send_signal(signal.SIGTERM)
+    refused = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and refused is None:
+        code, body, headers = call(base, chat(max_tokens=4), timeout=30)
+        if code == 503:
+            refused = (body["error"]["code"], headers.get("Retry-After"))
+        time.sleep(0.3)
+    t.join(timeout=600)
+    assert refused == ("draining", "3"), refused
+    assert outcome(result, 600) == "ok", result.get("exception") or result["events"][-3:]
+    assert cluster["serve"].wait(timeout=300) == 0
+    log = (cluster["tmp"] / "serve.log").read_text()
+    assert "draining: 1 requests still running" in log or "stopped" in log, log[-2000:]
