@@ -494,6 +494,9 @@ def cmd_status(args) -> int:
         _say(f"  {name}: {_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
     _say("replicas:")
     for r in asyncio.run(replica_report(state.app_name)):
+        if r["replica_id"] is None:  # the deployment itself is marked unhealthy by Serve
+            _say(f"  {r['deployment']:<28} {r['health']}")
+            continue
         _say(f"  {r['deployment']:<28} {r['replica_id']:<10} {r['state']:<9} "
              f"node {r['node_ip']} ({(r['node_id'] or '')[:12]})  pid {r['pid']}  {r['health']}")
     health = (body or {}).get("status") or ((body or {}).get("error") or {}).get("message")

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 SERVE_NAMESPACE = "serve"
+FAILED_STATUSES = ("UNHEALTHY", "DEPLOY_FAILED")
 
 
 async def serve_details() -> dict[str, Any]:
@@ -35,11 +36,19 @@ async def _probe(actor_name: str, timeout_s: float) -> str:
 
 async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """One row per replica of ``app_name``: deployment, id, state, node, pid and health
-    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more)."""
+    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more).
+
+    A deployment that Ray Serve marks UNHEALTHY (a replica failed its health check or died, and
+    its replacement is not up yet) adds a row of its own with that health, so the gap between
+    a dead engine and its replacement is never reported healthy."""
     details = await serve_details()
     app = (details.get("applications") or {}).get(app_name) or {}
     rows = []
     for dep_name, dep in (app.get("deployments") or {}).items():
+        if _plain(dep.get("status")) in FAILED_STATUSES:
+            rows.append({"deployment": dep_name, "replica_id": None, "state": None,
+                         "node_ip": None, "node_id": None, "pid": None, "actor_name": None,
+                         "health": f"unhealthy: deployment {_plain(dep.get('status'))}"})
         for r in dep.get("replicas") or []:
             rows.append({"deployment": dep_name, "replica_id": r.get("replica_id"),
                          "state": _plain(r.get("state")), "node_ip": r.get("node_ip"),

@@ -13,8 +13,26 @@ def test_cpu_llm_config():
     assert d["placement_group_config"] == {"bundles": [{"CPU": 1}]}
     assert "model" not in d["engine_kwargs"] and "served_model_name" not in d["engine_kwargs"]
     assert d["engine_kwargs"]["limit_mm_per_prompt"] == {"image": 4, "video": 1}
-    assert d["deployment_config"] == {"max_ongoing_requests": 32, "num_replicas": 1}
+    assert d["deployment_config"] == {
+        "max_ongoing_requests": 32, "num_replicas": 1, "max_queued_requests": 64,
+        "health_check_period_s": 5, "graceful_shutdown_timeout_s": 60,
+        "graceful_shutdown_wait_loop_s": 1}
     assert d["log_engine_metrics"] is True
+
+
+def test_resilience_settings_reach_ray_serve_deployments():
+    """Queue bound, health period and drain timeout as Ray Serve's own deployment options, on
+    the engine deployment and (drain) on the ingress; the ingress takes no CPU by default."""
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm import LLMConfig
+
+    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                        "deployment": {"max_queued_requests": 7, "health_check_period_s": 3,
+                                       "drain_timeout_s": 42}})
+    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
+    dc = build_llm_deployment(llm)._bound_deployment._deployment_config
+    assert (dc.max_queued_requests, dc.health_check_period_s, dc.graceful_shutdown_timeout_s) \
+        == (7, 3, 42)
 
 
 def test_gpu_llm_config_takes_tp_gpus():
