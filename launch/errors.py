@@ -87,7 +87,9 @@ async def openai_errors_middleware(request, call_next):
         body = {"detail": raw.decode(errors="replace")}
     headers = {k: v for k, v in response.headers.items()
                if k.lower() in ("retry-after", "www-authenticate", "x-request-id")}
-    return JSONResponse(normalize_error(response.status_code, body),
+    extra = {k: v for k, v in body.items() if k not in ("error", "detail")} \
+        if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+    return JSONResponse({**normalize_error(response.status_code, body), **extra},
                         status_code=response.status_code, headers=headers)
 
 
