@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "report.md").read_text())
     print(f"results: {out}")
     failed = sum(s["failed"] for s in report.data["steps"])
-    missed = args.scenario == "soak" and any(t["met"] is False for t in report.data["targets"])
+    # A soak fails on a missed target; --quick (a minute, mostly warm-up) only reports memory.
+    missed = args.scenario == "soak" and any(
+        t["met"] is False for t in report.data["targets"]
+        if not (args.quick and t["target"] == "resident memory growth"))
     return 1 if failed or missed else 0
 
 
