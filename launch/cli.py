@@ -29,14 +29,15 @@ from .local_cluster import (
     ClusterError,
     ClusterState,
     clear_state,
+    free_port,
     port_in_use,
     read_state,
-    free_port,
     start_head,
     start_worker,
     stop_processes,
     write_state,
 )
+from .replicas import FAILED_STATUSES, status_name
 
 log = logging.getLogger("qwen-vl")
 
@@ -148,18 +149,13 @@ def _failure_cause(app_status) -> str | None:
     for dep in app_status.deployments.values():
         if (dep.message or "").startswith("A replica failed to start"):
             return one_line(dep.message) or "a replica failed to start"
-    if _name(app_status.status) == "DEPLOY_FAILED":
+    if status_name(app_status.status) == "DEPLOY_FAILED":
         msg = app_status.message or ""
         for dep in app_status.deployments.values():
-            if _name(dep.status) in ("DEPLOY_FAILED", "UNHEALTHY"):
+            if status_name(dep.status) in FAILED_STATUSES:
                 msg = dep.message or msg
         return one_line(msg) or "deployment failed (see the Ray logs)"
     return None
-
-
-def _name(status) -> str:
-    """'RUNNING' from ApplicationStatus.RUNNING, DeploymentStatus.RUNNING or 'RUNNING'."""
-    return str(status).split(".")[-1]
 
 
 def _replica_counts(dep) -> str:
@@ -171,7 +167,7 @@ def _progress(app_status, elapsed: float) -> str:
         return f"[{elapsed:5.0f}s] deploying..."
     parts = []
     for name, dep in app_status.deployments.items():
-        parts.append(f"{name}: {_replica_counts(dep) or _name(dep.status)}")
+        parts.append(f"{name}: {_replica_counts(dep) or status_name(dep.status)}")
     return f"[{elapsed:5.0f}s] " + "; ".join(parts)
 
 
@@ -240,7 +236,8 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
                 cause = root_cause_from_logs(temp_dir) or cause
             raise LaunchError(f"deployment failed: {cause}")
         code, _ = http_get(url, timeout=15)
-        if code == 200 and app_status is not None and _name(app_status.status) == "RUNNING":
+        running = app_status is not None and status_name(app_status.status) == "RUNNING"
+        if code == 200 and running:
             return
         if elapsed > timeout_s:
             raise LaunchError(
@@ -489,9 +486,9 @@ def cmd_status(args) -> int:
     if status is None:
         _say("application: not deployed")
         return 1
-    _say(f"application {state.app_name}: {_name(status.status)}")
+    _say(f"application {state.app_name}: {status_name(status.status)}")
     for name, dep in status.deployments.items():
-        _say(f"  {name}: {_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
+        _say(f"  {name}: {status_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
     _say("replicas:")
     for r in asyncio.run(replica_report(state.app_name)):
         if r["replica_id"] is None:  # the deployment itself is marked unhealthy by Serve

@@ -40,14 +40,14 @@ from .replicas import healthy, replica_report
 
 HEALTH_TIMEOUT_S = 10.0
 
+SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
+
 
 def engine_lost(err: BaseException) -> bool:
     """The engine replica behind a request died: its actor, or vLLM's engine core inside it
     (``EngineDeadError``, which reaches us wrapped in Ray's ``RayTaskError``)."""
     return isinstance(err, (RayActorError, ActorUnavailableError)) or any(
         cls.__name__ == "EngineDeadError" for cls in type(err).__mro__)
-
-SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
 
 
 def rejection_response(err: RequestRejected) -> JSONResponse:

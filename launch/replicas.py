@@ -45,13 +45,13 @@ async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[st
     app = (details.get("applications") or {}).get(app_name) or {}
     rows = []
     for dep_name, dep in (app.get("deployments") or {}).items():
-        if _plain(dep.get("status")) in FAILED_STATUSES:
+        if status_name(dep.get("status")) in FAILED_STATUSES:
             rows.append({"deployment": dep_name, "replica_id": None, "state": None,
                          "node_ip": None, "node_id": None, "pid": None, "actor_name": None,
-                         "health": f"unhealthy: deployment {_plain(dep.get('status'))}"})
+                         "health": f"unhealthy: deployment {status_name(dep.get('status'))}"})
         for r in dep.get("replicas") or []:
             rows.append({"deployment": dep_name, "replica_id": r.get("replica_id"),
-                         "state": _plain(r.get("state")), "node_ip": r.get("node_ip"),
+                         "state": status_name(r.get("state")), "node_ip": r.get("node_ip"),
                          "node_id": r.get("node_id"), "pid": r.get("pid"),
                          "actor_name": r.get("actor_name")})
     running = [row for row in rows if row["state"] == "RUNNING" and row["actor_name"]]
@@ -64,9 +64,10 @@ async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[st
     return rows
 
 
-def _plain(state) -> str:
-    """'RUNNING' from ReplicaState.RUNNING (a str enum) or 'RUNNING'."""
-    return str(getattr(state, "value", state))
+def status_name(status) -> str:
+    """'RUNNING' from ApplicationStatus.RUNNING, DeploymentStatus.RUNNING,
+    ReplicaState.RUNNING or 'RUNNING'."""
+    return str(status).split(".")[-1]
 
 
 def healthy(rows: list[dict[str, Any]]) -> bool:
