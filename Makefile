@@ -7,7 +7,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 
 .PHONY: install serve serve-detached stop status test test-fast clean lock chart \
-        loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline
+        loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline \
+        loadtest-soak
 
 install: $(STAMP)
 
@@ -47,10 +48,13 @@ test-fast: install
 # ARGS passes flags, e.g. make loadtest-card ARGS="--variants BF16,AWQ --input-lengths 1,4096".
 LOADTEST_MODEL ?= 2b
 loadtest-quick: install
-	for s in card sweep overhead baseline; do $(PY) -m loadtest $$s --quick $(ARGS) || exit 1; done
+	for s in card sweep overhead baseline soak; do $(PY) -m loadtest $$s --quick $(ARGS) || exit 1; done
 
 loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline: install
 	$(PY) -m loadtest $(@:loadtest-%=%) --config $(CONFIG) --model $(LOADTEST_MODEL) $(ARGS)
+
+loadtest-soak: install  # the config's own model (the embedded default), 10 minutes
+	$(PY) -m loadtest soak --config $(CONFIG) $(ARGS)
 
 # Helm chart: regenerate values.schema.json's serving part (from engine/config.py) and the
 # README's values table (from the schema); tests/helm and tests/launch/test_chart.py check both.
