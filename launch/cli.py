@@ -4,6 +4,7 @@
     qwen-vl join --address HOST:PORT      (on another machine: add a worker node)
     qwen-vl status
     qwen-vl stop
+    qwen-vl plan --config F [--device L4] [--rps 2] ...   (capacity plan, nothing started)
 
 A failed command exits non-zero with its cause in one line (exit 2: bad config; 1: anything else).
 """
@@ -89,7 +90,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------------------------- serve
-def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
+def _ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
+    """The cluster to deploy on, and whether this is a redeploy onto a running qwen-vl
+    cluster (whose owner is the `serve` that started it, not us)."""
     state = read_state()
     srv = cfg.server
     if state is not None and state.role == "worker":
@@ -106,7 +109,10 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
                 )
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
             write_state(state)
-            return state
+            _say(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
+                 f"replicas a few at a time; requests they hold finish first (at most "
+                 f"deployment.drain_timeout_s = {cfg.deployment.drain_timeout_s:.0f}s)")
+            return state, True
         clear_state()
     if os.environ.get("RAY_ADDRESS"):  # an existing cluster: deploy there, never stop it
         state = ClusterState(
@@ -115,7 +121,7 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
             app_name=srv.app_name, drain_timeout_s=cfg.deployment.drain_timeout_s,
         )
         write_state(state)
-        return state
+        return state, False
     for what, port in (("API", srv.port), ("metrics", srv.metrics_port)):
         if port_in_use(srv.host, port):
             raise LaunchError(
@@ -135,7 +141,7 @@ def _ensure_cluster(cfg: ServingConfig) -> ClusterState:
         app_name=srv.app_name, drain_timeout_s=cfg.deployment.drain_timeout_s,
     )
     write_state(state)
-    return state
+    return state, False
 
 
 def _failure_cause(app_status) -> str | None:
@@ -281,16 +287,21 @@ def cmd_serve(args) -> int:
     _say(f"model {cfg.model.served_name} from {cfg.model.source}")
     model_path = cfg.model_path()  # builds the embedded model on first use
     cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
-    state = _ensure_cluster(cfg)
+    state, redeploy = _ensure_cluster(cfg)
     try:
         deploy(cfg, state)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
     except BaseException:
-        if state.started_by_us and not args.keep_on_failure:
+        # A failed redeploy leaves the running cluster up (fix the config and deploy again).
+        if state.started_by_us and not redeploy and not args.keep_on_failure:
             _shutdown(state, quiet=True)
         raise
     url = base_url(cfg.server.host, cfg.server.port)
+    if redeploy:
+        _say(f"\nredeployed: {url}/v1  (model: {cfg.model.served_name}); the cluster stays "
+             f"with the `qwen-vl serve` that started it (`qwen-vl stop` ends it)")
+        return 0
     _say(f"\nready: {url}/v1  (model: {cfg.model.served_name})")
     _say(f"metrics: http://127.0.0.1:{cfg.server.metrics_port}/metrics")
     _say("try it:\n" + curl_example(cfg) + "\n")
@@ -523,6 +534,19 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from engine.capacity import PlanError
+    from engine.capacity_check import CheckError
+
+    from .plan import run
+
+    try:
+        sys.stdout.write(run(args))
+    except (PlanError, CheckError) as err:
+        raise LaunchError(str(err)) from None
+    return 0
+
+
 def cmd_chart_values(args) -> int:
     from .chart import chart_values
 
@@ -562,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print a config as the Helm chart's serving: values block")
     c.add_argument("--config", required=True, help="YAML config")
     c.set_defaults(func=cmd_chart_values)
+    from .plan import add_arguments
+
+    pl = sub.add_parser("plan", help="capacity plan: memory, KV cache, tokens per image, speed "
+                        "bounds and replicas for a workload on a GPU type or this CPU")
+    add_arguments(pl)
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

@@ -240,9 +240,12 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "sweep":
         from .scenarios import sweep
 
+        from .plan_check import plan_for_sweep
+
         w = mixed_workload(args, d, n_in, n_out)
         target = (deploy.remote(args.url, None, args.api_key) if args.url
                   else deploy.stack(data, out / "deploy"))
+        plan = plan_for_sweep(cfg, w)
         if args.url:
             what = f"{args.url}, load generated on {label}"
         return sweep.run(deployment=target, workload=w,
@@ -250,7 +253,7 @@ def _run_other(args, device: str, out: Path, label: str):
                          min_requests=_opt(args, "min_requests", d),
                          slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
                          slo_tpot_ms=_opt(args, "slo_tpot_ms", d), out=out,
-                         title=f"Concurrency sweep: {what}", settings=settings)
+                         title=f"Concurrency sweep: {what}", settings=settings, plan=plan)
     if args.scenario == "soak":
         from .scenarios import soak
 

@@ -29,6 +29,7 @@ from launch.cli import base_url, http_get
 from launch.local_cluster import free_port
 
 from .memory import process_tree
+from .plan_check import kv_tokens_from_logs
 from .runner import Target, fmt_s
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,8 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
         yield Target(name=name, base_url=base, model=cfg.model.served_name,
                      api_key=_api_key(cfg), engine_pids=engine_pids,
                      metrics_url=f"http://127.0.0.1:{cfg.server.metrics_port}/metrics",
-                     stack_pids=lambda: cluster_processes(state))
+                     stack_pids=lambda: cluster_processes(state),
+                     kv_cache_tokens=lambda: kv_tokens_from_logs(state.temp_dir))
     finally:
         stop = _cli(env, "stop")
         print(f"  {name} stopped" + ("" if stop.returncode == 0 else f" (code {stop.returncode})"),

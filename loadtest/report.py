@@ -89,6 +89,12 @@ class Report:
                  for t in d["targets"]],
                 [("target", "target"), ("goal", "goal"), ("measured", "measured"),
                  ("met", "met"), ("detail", "detail")]), ""]
+        if d.get("plan_vs_measured"):
+            from .plan_check import format_comparison
+
+            lines += ["## Plan vs measured", "", "`qwen-vl plan` for this config and workload "
+                      "(speed rows are upper bounds from memory bandwidth).", "",
+                      format_comparison(d["plan_vs_measured"])]
         if d["skipped"]:
             lines += ["## Skipped", ""] + [f"- {s['what']}: {s['reason']}" for s in d["skipped"]]
             lines.append("")

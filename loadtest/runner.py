@@ -35,6 +35,7 @@ class Target:
     engine_pids: Callable[[], list[int]] | None = None
     metrics_url: str | None = None
     stack_pids: Callable[[], list[int]] | None = None  # every process of a local stack
+    kv_cache_tokens: Callable[[], int | None] | None = None  # as the engine logged it
 
 
 @dataclass

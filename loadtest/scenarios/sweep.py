@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from ..plan_check import comparison, format_comparison
 from ..report import Report, plot, step_result
 from ..runner import Progress, Target, run_step, warm_up
 from ..workload import Workload
@@ -38,7 +39,9 @@ def levels(max_concurrency: int) -> list[int]:
 
 def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_concurrency: int,
         min_requests: int, slo_ttft_ms: float, slo_tpot_ms: float, out: Path, title: str,
-        settings: dict) -> Report:
+        settings: dict, plan: dict | None = None) -> Report:
+    """``plan``: ``qwen-vl plan``'s prediction for this deployment and workload, reported
+    beside what the sweep measured (``loadtest.plan_check``)."""
     report = Report("sweep", out, {**settings, "workload": workload.model_dump(),
                                    "max_concurrency": max_concurrency,
                                    "min_requests": min_requests, "slo_ttft_ms": slo_ttft_ms,
@@ -72,6 +75,7 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
                     f"({best:.1f})")
                 break
             best = max(best, res["output_throughput"])
+        kv_measured = target.kv_cache_tokens() if target.kv_cache_tokens else None
     table = report.data["table"]
     meeting = [r["concurrency"] for r in table if r["meets_slo"]]
     capacity = max(meeting) if meeting else 0
@@ -84,6 +88,11 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
         f"capacity of one replica: {capacity} concurrent users meet TTFT p99 <= "
         f"{slo_ttft_ms:g} ms and TPOT p99 <= {slo_tpot_ms:g} ms; peak "
         f"{peak['output_throughput']:.1f} output tokens/s at concurrency {peak['concurrency']}")
+    if plan is not None:
+        rows = comparison(plan, table, capacity, kv_measured)
+        report.data["plan"] = plan
+        report.data["plan_vs_measured"] = rows
+        print("plan vs measured:\n" + format_comparison(rows), flush=True)
     xs = [r["concurrency"] for r in table]
     plots = [
         plot(out / "throughput.png", "Output tokens/s per concurrency", xs,

@@ -12,15 +12,19 @@ import io
 import json
 import re
 import os
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CONFIGS, run_cli, start_stack, stop_stack
+from tests.conftest import CONFIGS, ROOT, run_cli, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 12
@@ -85,7 +89,8 @@ def server(tmp_path_factory):
         return
     info = start_stack(tmp_path_factory.mktemp("serve"))
     yield info
-    stop_stack(info)
+    if not info.get("stopped"):  # the last test stops it itself (a drain under `qwen-vl stop`)
+        stop_stack(info)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +156,40 @@ def test_token_accounting_after_smart_resize(server, tokenizer, h, w):
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
         tokenizer, server, ["image"], "Hi", [(h, w)])
+
+
+def gradient_png_url(h: int, w: int) -> str:
+    """A smooth image: small as PNG even at thousands of pixels a side."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
+                    (xx + yy) % 256], -1).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# Twelve sizes: tiny, below min_pixels, above max_pixels, odd sides, and aspect ratios up to 178
+# (the limit is 200).
+PLAN_SIZES = [(28, 28), (30, 40), (57, 57), (200, 300), (333, 777), (768, 1024), (1000, 800),
+              (3000, 2000), (56, 1400), (1400, 56), (28, 5000), (5000, 28)]
+
+
+def test_planned_tokens_per_image_equal_usage(server):
+    """`qwen-vl plan`'s tokens per image (engine.capacity.image_tokens) = what an image adds to
+    usage.prompt_tokens, for each size."""
+    from engine.capacity import image_tokens
+
+    mm = server["cfg"].multimodal
+    text = [{"type": "text", "text": "Hi"}]
+    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, text, max_tokens=1))
+    assert code == 200, out
+    base = out["usage"]["prompt_tokens"]
+    for h, w in PLAN_SIZES:
+        code, out = post(server["base"], "/v1/chat/completions", chat_body(
+            server, [image_part(gradient_png_url(h, w))] + text, max_tokens=1))
+        assert code == 200, (h, w, out)
+        planned = image_tokens(h, w, mm.min_pixels, mm.max_pixels)["prompt_tokens"]
+        assert out["usage"]["prompt_tokens"] - base == planned, (h, w)
 
 
 def test_chat_two_images(server, tokenizer):
@@ -348,3 +387,67 @@ def test_greedy_output_depends_on_image(server):
         assert code == 200
         outs.append(out["choices"][0]["token_ids"])
     assert outs[0] != outs[1]
+
+
+# ------------------------------------------------------------------------------ drain (last)
+def test_stop_drains_running_stream(server):
+    """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
+    once, the stream ends with all its tokens, then the cluster is gone. Runs last: it stops
+    the module's server."""
+    if server["env"] is None:
+        pytest.skip("external server")
+    from launch.local_cluster import cluster_processes, read_state
+
+    n = 1000  # about 20 s on 2 CPU cores: still running when the drain starts
+    body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
+                     stream=True, stream_options={"include_usage": True})
+    started, events = threading.Event(), []
+
+    def read_stream():
+        req = urllib.request.Request(server["base"] + "/v1/chat/completions",
+                                     json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as r:
+                for raw in r:
+                    if raw.startswith(b"data: "):
+                        events.append(raw[6:].decode().strip())
+                        started.set()
+        except Exception as err:  # judged below
+            events.append(f"EXCEPTION {err!r}")
+
+    state = read_state(Path(server["env"]["QWEN_VL_RUN_DIR"]))
+    t = threading.Thread(target=read_stream)
+    t.start()
+    stop = None
+    try:
+        assert started.wait(120), "the stream did not start"
+        stop = subprocess.Popen([sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT,
+                                env={**os.environ, **server["env"]}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        refused = None
+        deadline = time.monotonic() + 60
+        while refused is None and time.monotonic() < deadline and t.is_alive():
+            req = urllib.request.Request(
+                server["base"] + "/v1/chat/completions",
+                json.dumps(chat_body(server, [{"type": "text", "text": "Hi"}])).encode(),
+                {"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=60).read()
+            except urllib.error.HTTPError as e:
+                refused = (e.code, json.loads(e.read())["error"]["code"], e.headers["Retry-After"])
+            except OSError as e:  # the stop got past the drain: recorded as such
+                refused = repr(e)
+            time.sleep(0.2)
+        t.join(timeout=300)
+        out, _ = stop.communicate(timeout=300)
+    finally:
+        server["stopped"] = True
+        if stop is not None and stop.poll() is None:
+            stop.kill()
+        t.join(timeout=60)
+    retry = str(server["cfg"].deployment.retry_after_s)
+    assert refused == (503, "draining", retry), refused
+    assert events and events[-1] == "[DONE]", events[-3:]
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == n, events[-2]
+    assert stop.returncode == 0 and "stopped" in out, out
+    assert cluster_processes(state) == [], "processes left after stop"

@@ -90,6 +90,13 @@ def test_sweep_quick(tmp_path):
     assert cap["max_concurrency_meeting_slo"] in (0, 1, 2)
     assert cap["peak_output_throughput"] > 0
     assert all(r["request_goodput"] is not None for r in data["table"])
+    # qwen-vl plan's prediction beside the measurement; the KV cache size is exact.
+    rows = {r["what"]: r for r in data["plan_vs_measured"]}
+    kv = rows["KV cache tokens"]
+    assert kv["measured"] == kv["planned"] and kv["ratio"] == 1.0, kv
+    one = rows["decode tokens/s, one stream (bound)"]
+    assert one["measured"] and 0 < one["ratio"] < 1.5, one  # a bound (noise allowed)
+    assert "## Plan vs measured" in (out / "report.md").read_text()
 
 
 def test_soak_quick(tmp_path):
