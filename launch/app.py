@@ -25,6 +25,20 @@ BASE_ENGINE_ENV = {
 }
 
 
+def engine_env(cfg: ServingConfig) -> dict[str, str]:
+    """Environment of every engine process: ours, then ``deployment.env`` (which wins).
+
+    CPU with more than one replica: vLLM pins each engine's threads to the cores it finds free
+    in its own process (``VLLM_CPU_OMP_THREADS_BIND=auto``), unaware of other engines, so two
+    replicas on one node pin to the same cores and starve each other (a replacement engine
+    took over 10 minutes to start beside a busy one on 2 cores). Such deployments leave thread
+    placement to the OS (``nobind``); set the variable in ``deployment.env`` to choose."""
+    d = cfg.deployment
+    most = d.autoscaling.max_replicas if d.autoscaling is not None else d.replicas
+    cpu = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if d.device == "cpu" and most > 1 else {}
+    return {**BASE_ENGINE_ENV, **cpu, **d.env}
+
+
 def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     d = cfg.deployment
     out: dict[str, Any] = {
@@ -66,7 +80,7 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
         "model_loading_config": {"model_id": cfg.model.served_name, "model_source": source},
         "engine_kwargs": engine_kwargs,
         "deployment_config": deployment_config(cfg),
-        "runtime_env": {"env_vars": {**BASE_ENGINE_ENV, **d.env}},
+        "runtime_env": {"env_vars": engine_env(cfg)},
         "log_engine_metrics": True,
     }
     if d.device == "cpu":

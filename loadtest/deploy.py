@@ -146,7 +146,7 @@ def vllm_serve_argv(cfg: ServingConfig, port: int) -> list[str]:
 def bare_vllm(data: dict, work: Path, name: str = "vllm-serve",
               timeout_s: float = 900) -> Iterator[Target]:
     """``vllm serve`` from the same config as ``stack``; terminated after."""
-    from launch.app import BASE_ENGINE_ENV
+    from launch.app import engine_env
 
     work.mkdir(parents=True, exist_ok=True)
     cfg = write_config(json.loads(json.dumps(data)), work / f"{name}-config.yaml")
@@ -154,7 +154,7 @@ def bare_vllm(data: dict, work: Path, name: str = "vllm-serve",
     argv = vllm_serve_argv(cfg, port)
     (work / f"{name}-argv.json").write_text(json.dumps(argv, indent=1))
     log = work / f"{name}.log"
-    env = {**os.environ, **BASE_ENGINE_ENV, **cfg.deployment.env}
+    env = {**os.environ, **engine_env(cfg)}
     print(f"deploying {name}: {cfg.model.source} ...", flush=True)
     t0 = time.monotonic()
     fh = open(log, "w")

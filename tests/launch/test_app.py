@@ -75,3 +75,18 @@ def test_build_app_without_starting():
         assert app._bound_deployment.name == "QwenVLIngress"
     finally:
         ray.shutdown()
+
+
+def test_cpu_replicas_sharing_a_node_are_not_pinned_to_the_same_cores():
+    def env(**deployment):
+        cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                            "deployment": deployment})
+        return llm_config_dict(cfg, model_path="/ckpt")["runtime_env"]["env_vars"]
+
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env()  # one replica: vLLM's own pinning
+    assert env(replicas=2)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert env(autoscaling={"min_replicas": 1, "max_replicas": 3})[
+        "VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert env(replicas=2, env={"VLLM_CPU_OMP_THREADS_BIND": "0-1"})[
+        "VLLM_CPU_OMP_THREADS_BIND"] == "0-1"  # deployment.env wins
+    assert env(replicas=2)["VLLM_NO_USAGE_STATS"] == "1"
