@@ -226,7 +226,7 @@ def vision_flops(arch: Architecture, patches: int) -> float:
 class Workload:
     prompt_tokens: int = 512  # text tokens per request
     output_tokens: int = 128
-    images: int = 1  # per request
+    images: float = 1  # per request (an average: the load tests send images on a share)
     image_size: tuple[int, int] = (1024, 768)  # width, height
     requests_per_s: float | None = None
     concurrency: int | None = None
@@ -337,7 +337,7 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
     vflops = vision_flops(arch, per_image["patches"])
 
     # Requests
-    prompt = workload.prompt_tokens + workload.images * per_image["prompt_tokens"]
+    prompt = workload.prompt_tokens + math.ceil(workload.images * per_image["prompt_tokens"])
     seq = prompt + workload.output_tokens
     if seq > e.max_model_len:
         warnings.append(f"a request of {seq} tokens (prompt {prompt} + output "

@@ -74,6 +74,7 @@ def format_plan(plan: dict) -> str:
     m, mem, kv, img, sp, ld = (plan[k] for k in ("model", "memory", "kv_cache", "images",
                                                  "speed", "load"))
     w, dev = m["weights_bytes"], plan["device"]
+    per_gpu = "" if dev["name"] == "cpu" else " per GPU"
     rows = [
         ("model", f"{m['source']} ({m['dtype']}, quantization {m['quantization']}, "
                   f"TP {m['tensor_parallel_size']})"),
@@ -82,7 +83,8 @@ def format_plan(plan: dict) -> str:
                                        else "")
          + (f", {dev['bandwidth_gbs']:.0f} GB/s" if dev["bandwidth_gbs"] else "")),
         ("weights", f"{_gib(w['total'])} (language model {_gib(w['language_model'])}, vision "
-                    f"tower {_gib(w['vision_tower'])}); per GPU {_gib(mem['weights_per_gpu_bytes'])}"),
+                    f"tower {_gib(w['vision_tower'])})" + (f"; per GPU {_gib(mem['weights_per_gpu_bytes'])}"
+                                                 if per_gpu else "")),
     ]
     if "budget_bytes" in mem:
         rows.append(("GPU memory budget", f"{_gib(mem['budget_bytes'])} "
@@ -90,9 +92,10 @@ def format_plan(plan: dict) -> str:
                      f"activation peak ~{_gib(mem['activation_peak_bytes_estimate'])}, "
                      f"runtime ~{_gib(mem['runtime_overhead_bytes_estimate'])} (estimates)"))
     rows += [
-        ("KV cache memory", f"{_gib(mem['kv_cache_bytes'])} per GPU ({mem['source']})"),
-        ("KV bytes per token", f"{kv['bytes_per_token']:,} ({kv['bytes_per_token_per_gpu']:,} "
-                               f"per GPU; {m['kv_cache_dtype']})"),
+        ("KV cache memory", f"{_gib(mem['kv_cache_bytes'])}{per_gpu} ({mem['source']})"),
+        ("KV bytes per token", f"{kv['bytes_per_token']:,} ("
+                               + (f"{kv['bytes_per_token_per_gpu']:,} per GPU; " if per_gpu else "")
+                               + m["kv_cache_dtype"] + ")"),
         ("KV capacity", f"{kv['tokens']:,} tokens in {kv['blocks']:,} blocks of "
                         f"{m['block_size']} (vLLM logs {kv['tokens_reported_by_vllm']:,}); "
                         f"{kv['max_concurrency_at_max_model_len']:.2f} requests at max_model_len "
