@@ -27,11 +27,24 @@ class CheckError(RuntimeError):
 
 
 def _weights_in_worker(worker) -> dict:
-    """Runs inside vLLM's worker: parameter bytes, vision tower and language model."""
+    """Runs inside vLLM's worker: parameter bytes, vision tower and language model.
+
+    On CPU vLLM moves each linear layer's weight into a packed GEMM kernel handle (oneDNN or
+    sgl-kernel) and leaves an empty ``weight`` Parameter behind; such a weight is counted at the
+    size of the layer vLLM built (its input x output size per partition), in its dtype."""
     parts = {"language_model": 0, "vision_tower": 0}
-    for name, t in worker.model_runner.model.named_parameters():
-        parts["vision_tower" if name.startswith("visual") else "language_model"] += (
-            t.numel() * t.element_size())
+    seen = set()  # a tied LM head shares the embedding's Parameter
+    for mod_name, module in worker.model_runner.model.named_modules():
+        for name, t in module.named_parameters(recurse=False):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            n = t.numel() * t.element_size()
+            if name == "weight" and n == 0 and hasattr(module, "cpu_linear"):
+                n = (module.input_size_per_partition * module.output_size_per_partition
+                     * t.element_size())
+            part = "vision_tower" if mod_name.startswith("visual") else "language_model"
+            parts[part] += n
     parts["total"] = parts["language_model"] + parts["vision_tower"]
     return parts
 

@@ -16,13 +16,11 @@ HTTP path); a ratio above 1 means the plan is wrong.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from engine.capacity import Workload as PlanWorkload
 from engine.capacity import decode_bound
-
-KV_LOG = re.compile(rb"KV cache size: ([\d,]+) tokens")
+from engine.capacity_check import KV_LOG
 
 
 def kv_tokens_from_logs(temp_dir: str) -> int | None:
@@ -31,11 +29,11 @@ def kv_tokens_from_logs(temp_dir: str) -> int | None:
     for f in sorted((Path(temp_dir) / "session_latest" / "logs").glob("*"),
                     key=lambda p: p.stat().st_mtime):
         try:
-            m = KV_LOG.findall(f.read_bytes())
+            m = KV_LOG.findall(f.read_text(errors="replace"))
         except OSError:
             continue
         if m:
-            found = int(m[-1].replace(b",", b""))
+            found = int(m[-1].replace(",", ""))
     return found
 
 
@@ -90,7 +88,7 @@ def comparison(plan: dict, table: list[dict], capacity: int, kv_measured: int | 
              "ratio": (m / p) if m is not None and p else None} for what, p, m in rows]
 
 
-def format_comparison(rows: list[dict]) -> str:
+def comparison_table(rows: list[dict]) -> str:
     """A markdown table: what, planned, measured, measured / planned."""
     def num(v):
         return "-" if v is None else f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"

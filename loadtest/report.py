@@ -90,11 +90,11 @@ class Report:
                 [("target", "target"), ("goal", "goal"), ("measured", "measured"),
                  ("met", "met"), ("detail", "detail")]), ""]
         if d.get("plan_vs_measured"):
-            from .plan_check import format_comparison
+            from .plan_check import comparison_table
 
             lines += ["## Plan vs measured", "", "`qwen-vl plan` for this config and workload "
                       "(speed rows are upper bounds from memory bandwidth).", "",
-                      format_comparison(d["plan_vs_measured"])]
+                      comparison_table(d["plan_vs_measured"])]
         if d["skipped"]:
             lines += ["## Skipped", ""] + [f"- {s['what']}: {s['reason']}" for s in d["skipped"]]
             lines.append("")

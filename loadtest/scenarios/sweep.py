@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..plan_check import comparison, format_comparison
+from ..plan_check import comparison, comparison_table
 from ..report import Report, plot, step_result
 from ..runner import Progress, Target, run_step, warm_up
 from ..workload import Workload
@@ -92,7 +92,7 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
         rows = comparison(plan, table, capacity, kv_measured)
         report.data["plan"] = plan
         report.data["plan_vs_measured"] = rows
-        print("plan vs measured:\n" + format_comparison(rows), flush=True)
+        print("plan vs measured:\n" + comparison_table(rows), flush=True)
     xs = [r["concurrency"] for r in table]
     plots = [
         plot(out / "throughput.png", "Output tokens/s per concurrency", xs,
