@@ -253,7 +253,8 @@ def _run_other(args, device: str, out: Path, label: str):
                          min_requests=_opt(args, "min_requests", d),
                          slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
                          slo_tpot_ms=_opt(args, "slo_tpot_ms", d), out=out,
-                         title=f"Concurrency sweep: {what}", settings=settings, plan=plan)
+                         title=f"Concurrency sweep: {what}", settings=settings,
+                         capacity_plan=plan)
     if args.scenario == "soak":
         from .scenarios import soak
 

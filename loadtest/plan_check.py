@@ -82,7 +82,7 @@ def comparison(plan: dict, table: list[dict], capacity: int, kv_measured: int | 
                      1000 / c1["median_tpot_ms"] if c1 and c1.get("median_tpot_ms") else None))
         rows.append((f"output tokens/s at concurrency {peak['concurrency']} (bound)",
                      decode_bound(sp, peak["concurrency"]), peak["output_throughput"]))
-    rows.append(("concurrent requests (plan: fit; measured: meeting the SLO)",
+    rows.append(("concurrent requests (plan: fit; measured: highest level meeting the SLO)",
                  plan["load"]["fit_concurrency"], capacity))
     return [{"what": what, "planned": p, "measured": m,
              "ratio": (m / p) if m is not None and p else None} for what, p, m in rows]
@@ -91,7 +91,9 @@ def comparison(plan: dict, table: list[dict], capacity: int, kv_measured: int | 
 def comparison_table(rows: list[dict]) -> str:
     """A markdown table: what, planned, measured, measured / planned."""
     def num(v):
-        return "-" if v is None else f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+        if v is None:
+            return "-"
+        return f"{v:,}" if isinstance(v, int) else f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
 
     lines = ["| | planned | measured | measured / planned |", "|---|---|---|---|"]
     lines += [f"| {r['what']} | {num(r['planned'])} | {num(r['measured'])} | "

@@ -39,8 +39,8 @@ def levels(max_concurrency: int) -> list[int]:
 
 def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_concurrency: int,
         min_requests: int, slo_ttft_ms: float, slo_tpot_ms: float, out: Path, title: str,
-        settings: dict, plan: dict | None = None) -> Report:
-    """``plan``: ``qwen-vl plan``'s prediction for this deployment and workload, reported
+        settings: dict, capacity_plan: dict | None = None) -> Report:
+    """``capacity_plan``: ``qwen-vl plan``'s prediction for this deployment and workload, reported
     beside what the sweep measured (``loadtest.plan_check``)."""
     report = Report("sweep", out, {**settings, "workload": workload.model_dump(),
                                    "max_concurrency": max_concurrency,
@@ -88,9 +88,9 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
         f"capacity of one replica: {capacity} concurrent users meet TTFT p99 <= "
         f"{slo_ttft_ms:g} ms and TPOT p99 <= {slo_tpot_ms:g} ms; peak "
         f"{peak['output_throughput']:.1f} output tokens/s at concurrency {peak['concurrency']}")
-    if plan is not None:
-        rows = comparison(plan, table, capacity, kv_measured)
-        report.data["plan"] = plan
+    if capacity_plan is not None:
+        rows = comparison(capacity_plan, table, capacity, kv_measured)
+        report.data["plan"] = capacity_plan
         report.data["plan_vs_measured"] = rows
         print("plan vs measured:\n" + comparison_table(rows), flush=True)
     xs = [r["concurrency"] for r in table]
