@@ -26,9 +26,13 @@ async def serve_details() -> dict[str, Any]:
 async def _probe(actor_name: str, timeout_s: float) -> str:
     import ray
 
+    async def ask():
+        # get_actor blocks on the GCS: in a thread, so the caller's event loop goes on
+        actor = await asyncio.to_thread(ray.get_actor, actor_name, namespace=SERVE_NAMESPACE)
+        await actor.check_health.remote()
+
     try:
-        actor = ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
-        await asyncio.wait_for(actor.check_health.remote(), timeout_s)
+        await asyncio.wait_for(ask(), timeout_s)
         return "healthy"
     except Exception as err:  # any failure is unhealthy; the type is enough for operators
         return f"unhealthy: {type(err).__name__}"
@@ -40,8 +44,11 @@ async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[st
 
     A deployment that Ray Serve marks UNHEALTHY (a replica failed its health check or died, and
     its replacement is not up yet) adds a row of its own with that health, so the gap between
-    a dead engine and its replacement is never reported healthy."""
-    details = await serve_details()
+    a dead engine and its replacement is never reported healthy.
+
+    Bounded: the controller gets ``timeout_s`` (it can be slow while it replaces a replica on a
+    busy machine) and so does each probe; beyond that ``TimeoutError``, never a hang."""
+    details = await asyncio.wait_for(serve_details(), timeout_s)
     app = (details.get("applications") or {}).get(app_name) or {}
     rows = []
     for dep_name, dep in (app.get("deployments") or {}).items():

@@ -87,7 +87,8 @@ def server(tmp_path_factory):
         yield {"base": external, "model": cfg.model.served_name, "cfg": cfg, "env": None,
                "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
         return
-    info = start_stack(tmp_path_factory.mktemp("serve"))
+    # A long drain timeout: the last test stops the stack while a long stream runs.
+    info = start_stack(tmp_path_factory.mktemp("serve"), {"deployment": {"drain_timeout_s": 300}})
     yield info
     if not info.get("stopped"):  # the last test stops it itself (a drain under `qwen-vl stop`)
         stop_stack(info)
@@ -398,7 +399,7 @@ def test_stop_drains_running_stream(server):
         pytest.skip("external server")
     from launch.local_cluster import cluster_processes, read_state
 
-    n = 1000  # about 20 s on 2 CPU cores: still running when the drain starts
+    n = 3000  # about a minute on 2 CPU cores: still running when the drain starts
     body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, events = threading.Event(), []
