@@ -284,11 +284,11 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
         warnings.append(f"tensor_parallel_size {tp} > {arch.num_kv_heads} KV heads: each GPU "
                         "holds a replicated KV head, so KV memory per token does not shrink")
     kv_per_token = arch.num_layers * kv_heads_per_gpu * arch.head_dim * 2 * kv_dtype_bytes
-    kv_per_token_total = kv_per_token * (tp if tp <= arch.num_kv_heads else arch.num_kv_heads)
+    kv_per_token_total = arch.num_layers * arch.num_kv_heads * arch.head_dim * 2 * kv_dtype_bytes
 
     memory: dict[str, Any] = {"weights_per_gpu_bytes": weights_per_gpu}
     if device is None:
-        kv_memory = int(e.cpu_kv_cache_gib * (1 << 30))
+        kv_memory = e.cpu_kv_cache_bytes
         memory["kv_cache_bytes"] = kv_memory
         memory["source"] = "engine.cpu_kv_cache_gib"
     else:
@@ -304,9 +304,9 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
                        "kv_cache_bytes": max(kv_memory, 0),
                        "source": "budget - weights - activation peak - runtime overhead"})
         if weights_per_gpu > budget:
-            warnings.append(f"cannot start: the weights ({_gib(weights_per_gpu)} per GPU) exceed "
+            warnings.append(f"cannot start: the weights ({gib(weights_per_gpu)} per GPU) exceed "
                             f"{e.gpu_memory_utilization:g} x {device.name} memory "
-                            f"({_gib(budget)}); use a bigger GPU, tensor parallelism or 4-bit")
+                            f"({gib(budget)}); use a bigger GPU, tensor parallelism or 4-bit")
         kv_memory = max(kv_memory, 0)
 
     block_bytes = kv_per_token * e.block_size
@@ -356,12 +356,10 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
                              "average_context_tokens": avg_ctx,
                              "kv_bytes_per_token_per_gpu": kv_per_token}
     if bandwidth:
-        def tok_s(batch: int) -> float:
-            return decode_bound(speed, batch)
-
-        speed["decode_tokens_per_s_batch1_max"] = tok_s(1)
-        speed["decode_tokens_per_s_at_fit_max"] = tok_s(max(fit, 1))
-        speed["tpot_ms_at_fit_min"] = 1000 * max(fit, 1) / tok_s(max(fit, 1))
+        at_fit = decode_bound(speed, max(fit, 1))
+        speed["decode_tokens_per_s_batch1_max"] = decode_bound(speed, 1)
+        speed["decode_tokens_per_s_at_fit_max"] = at_fit
+        speed["tpot_ms_at_fit_min"] = 1000 * max(fit, 1) / at_fit
     if device is not None:
         flops = device.bf16_tflops * 1e12 * tp
         lm_params = (sum(language_weight_bytes(arch, 2).values()) / 2)
@@ -422,7 +420,7 @@ def decode_bound(speed: dict[str, Any], batch: int) -> float:
     return batch * speed["bandwidth_gbs"] * 1e9 / step_bytes
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 

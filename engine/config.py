@@ -79,6 +79,11 @@ class EngineSettings(_Strict):
         description="Any other vLLM engine argument, by its EngineArgs name (checked).",
     )
 
+    @property
+    def cpu_kv_cache_bytes(self) -> int:
+        """vLLM's ``kv_cache_memory_bytes`` on CPU (its KV cache takes exactly this)."""
+        return int(self.cpu_kv_cache_gib * (1 << 30))
+
 
 class MultimodalSettings(_Strict):
     max_images_per_prompt: int = Field(4, ge=0)
@@ -200,6 +205,11 @@ class DeploymentSettings(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for engine processes."
     )
+
+    @property
+    def most_replicas(self) -> int:
+        """Replicas at most: the autoscaler's maximum, else the fixed count."""
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
 
     @model_validator(mode="after")
     def _tp_needs_gpu(self):
@@ -350,7 +360,7 @@ class ServingConfig(_Strict):
         if d.device == "gpu":
             kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization
         else:
-            kwargs["kv_cache_memory_bytes"] = int(e.cpu_kv_cache_gib * (1 << 30))
+            kwargs["kv_cache_memory_bytes"] = e.cpu_kv_cache_bytes
         clash = sorted(set(e.extra_args) & set(kwargs))
         if clash:
             raise ConfigError(

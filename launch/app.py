@@ -34,8 +34,8 @@ def engine_env(cfg: ServingConfig) -> dict[str, str]:
     took over 10 minutes to start beside a busy one on 2 cores). Such deployments leave thread
     placement to the OS (``nobind``); set the variable in ``deployment.env`` to choose."""
     d = cfg.deployment
-    most = d.autoscaling.max_replicas if d.autoscaling is not None else d.replicas
-    cpu = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if d.device == "cpu" and most > 1 else {}
+    cpu = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if d.device == "cpu" and d.most_replicas > 1 \
+        else {}
     return {**BASE_ENGINE_ENV, **cpu, **d.env}
 
 

@@ -128,10 +128,8 @@ def _ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
                 f"{what} port {port} is already in use; set server."
                 f"{'port' if what == 'API' else 'metrics_port'} in the config or free it"
             )
-    replicas = (cfg.deployment.autoscaling.max_replicas if cfg.deployment.autoscaling
-                else cfg.deployment.replicas)
     # Logical CPUs, not cores: an engine replica takes 2 (its actor's bundle and the engine's).
-    num_cpus = srv.ray_num_cpus or (2 * replicas + 2)
+    num_cpus = srv.ray_num_cpus or (2 * cfg.deployment.most_replicas + 2)
     _say(f"starting a local Ray head ({num_cpus} logical CPUs)...")
     address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port,
                                    node_ip=srv.node_ip_address, port=srv.ray_port)

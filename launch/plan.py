@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.capacity import PlanError, Plan, Workload, architecture_for, make_plan
+from engine.capacity import PlanError, Plan, Workload, architecture_for, gib, make_plan
 from engine.devices import GPUS, gpu
 
 
@@ -66,10 +66,6 @@ def plan_for(cfg, device_name: str | None, workload: Workload,
     return make_plan(cfg, arch, origin, device, workload, cpu_bandwidth_gbs=bandwidth_gbs)
 
 
-def _gib(n) -> str:
-    return "-" if n is None else f"{n / (1 << 30):.2f} GiB"
-
-
 def format_plan(plan: dict) -> str:
     m, mem, kv, img, sp, ld = (plan[k] for k in ("model", "memory", "kv_cache", "images",
                                                  "speed", "load"))
@@ -79,20 +75,20 @@ def format_plan(plan: dict) -> str:
         ("model", f"{m['source']} ({m['dtype']}, quantization {m['quantization']}, "
                   f"TP {m['tensor_parallel_size']})"),
         ("architecture from", m["config_from"]),
-        ("device", f"{dev['name']}" + (f", {_gib(dev['memory_bytes'])}" if dev["memory_bytes"]
+        ("device", f"{dev['name']}" + (f", {gib(dev['memory_bytes'])}" if dev["memory_bytes"]
                                        else "")
          + (f", {dev['bandwidth_gbs']:.0f} GB/s" if dev["bandwidth_gbs"] else "")),
-        ("weights", f"{_gib(w['total'])} (language model {_gib(w['language_model'])}, vision "
-                    f"tower {_gib(w['vision_tower'])})" + (f"; per GPU {_gib(mem['weights_per_gpu_bytes'])}"
+        ("weights", f"{gib(w['total'])} (language model {gib(w['language_model'])}, vision "
+                    f"tower {gib(w['vision_tower'])})" + (f"; per GPU {gib(mem['weights_per_gpu_bytes'])}"
                                                  if per_gpu else "")),
     ]
     if "budget_bytes" in mem:
-        rows.append(("GPU memory budget", f"{_gib(mem['budget_bytes'])} "
-                     f"({mem['gpu_memory_utilization']:g} x {_gib(mem['gpu_bytes'])}); "
-                     f"activation peak ~{_gib(mem['activation_peak_bytes_estimate'])}, "
-                     f"runtime ~{_gib(mem['runtime_overhead_bytes_estimate'])} (estimates)"))
+        rows.append(("GPU memory budget", f"{gib(mem['budget_bytes'])} "
+                     f"({mem['gpu_memory_utilization']:g} x {gib(mem['gpu_bytes'])}); "
+                     f"activation peak ~{gib(mem['activation_peak_bytes_estimate'])}, "
+                     f"runtime ~{gib(mem['runtime_overhead_bytes_estimate'])} (estimates)"))
     rows += [
-        ("KV cache memory", f"{_gib(mem['kv_cache_bytes'])}{per_gpu} ({mem['source']})"),
+        ("KV cache memory", f"{gib(mem['kv_cache_bytes'])}{per_gpu} ({mem['source']})"),
         ("KV bytes per token", f"{kv['bytes_per_token']:,} ("
                                + (f"{kv['bytes_per_token_per_gpu']:,} per GPU; " if per_gpu else "")
                                + m["kv_cache_dtype"] + ")"),

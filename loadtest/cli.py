@@ -245,7 +245,7 @@ def _run_other(args, device: str, out: Path, label: str):
         w = mixed_workload(args, d, n_in, n_out)
         target = (deploy.remote(args.url, None, args.api_key) if args.url
                   else deploy.stack(data, out / "deploy"))
-        plan = plan_for_sweep(cfg, w)
+        plan = plan_for_sweep(cfg, w, label)
         if args.url:
             what = f"{args.url}, load generated on {label}"
         return sweep.run(deployment=target, workload=w,

@@ -37,9 +37,10 @@ def kv_tokens_from_logs(temp_dir: str) -> int | None:
     return found
 
 
-def plan_for_sweep(cfg, workload) -> dict | None:
+def plan_for_sweep(cfg, workload, gpu_label: str) -> dict | None:
     """The plan for a deployment's config and the sweep's (load-test) workload; None (and
-    why, printed) if it cannot be made."""
+    why, printed) if it cannot be made. ``gpu_label``: this machine's GPU name as the load
+    test reports it (nvidia-smi's), mapped to a row of the plan's table."""
     from engine.capacity import PlanError
     from launch.plan import plan_for
 
@@ -48,22 +49,16 @@ def plan_for_sweep(cfg, workload) -> dict | None:
                       images=workload.image_fraction * workload.images_per_request,
                       image_size=(w, h))
     try:
-        return plan_for(cfg, None if cfg.deployment.device == "cpu" else _gpu_name(), pw)\
-            .to_dict()
+        return plan_for(cfg, None if cfg.deployment.device == "cpu" else _gpu_row(gpu_label),
+                        pw).to_dict()
     except PlanError as err:
         print(f"  no capacity plan: {err}", flush=True)
         return None
 
 
-def _gpu_name() -> str | None:
-    """This machine's GPU as a row of the plan's table (from its nvidia-smi name)."""
-    import subprocess
-
-    try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10).stdout.upper()
-    except OSError:
-        return None
+def _gpu_row(label: str) -> str | None:
+    """The plan table's row for a GPU name as nvidia-smi prints it, or None."""
+    name = label.upper()
     for marker, row in (("H200", "H200"), ("H100", "H100"), ("A100-SXM4-80GB", "A100-80GB"),
                         ("A100 80GB", "A100-80GB"), ("A100", "A100-40GB"), ("L40S", "L40S"),
                         ("L4", "L4"), ("A10G", "A10G")):
