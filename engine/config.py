@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of, read_config
+from .cpu_features import native_bf16
 from .embedded_model import EMBEDDED_PREFIX, SPECS, ensure_checkpoint, is_embedded
 
 
@@ -36,7 +37,9 @@ class ModelSource(_Strict):
     revision: str | None = Field(None, description="Hub revision (ignored for local paths).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: an embedded model's own dtype (bfloat16 for its GPTQ/AWQ "
-        "variants); otherwise vLLM's choice (the checkpoint's, float32 cast to 16-bit).")
+        "variants); otherwise vLLM's choice (the checkpoint's, float32 cast to 16-bit). On a "
+        "CPU without BF16 instructions (no AVX512-BF16/AMX) an unquantized checkpoint runs in "
+        "float32: vLLM's BF16 is many times slower there.")
     quantization: Literal["auto", "none", "gptq", "awq"] = Field(
         "auto", description="auto: whatever the checkpoint's quantization_config says; none: "
         "the checkpoint must be unquantized; gptq/awq: it must be that. vLLM picks the kernel "
@@ -316,11 +319,33 @@ class ServingConfig(_Strict):
         return src
 
     def engine_dtype(self) -> str:
-        """The dtype the engine runs in ("auto" leaves it to vLLM)."""
-        if self.model.dtype != "auto" or not is_embedded(self.model.source):
-            return self.model.dtype
-        spec = SPECS[self.model.source[len(EMBEDDED_PREFIX):]]
-        return "bfloat16" if spec.quant is not None else spec.dtype
+        """The dtype the engine runs in ("auto" leaves it to vLLM).
+
+        ``auto`` on a CPU deployment where the CPU has no BF16 instructions
+        (``engine.cpu_features``): a checkpoint known to be unquantized runs in float32, since
+        vLLM's BF16 linear layers fall back to plain torch there (12x slower prefill, 7x slower
+        batched decode, measured); GPTQ/AWQ always run in bfloat16, which their kernels need."""
+        m = self.model
+        if m.dtype != "auto":
+            return m.dtype
+        if is_embedded(m.source):
+            spec = SPECS[m.source[len(EMBEDDED_PREFIX):]]
+            if spec.quant is not None:
+                return "bfloat16"
+            dtype, quantized = spec.dtype, False
+        else:
+            dtype, quantized = "auto", self._quantized()
+        if self.deployment.device == "cpu" and quantized is False and native_bf16() is False:
+            return "float32"
+        return dtype
+
+    def _quantized(self) -> bool | None:
+        """Whether the checkpoint is GPTQ/AWQ-quantized; None: unknown (a hub id not cached)."""
+        if self.model.quantization in ("gptq", "awq"):
+            return True
+        found = quantization_of(self.model.source,
+                                *read_config(self.model.source, self.model.revision))
+        return None if found == "unknown" else found is not None
 
     def mm_processor_kwargs(self) -> dict[str, Any]:
         mm = self.multimodal

@@ -275,10 +275,9 @@ def _run_other(args, device: str, out: Path, label: str):
                             title=f"Stack overhead vs bare vllm serve: {what}",
                             settings=settings)
     from .scenarios import baseline
+    from .scenarios.common import hf_dtype
 
-    dtype = cfg.engine_dtype()
-    return baseline.run(data=data, model_path=cfg.model_path(),
-                        dtype="bfloat16" if dtype == "auto" else dtype,
+    return baseline.run(data=data, model_path=cfg.model_path(), dtype=hf_dtype(cfg),
                         workload=Workload(input_tokens=n_in, output_tokens=n_out),
                         concurrencies=args.concurrency or d["levels"],
                         requests_min=_opt(args, "min_requests", d), out=out,

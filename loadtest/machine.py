@@ -29,13 +29,10 @@ def describe() -> str:
 
 def isa() -> str:
     """The vector instruction sets that decide which vLLM CPU kernels exist here."""
-    flags: set[str] = set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
+    from engine.cpu_features import cpu_flags
+
+    flags = cpu_flags()
+    if flags is None:
         return "ISA unknown"
     if "avx512f" in flags:
         extra = [f for f in ("avx512_bf16", "amx_tile") if f in flags]

@@ -1,8 +1,9 @@
 """Scenario ``card``: the model card's speed and memory table, from a live deployment of the stack.
 
 For each quantization variant the platform can serve (the others are listed as skipped, with the
-config check's reason), the stack is deployed with that variant (BF16 activations, prefix caching
-off), warmed up with one request, and measured at each input length: one user, prompts of exactly
+config check's reason), the stack is deployed with that variant (in the dtype the config gives
+it: 16-bit, or float32 for the unquantized checkpoint on a CPU without BF16 instructions, see
+``engine.config``; prefix caching off), warmed up with one request, and measured at each input length: one user, prompts of exactly
 N token ids (checked against ``usage.prompt_tokens``), ``ignore_eos`` outputs of a fixed length,
 several requests per cell. Reported per cell:
 
@@ -23,10 +24,11 @@ from ..bandwidth import measure_bandwidth, weight_bytes_per_token
 from ..report import Report, plot, step_result
 from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
-from .common import VARIANTS, Grid, card_row, check, derive, load_base, variant_source
+from .common import (VARIANTS, Grid, card_row, check, derive, hf_dtype, load_base,
+                     variant_source)
 
 COLUMNS = [
-    ("quantization", "quantization"), ("input_length", "input"), ("output_tokens", "output"),
+    ("quantization", "quantization"), ("dtype", "runs in"), ("input_length", "input"), ("output_tokens", "output"),
     ("requests", "requests"), ("tokens_per_s", "tokens/s"), ("card_tokens_per_s", "card tokens/s"),
     ("ratio_tokens_per_s", "ours/card"), ("hf_tokens_per_s", "HF here tokens/s"),
     ("stack_vs_hf", "stack/HF"), ("decode_tokens_per_s", "decode tokens/s"),
@@ -56,7 +58,7 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
     print(f"  measured memory bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
     runnable = []
     for variant in variants:
-        data = derive(base, source=variant_source(family, variant), dtype="bfloat16",
+        data = derive(base, source=variant_source(family, variant),
                       max_model_len=max(grid.input_lengths) + grid.output_tokens + 32,
                       prefix_caching=False)
         cfg, reason = check(data, f"card {variant}")
@@ -82,7 +84,8 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
                 ok = [r for r in step.records if r.success]
                 card = card_row(n_in, variant) or {}
                 row = {
-                    "quantization": variant, "input_length": n_in,
+                    "quantization": variant, "dtype": cfg.engine_dtype(),
+                    "input_length": n_in,
                     "output_tokens": grid.output_tokens, "requests": len(ok),
                     "failed": len(step.records) - len(ok),
                     "tokens_per_s": _mean([r.output_tokens / r.latency for r in ok]),
@@ -103,8 +106,8 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
                 done += 1
                 cells.update(done, force=True)
         if baseline:
-            _add_baseline(report, variant, cfg.model_path(), grid, rows)
-        _bandwidth_target(report, variant, cfg.model_path(), bandwidth, rows)
+            _add_baseline(report, variant, cfg.model_path(), hf_dtype(cfg), grid, rows)
+        _bandwidth_target(report, variant, cfg.model_path(), cfg.engine_dtype(), bandwidth, rows)
         report.data["table"].extend(rows)
         # After every variant, so a long run stopped part-way keeps what it measured.
         report.write(COLUMNS, f"Model card table: {family} model, {device_label}",
@@ -118,10 +121,10 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _add_baseline(report: Report, variant: str, model_path: str, grid: Grid,
+def _add_baseline(report: Report, variant: str, model_path: str, dtype: str, grid: Grid,
                   rows: list[dict]) -> None:
-    print(f"  HF transformers baseline ({variant}, batch 1) ...", flush=True)
-    result = hf_baseline.run(model_path, "bfloat16", list(grid.input_lengths),
+    print(f"  HF transformers baseline ({variant}, batch 1, {dtype}) ...", flush=True)
+    result = hf_baseline.run(model_path, dtype, list(grid.input_lengths),
                              grid.output_tokens, grid.requests_per_cell)
     if "skipped" in result:
         report.skip(f"HF transformers baseline, {variant}", result["skipped"])
@@ -136,17 +139,17 @@ def _add_baseline(report: Report, variant: str, model_path: str, grid: Grid,
             row["stack_vs_hf"] = _ratio(row["tokens_per_s"], hf["tokens_per_s"])
 
 
-def _bandwidth_target(report: Report, variant: str, model_path: str, bandwidth: float,
-                      rows: list[dict]) -> None:
+def _bandwidth_target(report: Report, variant: str, model_path: str, dtype: str,
+                      bandwidth: float, rows: list[dict]) -> None:
     row = min(rows, key=lambda r: r["input_length"])
-    per_token = weight_bytes_per_token(model_path)
+    per_token = weight_bytes_per_token(model_path, dtype)
     limit = bandwidth / per_token
     measured = row["decode_tokens_per_s"]
     ratio = limit / measured if measured else None
     report.target(
         f"single-stream decode vs bandwidth limit ({variant})", ratio, "limit/measured <= 2",
         None if ratio is None else ratio <= 2.0,
-        f"{per_token / 1e9:.2f} GB of weights per token, {bandwidth / 1e9:.1f} GB/s measured: limit {limit:.1f} tokens/s, measured decode {measured or 0:.1f} "
+        f"{per_token / 1e9:.2f} GB of weights per token ({dtype}), {bandwidth / 1e9:.1f} GB/s measured: limit {limit:.1f} tokens/s, measured decode {measured or 0:.1f} "
         f"tokens/s at input {row['input_length']}")
 
 

@@ -92,6 +92,13 @@ def derive(base: dict, *, source: str | None = None, dtype: str | None = None,
     return data
 
 
+def hf_dtype(cfg: ServingConfig) -> str:
+    """The dtype HF transformers runs the baseline in: the engine's, like for like
+    (``auto``, which leaves it to vLLM: bfloat16, the Qwen2-VL releases' dtype)."""
+    dtype = cfg.engine_dtype()
+    return "bfloat16" if dtype == "auto" else dtype
+
+
 def check(data: dict, origin: str) -> tuple[ServingConfig | None, str | None]:
     """The project's own validation: (config, None), or (None, why it cannot run here)."""
     try:

@@ -255,3 +255,24 @@ def test_kernel_names_are_not_config_values():
     with pytest.raises(ConfigError, match="model.quantization: Input should be 'auto', 'none', "
                                           "'gptq' or 'awq'"):
         parse_config(with_(model=_model("embedded:qwen2-vl-tiny", quantization="gptq_marlin")))
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16(
+        tmp_path, monkeypatch, native):
+    monkeypatch.setattr("engine.config.native_bf16", lambda: native)
+
+    def dtype(source, **kw):
+        return parse_config(with_(model=_model(source), **kw)).engine_dtype()
+
+    assert dtype("embedded:qwen2-vl-2b-random") == ("bfloat16" if native else "float32")
+    (tmp_path / "plain").mkdir()
+    assert dtype(_local_checkpoint(tmp_path / "plain")) == ("auto" if native else "float32")
+    # GPTQ/AWQ keep 16-bit activations; GPUs and checkpoints we cannot read keep vLLM's choice.
+    (tmp_path / "awq").mkdir()
+    assert dtype(_local_checkpoint(tmp_path / "awq", AWQ)) == "auto"
+    assert dtype("embedded:qwen2-vl-2b-random-awq") == "bfloat16"
+    assert dtype("embedded:qwen2-vl-2b-random", deployment={"device": "gpu"}) == "bfloat16"
+    assert dtype("acme/not-in-the-cache") == "auto"
+    explicit = parse_config(with_(model=_model("embedded:qwen2-vl-2b-random", dtype="bfloat16")))
+    assert explicit.to_engine_kwargs(model_path="/m")["dtype"] == "bfloat16"

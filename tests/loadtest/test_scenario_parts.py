@@ -96,6 +96,9 @@ def test_weight_bytes_per_token(tmp_path, tied):
     (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": tied}))
     assert sum(tensor_bytes(str(tmp_path)).values()) == 1600 + 64 + 32 + 384
     assert weight_bytes_per_token(str(tmp_path)) == 96 + (1600 if tied else 0)
+    # Served in float32 (a CPU without BF16): float weights at 4 bytes, packed ints unchanged.
+    assert weight_bytes_per_token(str(tmp_path), "float32") == 64 + 32 + (3200 if tied else 0)
+    assert weight_bytes_per_token(str(tmp_path), "bfloat16") == 64 + 16 + (1600 if tied else 0)
 
 
 def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
