@@ -32,6 +32,16 @@ from .workload import TOKEN_ID_RANGE
 GIB = float(1 << 30)
 
 
+def checkpoint_dtype(model_path: str) -> str | None:
+    """The dtype the checkpoint's weights are stored in (its config.json), if it says."""
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    return dtype if dtype in ("bfloat16", "float16", "float32") else None
+
+
 def quantized_unsupported_reason(model_path: str) -> str | None:
     import importlib.util
 

@@ -153,3 +153,13 @@ def test_every_documented_flag_parses():
     a = p.parse_args(["soak", "--duration", "600", "--concurrency", "4", "--image-fraction",
                       "0.5", "--url", "http://h:8000", "--api-key", "k"])
     assert (a.duration, a.concurrency, a.url) == (600, 4, "http://h:8000")
+
+
+def test_checkpoint_dtype(tmp_path):
+    from loadtest.hf_baseline import checkpoint_dtype
+
+    assert checkpoint_dtype(str(tmp_path)) is None  # no config.json
+    for key, value, expected in [("dtype", "bfloat16", "bfloat16"),
+                                 ("torch_dtype", "float32", "float32"), ("dtype", "int8", None)]:
+        (tmp_path / "config.json").write_text(json.dumps({key: value}))
+        assert checkpoint_dtype(str(tmp_path)) == expected
