@@ -34,9 +34,9 @@ class Grid:
 # The card's grid; the default on GPUs.
 CARD_GRID = Grid((1, 6144, 14336, 30720), 2048, 3)
 # The default on a CPU: what a 2-core machine finishes in a few minutes per variant with the
-# 2B-size model. There vLLM computes on one core (it reserves the other for its scheduler):
-# about 2 tokens/s decode in BF16, and a 1024-token prefill takes over 5 minutes, so the card's
-# 30720-token inputs and 2048-token outputs would take hours per request.
+# 2B-size model. There the stack decodes it at about 2.4 tokens/s (float32, both cores) and
+# prefills about 46 tokens/s, so the card's 30720-token inputs and 2048-token outputs would take
+# over an hour per request (and the 4-bit variants, without AVX-512, far longer).
 CPU_GRID = Grid((1, 256), 32, 2)
 # --quick: seconds per cell with the embedded tiny model (CI).
 QUICK_GRID = Grid((1, 32), 16, 1)
