@@ -3,8 +3,8 @@
 For each quantization variant the platform can serve (the others are listed as skipped, with the
 config check's reason), the stack is deployed with that variant (in the dtype the config gives
 it: 16-bit, or float32 for the unquantized checkpoint on a CPU without BF16 instructions, see
-``engine.config``; prefix caching off), warmed up with one request, and measured at each input length: one user, prompts of exactly
-N token ids (checked against ``usage.prompt_tokens``), ``ignore_eos`` outputs of a fixed length,
+``engine.config``; prefix caching off), warmed up with one request, and measured at each input
+length: one user, prompts of exactly N token ids (checked against ``usage.prompt_tokens``), ``ignore_eos`` outputs of a fixed length,
 several requests per cell. Reported per cell:
 
 - ``tokens_per_s``: the card's definition, completion tokens / end-to-end time;
@@ -28,7 +28,8 @@ from .common import (VARIANTS, Grid, card_row, check, derive, hf_dtype, load_bas
                      variant_source)
 
 COLUMNS = [
-    ("quantization", "quantization"), ("dtype", "runs in"), ("input_length", "input"), ("output_tokens", "output"),
+    ("quantization", "quantization"), ("dtype", "runs in"), ("input_length", "input"),
+    ("output_tokens", "output"),
     ("requests", "requests"), ("tokens_per_s", "tokens/s"), ("card_tokens_per_s", "card tokens/s"),
     ("ratio_tokens_per_s", "ours/card"), ("hf_tokens_per_s", "HF here tokens/s"),
     ("stack_vs_hf", "stack/HF"), ("decode_tokens_per_s", "decode tokens/s"),
