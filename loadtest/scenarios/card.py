@@ -4,8 +4,8 @@ For each quantization variant the platform can serve (the others are listed as s
 config check's reason), the stack is deployed with that variant (in the dtype the config gives
 it: 16-bit, or float32 for the unquantized checkpoint on a CPU without BF16 instructions, see
 ``engine.config``; prefix caching off), warmed up with one request, and measured at each input
-length: one user, prompts of exactly N token ids (checked against ``usage.prompt_tokens``), ``ignore_eos`` outputs of a fixed length,
-several requests per cell. Reported per cell:
+length: one user, prompts of exactly N token ids (checked against ``usage.prompt_tokens``),
+``ignore_eos`` outputs of a fixed length, several requests per cell. Reported per cell:
 
 - ``tokens_per_s``: the card's definition, completion tokens / end-to-end time;
 - ``decode_tokens_per_s`` (1 / TPOT) and TTFT;
