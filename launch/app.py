@@ -29,20 +29,20 @@ def engine_env(cfg: ServingConfig) -> dict[str, str]:
     """Environment of every engine process: ours, then ``deployment.env`` (which wins).
 
     CPU thread placement. vLLM pins each engine's threads to the cores it finds free in its own
-    process (``VLLM_CPU_OMP_THREADS_BIND=auto``) and, by default, keeps one core per worker out
-    of the computation for its scheduler process.
-    - One replica: the engine computes on every core of its node
-      (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``). The scheduler and Ray's processes are light beside
-      the model; on 2 cores this doubled single-stream and batched decode (measured).
+    process (``VLLM_CPU_OMP_THREADS_BIND=auto``) and keeps one core per worker out of the
+    computation for its scheduler process.
+    - One replica: vLLM's pinning, kept as it is. With no core kept
+      (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) the engine decodes up to 2x faster on 2 cores, but its
+      spinning threads starve everything else on the node: behind one busy stream, small
+      requests took 3-13 s and ``qwen-vl stop`` 75 s to raise the drain flag. Throughput-only
+      nodes opt in through ``deployment.env`` (``configs/cpu-all-cores.yaml``).
     - More than one: each engine would pin the same cores, unaware of the others, and starve
       them (a replacement engine took over 10 minutes to start beside a busy one on 2 cores),
       so thread placement is left to the OS (``nobind``).
     Set either variable in ``deployment.env`` to choose."""
     d = cfg.deployment
-    cpu: dict[str, str] = {}
-    if d.device == "cpu":
-        cpu = ({"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if d.most_replicas > 1
-               else {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    cpu = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if d.device == "cpu" and d.most_replicas > 1 \
+        else {}
     return {**BASE_ENGINE_ENV, **cpu, **d.env}
 
 

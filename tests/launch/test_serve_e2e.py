@@ -399,7 +399,9 @@ def test_stop_drains_running_stream(server):
         pytest.skip("external server")
     from launch.local_cluster import cluster_processes, read_state
 
-    n = 3000  # about a minute on 2 CPU cores: still running when the drain starts
+    # The longest stream the module's context allows (about 40 s on 2 CPU cores): still running
+    # when the stop, which first starts a Python process and joins the cluster, sets the drain.
+    n = server["cfg"].engine.max_model_len - 96
     body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, events = threading.Event(), []
@@ -422,6 +424,7 @@ def test_stop_drains_running_stream(server):
     stop = None
     try:
         assert started.wait(120), "the stream did not start"
+        t0 = time.monotonic()
         stop = subprocess.Popen([sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT,
                                 env={**os.environ, **server["env"]}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -436,10 +439,12 @@ def test_stop_drains_running_stream(server):
                 urllib.request.urlopen(req, timeout=60).read()
             except urllib.error.HTTPError as e:
                 refused = (e.code, json.loads(e.read())["error"]["code"], e.headers["Retry-After"])
+                print(f"refused {time.monotonic() - t0:.1f} s after the stream started")
             except OSError as e:  # the stop got past the drain: recorded as such
                 refused = repr(e)
             time.sleep(0.2)
         t.join(timeout=300)
+        print(f"stream ended {time.monotonic() - t0:.1f} s after it started")
         out, _ = stop.communicate(timeout=300)
     finally:
         server["stopped"] = True
