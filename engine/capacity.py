@@ -29,6 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .checkpoint import stored_dtype
 from .devices import Device
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1,
@@ -119,8 +120,7 @@ class Architecture:
                 num_kv_heads=int(text.get("num_key_value_heads") or heads),
                 head_dim=int(text.get("head_dim") or hidden // heads),
                 tied_embeddings=bool(tied),
-                checkpoint_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype")
-                                     or text.get("torch_dtype") or "bfloat16"),
+                checkpoint_dtype=str(stored_dtype(cfg) or "bfloat16"),
                 vision_depth=int(vision["depth"]), vision_embed_dim=int(vision["embed_dim"]),
                 vision_heads=int(vision["num_heads"]),
                 vision_mlp_ratio=float(vision.get("mlp_ratio", 4)),

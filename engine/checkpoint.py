@@ -74,6 +74,12 @@ def read_config(source: str, revision: str | None = None) -> tuple[dict | None, 
     return None, source
 
 
+def stored_dtype(cfg: dict) -> str | None:
+    """The dtype a checkpoint's config.json says its weights are stored in, if it says."""
+    return (cfg.get("torch_dtype") or cfg.get("dtype")
+            or (cfg.get("text_config") or {}).get("torch_dtype"))
+
+
 def quantization_of(source: str, cfg: dict | None, origin: str) -> CheckpointQuant | None | str:
     """The quantization of a checkpoint whose config ``read_config`` returned: a
     ``CheckpointQuant``, ``None`` if it has none, or ``"unknown"``."""

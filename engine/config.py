@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of, read_config
 from .cpu_features import native_bf16
@@ -256,6 +256,8 @@ class ServingConfig(_Strict):
     server: ServerSettings = ServerSettings()
     limits: LimitsSettings = LimitsSettings()
     access: AccessSettings = AccessSettings()
+    # The checkpoint's quantization as the validator read it (``quantization_of``), once.
+    _checkpoint_quant: CheckpointQuant | None | str = PrivateAttr("unknown")
 
     @model_validator(mode="after")
     def _max_tokens_fit(self):
@@ -282,6 +284,7 @@ class ServingConfig(_Strict):
         q = self.model.quantization
         ckpt_cfg, origin = read_config(self.model.source, self.model.revision)  # once
         found = quantization_of(self.model.source, ckpt_cfg, origin)
+        self._checkpoint_quant = found
         if found == "unknown":
             return self  # a hub id not cached: vLLM reads it (and says what fails)
         src = self.model.source
@@ -343,8 +346,7 @@ class ServingConfig(_Strict):
         """Whether the checkpoint is GPTQ/AWQ-quantized; None: unknown (a hub id not cached)."""
         if self.model.quantization in ("gptq", "awq"):
             return True
-        found = quantization_of(self.model.source,
-                                *read_config(self.model.source, self.model.revision))
+        found = self._checkpoint_quant
         return None if found == "unknown" else found is not None
 
     def mm_processor_kwargs(self) -> dict[str, Any]:

@@ -34,11 +34,10 @@ GIB = float(1 << 30)
 
 def checkpoint_dtype(model_path: str) -> str | None:
     """The dtype the checkpoint's weights are stored in (its config.json), if it says."""
-    try:
-        cfg = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    from engine.checkpoint import read_config, stored_dtype
+
+    cfg, _ = read_config(str(Path(model_path).resolve()))
+    dtype = stored_dtype(cfg) if cfg else None
     return dtype if dtype in ("bfloat16", "float16", "float32") else None
 
 

@@ -37,8 +37,8 @@ def run(*, data: dict, model_path: str, dtype: str, workload: Workload,
     print(f"baseline: {workload.describe()}; HF transformers batch 1 vs the stack at "
           f"concurrency {concurrencies}", flush=True)
     hf_tps, other = None, None
-    for hf_dtype in [dtype] + [d for d in [hf_baseline.checkpoint_dtype(model_path)]
-                               if d and d != dtype]:
+    own = hf_baseline.checkpoint_dtype(model_path)
+    for hf_dtype in [dtype] + ([own] if own and own != dtype else []):
         hf = hf_baseline.run(model_path, hf_dtype, [workload.input_tokens],
                              workload.output_tokens, repeats=1)
         if "skipped" in hf:

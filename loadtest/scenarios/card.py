@@ -70,7 +70,7 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
     cells = Progress("card", len(runnable) * len(grid.input_lengths), every=0, unit="cells")
     done = 0
     for variant, data, cfg in runnable:
-        rows = []
+        rows, dtype = [], cfg.engine_dtype()
         with deploy.stack(data, out / "deploy", name=f"stack-{variant}") as target:
             warm_up(target, Workload(input_tokens=min(grid.input_lengths), seed=7),
                     output_tokens=min(16, grid.output_tokens), out_dir=out / "steps",
@@ -85,7 +85,7 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
                 ok = [r for r in step.records if r.success]
                 card = card_row(n_in, variant) or {}
                 row = {
-                    "quantization": variant, "dtype": cfg.engine_dtype(),
+                    "quantization": variant, "dtype": dtype,
                     "input_length": n_in,
                     "output_tokens": grid.output_tokens, "requests": len(ok),
                     "failed": len(step.records) - len(ok),
@@ -108,7 +108,7 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
                 cells.update(done, force=True)
         if baseline:
             _add_baseline(report, variant, cfg.model_path(), hf_dtype(cfg), grid, rows)
-        _bandwidth_target(report, variant, cfg.model_path(), cfg.engine_dtype(), bandwidth, rows)
+        _bandwidth_target(report, variant, cfg.model_path(), dtype, bandwidth, rows)
         report.data["table"].extend(rows)
         # After every variant, so a long run stopped part-way keeps what it measured.
         report.write(COLUMNS, f"Model card table: {family} model, {device_label}",
