@@ -15,6 +15,8 @@ from engine.config import ServingConfig, parse_config
 
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 INGRESS_DEPLOYMENT = "QwenVLIngress"  # the API's deployment (the engines': "LLMServer:<model>")
+ENGINE_PREFIX = "LLMServer:"  # Ray's own name for the engines' deployment, kept for our class
+SERVER_CLS = "launch.llm_server:QwenVLServer"
 
 # Environment for every engine process (Ray replica, vLLM engine core and workers).
 BASE_ENGINE_ENV = {
@@ -89,6 +91,9 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
         "deployment_config": deployment_config(cfg),
         "runtime_env": {"env_vars": engine_env(cfg)},
         "log_engine_metrics": True,
+        # Ray's LLMServer with paced stream batching (launch.llm_server): no chunk waits on a clock
+        "server_cls": SERVER_CLS,
+        "experimental_configs": {"stream_batching_interval_ms": d.stream_interval_ms},
     }
     if d.device == "cpu":
         out["accelerator_config"] = {"kind": "cpu"}
@@ -121,7 +126,7 @@ def build_app(cfg: ServingConfig):
     llm_config.apply_checkpoint_info(
         llm_config.model_loading_config.model_source, hf_config=_checkpoint_info(cfg))
     model_id = llm_config.model_id
-    llm_deployment = build_llm_deployment(llm_config)
+    llm_deployment = build_llm_deployment(llm_config, name_prefix=ENGINE_PREFIX)
     ingress_options = {**QwenVLIngress.get_deployment_options([llm_config]), **drain_options(cfg),
                        "ray_actor_options": {"num_cpus": cfg.deployment.ingress_cpus}}
     return serve.deployment(make_ingress_class(cfg), name=INGRESS_DEPLOYMENT,

@@ -73,8 +73,26 @@ def test_build_app_without_starting():
         app = build_app(cfg)
         assert isinstance(app, Application)
         assert app._bound_deployment.name == "QwenVLIngress"
+        engines = [a for a in app._bound_deployment.init_kwargs["llm_deployments"].values()]
+        assert [e._bound_deployment.name for e in engines] == ["LLMServer:qwen2-vl-tiny"]
+        assert engines[0]._bound_deployment.func_or_class.__name__ == "QwenVLServer"
     finally:
         ray.shutdown()
+
+
+def test_engine_replicas_stream_through_our_paced_server():
+    """Ray's LLMServer subclass (launch.llm_server) and the configured interval reach Ray."""
+    from ray.serve.llm import LLMConfig
+
+    from launch.llm_server import QwenVLServer
+
+    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                        "deployment": {"stream_interval_ms": 120}})
+    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
+    assert llm.server_cls is QwenVLServer
+    assert llm.experimental_configs == {"stream_batching_interval_ms": 120}
+    assert parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
+                        ).deployment.stream_interval_ms == 50  # Ray Serve LLM's own default
 
 
 def test_cpu_thread_placement_one_engine_pinned_several_not():
