@@ -222,6 +222,18 @@ def vision_flops(arch: Architecture, patches: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- the plan
+def parse_size(text: str) -> tuple[int, int]:
+    """An image size written ``WIDTHxHEIGHT`` (``1024x768``) as (width, height), both >= 1;
+    ``ValueError`` says what is wrong (the CLIs turn it into their own error)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1024x768") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"{text!r}: width and height must be >= 1")
+    return width, height
+
+
 @dataclass
 class Workload:
     prompt_tokens: int = 512  # text tokens per request

@@ -26,13 +26,14 @@ class CheckError(RuntimeError):
     """The engine did not start or did not report what the check needs."""
 
 
-def _weights_in_worker(worker) -> dict:
-    """Runs inside vLLM's worker: parameter bytes, vision tower and language model.
+def weights_in_worker(worker) -> dict:
+    """Runs inside vLLM's worker: parameter bytes, vision tower and language model, and of the
+    language model its decoder layers (what GPTQ/AWQ quantize).
 
     On CPU vLLM moves each linear layer's weight into a packed GEMM kernel handle (oneDNN or
     sgl-kernel) and leaves an empty ``weight`` Parameter behind; such a weight is counted at the
     size of the layer vLLM built (its input x output size per partition), in its dtype."""
-    parts = {"language_model": 0, "vision_tower": 0}
+    parts = {"language_model": 0, "vision_tower": 0, "decoder_layers": 0}
     seen = set()  # a tied LM head shares the embedding's Parameter
     for mod_name, module in worker.model_runner.model.named_modules():
         for name, t in module.named_parameters(recurse=False):
@@ -43,8 +44,12 @@ def _weights_in_worker(worker) -> dict:
             if name == "weight" and n == 0 and hasattr(module, "cpu_linear"):
                 n = (module.input_size_per_partition * module.output_size_per_partition
                      * t.element_size())
-            part = "vision_tower" if mod_name.startswith("visual") else "language_model"
-            parts[part] += n
+            if mod_name.startswith("visual"):
+                parts["vision_tower"] += n
+            else:
+                parts["language_model"] += n
+                if ".layers." in f"{mod_name}.":
+                    parts["decoder_layers"] += n
     parts["total"] = parts["language_model"] + parts["vision_tower"]
     return parts
 
@@ -64,12 +69,12 @@ def _probe(config_path: str) -> dict:
     cfg = load_config(config_path)
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     llm = LLM(**{k: v for k, v in cfg.to_engine_kwargs().items() if k in fields})
-    return {"weights_bytes": llm.collective_rpc(_weights_in_worker)[0]}
+    return {"weights_bytes": llm.collective_rpc(weights_in_worker)[0]}
 
 
 def measure(config_path: str | Path, timeout_s: float = 1800) -> dict:
     """``{"kv_cache_tokens": int, "weights_bytes": {...}}`` from a fresh engine."""
-    # collective_rpc ships _weights_in_worker (a function) to vLLM's worker: that takes pickle,
+    # collective_rpc ships weights_in_worker (a function) to vLLM's worker: that takes pickle,
     # which vLLM allows only when asked. A local process of our own only.
     env = {**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.capacity import PlanError, Plan, Workload, architecture_for, gib, make_plan
+from engine.capacity import (PlanError, Plan, Workload, architecture_for, gib, make_plan,
+                             parse_size)
 from engine.devices import GPUS, gpu
 
 
@@ -33,15 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def workload_from(args) -> Workload:
     try:
-        width, height = (int(v) for v in args.image_size.lower().split("x"))
-    except ValueError:
-        raise PlanError(f"--image-size {args.image_size!r}: expected WIDTHxHEIGHT, e.g. "
-                        "1024x768") from None
+        width, height = parse_size(args.image_size)
+    except ValueError as err:
+        raise PlanError(f"--image-size {err}") from None
     for name in ("prompt_tokens", "output_tokens", "images"):
         if getattr(args, name) < 0:
             raise PlanError(f"--{name.replace('_', '-')} must be >= 0")
-    if width < 1 or height < 1:
-        raise PlanError(f"--image-size {args.image_size}: sides must be >= 1")
     return Workload(prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                     images=args.images, image_size=(width, height), requests_per_s=args.rps,
                     concurrency=args.concurrency, slo_ttft_ms=args.slo_ttft_ms,

@@ -138,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _size(text: str) -> tuple[int, int]:
+    from engine.capacity import parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # Defaults per (scenario, kind of run); flags override them.

@@ -8,8 +8,9 @@ vLLM engine is built from the project's config (``configs/default.yaml`` with ``
 switched, all in bfloat16 so only the weights differ) in a fresh process, one after the other,
 and measured side by side in one run:
 
-- weights: the bytes of the engine's own parameters after loading (read inside vLLM's worker),
-  split into the language model's decoder layers (what GPTQ/AWQ quantize), the rest of the
+- weights: the bytes of the engine's own parameters after loading, read inside vLLM's worker by
+  the capacity check's reader (``engine.capacity_check.weights_in_worker``, which also counts
+  the weights vLLM packs into CPU kernels), split into the language model's decoder layers (what GPTQ/AWQ quantize), the rest of the
   language model (embeddings, norms) and the vision tower; and the ratio to BF16;
 - process memory: resident memory of the engine's processes (CPU) once it is ready;
 - decode tokens/s at batch 1 and at 16 concurrent requests: (tokens - 1) / (time for N tokens
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from engine.capacity_check import weights_in_worker
 
 from . import machine
 from .memory import process_tree, rss_bytes
@@ -55,21 +58,6 @@ def engine_kwargs(source: str, max_model_len: int) -> dict:
     return {k: v for k, v in cfg.to_engine_kwargs().items() if k in fields}
 
 
-def _weights_in_worker(worker) -> dict:
-    """Runs inside vLLM's worker: bytes of the loaded model's tensors, by part."""
-    model = worker.model_runner.model
-    parts = {"decoder_layers": 0, "language_model_other": 0, "vision": 0}
-    for name, t in model.named_parameters():  # buffers (rotary caches) are not weights
-        n = t.numel() * t.element_size()
-        if name.startswith("visual"):
-            parts["vision"] += n
-        elif ".layers." in name:
-            parts["decoder_layers"] += n
-        else:
-            parts["language_model_other"] += n
-    return parts
-
-
 def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> dict:
     """One variant, in this process (run by ``main`` in a fresh subprocess)."""
     from vllm import LLM, SamplingParams
@@ -77,7 +65,7 @@ def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> d
     t0 = time.perf_counter()
     llm = LLM(**engine_kwargs(source, max_model_len))
     load_s = time.perf_counter() - t0
-    weights = llm.collective_rpc(_weights_in_worker)[0]
+    weights = llm.collective_rpc(weights_in_worker)[0]
     rss = rss_bytes(process_tree([os.getpid()]))
 
     def prompts(n: int, salt: int) -> list[dict]:  # distinct prompts: no prefix reuse
@@ -115,7 +103,7 @@ def run_variant(source: str, args) -> dict:
     cmd = [sys.executable, "-m", "loadtest.quant_bench", "--one", source, "--tokens",
            str(args.tokens), "--concurrency", str(args.concurrency), "--max-model-len",
            str(args.max_model_len)]
-    # collective_rpc ships _weights_in_worker (a function) to vLLM's worker: that takes pickle,
+    # collective_rpc ships weights_in_worker (a function) to vLLM's worker: that takes pickle,
     # which vLLM allows only when asked. Local processes of this benchmark only.
     env = {**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout,
@@ -143,11 +131,10 @@ def report(family: str, results: dict, desc: dict) -> str:
                         + " |" * 6)  # 8 columns
             continue
         w = r["weights"]
-        total = sum(w.values())
         ratio = f"{w['decoder_layers'] / base['decoder_layers']:.2f}" if base else "-"
-        tratio = f"{total / sum(base.values()):.2f}" if base else "-"
+        tratio = f"{w['total'] / base['total']:.2f}" if base else "-"
         conc = next(v for k, v in r.items() if k.startswith("concurrent"))
-        rows.append(f"| {variant} | {_mib(w['decoder_layers'])} | {ratio} | {_mib(total)} | "
+        rows.append(f"| {variant} | {_mib(w['decoder_layers'])} | {ratio} | {_mib(w['total'])} | "
                     f"{tratio} | {_mib(r['rss_bytes'])} | "
                     f"{r['batch1']['decode_tokens_per_s']} | {conc['decode_tokens_per_s']} |")
     head = (f"quantization benchmark, family {family} ({FAMILIES[family]}), "

@@ -166,6 +166,7 @@ def test_cli_plan_table_and_json():
 @pytest.mark.parametrize("args,message", [
     (["--device", "B200"], "unknown GPU 'B200'"),
     (["--image-size", "big"], "expected WIDTHxHEIGHT"),
+    (["--image-size", "0x768"], "width and height must be >= 1"),
 ])
 def test_cli_plan_bad_input(args, message):
     r = run_cli("plan", "--config", str(CONFIGS / "default.yaml"), "--bandwidth-gbs", "10",

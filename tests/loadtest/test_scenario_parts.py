@@ -115,6 +115,7 @@ def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
     (["card", "--input-lengths", "1,x"], "expected comma-separated integers"),
     (["card", "--input-lengths", "0"], "expected positive integers"),
     (["sweep", "--image-size", "448"], "expected WIDTHxHEIGHT"),
+    (["overhead", "--image-size", "0x448"], "width and height must be >= 1"),
     (["sweep", "--model", "7b"], "invalid choice: '7b'"),
 ])
 def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
