@@ -93,7 +93,7 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
         "log_engine_metrics": True,
         # Ray's LLMServer with paced stream batching (launch.llm_server): no chunk waits on a clock
         "server_cls": SERVER_CLS,
-        "experimental_configs": {"stream_batching_interval_ms": d.stream_interval_ms},
+        "experimental_configs": {"stream_batching_interval_ms": d.stream_interval()},
     }
     if d.device == "cpu":
         out["accelerator_config"] = {"kind": "cpu"}

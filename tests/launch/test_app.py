@@ -91,8 +91,13 @@ def test_engine_replicas_stream_through_our_paced_server():
     llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
     assert llm.server_cls is QwenVLServer
     assert llm.experimental_configs == {"stream_batching_interval_ms": 120}
-    assert parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
-                        ).deployment.stream_interval_ms == 50  # Ray Serve LLM's own default
+    cpu = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}})
+    gpu = parse_config({"model": {"source": "Qwen/Qwen2-VL-2B-Instruct", "served_name": "m"},
+                        "deployment": {"device": "gpu"}})
+    assert cpu.deployment.stream_interval() == 200
+    assert gpu.deployment.stream_interval() == 50  # Ray Serve LLM's own default
+    assert llm_config_dict(gpu, model_path="/ckpt")["experimental_configs"] == {
+        "stream_batching_interval_ms": 50}
 
 
 def test_cpu_thread_placement_one_engine_pinned_several_not():
