@@ -10,8 +10,9 @@ and measured side by side in one run:
 
 - weights: the bytes of the engine's own parameters after loading, read inside vLLM's worker by
   the capacity check's reader (``engine.capacity_check.weights_in_worker``, which also counts
-  the weights vLLM packs into CPU kernels), split into the language model's decoder layers (what GPTQ/AWQ quantize), the rest of the
-  language model (embeddings, norms) and the vision tower; and the ratio to BF16;
+  the weights vLLM packs into CPU kernels): the language model's decoder layers (what GPTQ/AWQ
+  quantize) and all weights (with embeddings, norms and the vision tower); and the ratio to
+  BF16;
 - process memory: resident memory of the engine's processes (CPU) once it is ready;
 - decode tokens/s at batch 1 and at 16 concurrent requests: (tokens - 1) / (time for N tokens
   - time for 1 token), i.e. decode only, prefill subtracted, ``ignore_eos``.

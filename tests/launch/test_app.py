@@ -73,7 +73,7 @@ def test_build_app_without_starting():
         app = build_app(cfg)
         assert isinstance(app, Application)
         assert app._bound_deployment.name == "QwenVLIngress"
-        engines = [a for a in app._bound_deployment.init_kwargs["llm_deployments"].values()]
+        engines = list(app._bound_deployment.init_kwargs["llm_deployments"].values())
         assert [e._bound_deployment.name for e in engines] == ["LLMServer:qwen2-vl-tiny"]
         assert engines[0]._bound_deployment.func_or_class.__name__ == "QwenVLServer"
     finally:
