@@ -399,7 +399,7 @@ def test_stop_drains_running_stream(server):
         pytest.skip("external server")
     from launch.local_cluster import cluster_processes, read_state
 
-    # The longest stream the module's context allows (about 40 s on 2 CPU cores): still running
+    # The longest stream the module's context allows (80-96 s on 2 CPU cores): still running
     # when the stop, which first starts a Python process and joins the cluster, sets the drain.
     n = server["cfg"].engine.max_model_len - 96
     body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
