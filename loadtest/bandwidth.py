@@ -18,6 +18,8 @@ import struct
 import time
 from pathlib import Path
 
+from engine.capacity import DTYPE_BYTES as ENGINE_DTYPE_BYTES
+
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -26,8 +28,6 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 def tensor_bytes(model_path: str, dtype: str = "auto") -> dict[str, int]:
     """Name -> bytes of every tensor in the checkpoint's safetensors files (headers only);
     floating-point tensors at ``dtype``'s size unless it is ``auto`` (the file's)."""
-    from engine.capacity import DTYPE_BYTES as ENGINE_DTYPE_BYTES
-
     cast = ENGINE_DTYPE_BYTES.get(dtype)
     out: dict[str, int] = {}
     for f in sorted(Path(model_path).glob("*.safetensors")):

@@ -25,6 +25,7 @@ import yaml
 
 from engine.config import ServingConfig, parse_config
 from launch.access import KeySource
+from launch.app import ENGINE_PREFIX
 from launch.cli import base_url, http_get
 from launch.local_cluster import free_port
 
@@ -97,7 +98,7 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
         replicas = []
         for pid in cluster_processes(state):
             try:
-                if ":LLMServer:" in " ".join(psutil.Process(pid).cmdline()):
+                if f":{ENGINE_PREFIX}" in " ".join(psutil.Process(pid).cmdline()):
                     replicas.append(pid)
             except psutil.NoSuchProcess:
                 pass

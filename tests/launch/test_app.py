@@ -119,3 +119,12 @@ def test_cpu_thread_placement_one_engine_pinned_several_not():
     assert env(replicas=2, env={"VLLM_CPU_OMP_THREADS_BIND": "0-1"})[
         "VLLM_CPU_OMP_THREADS_BIND"] == "0-1"  # deployment.env wins
     assert env(replicas=2)["VLLM_NO_USAGE_STATS"] == "1"
+
+
+def test_cpu_all_cores_config_is_the_default_with_no_core_kept():
+    """configs/cpu-all-cores.yaml is a copy of default.yaml plus one setting: nothing else drifts."""
+    default = load_config(CONFIGS / "default.yaml").model_dump()
+    all_cores = load_config(CONFIGS / "cpu-all-cores.yaml").model_dump()
+    assert all_cores["deployment"].pop("env") == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    default["deployment"].pop("env")
+    assert all_cores == default
