@@ -77,6 +77,8 @@ def test_card_quick(tmp_path):
     target = data["targets"][0]
     assert target["target"].startswith("single-stream decode vs bandwidth limit")
     assert target["measured"] > 0 and "GB/s measured" in target["detail"]
+    before, after = data["bandwidth_bytes_per_s"]["BF16"]  # measured around the decode cell
+    assert before > 0 and after > 0 and "before and after the decode" in target["detail"]
     assert "| BF16 | float32 | 1 | 16 |" in (out / "report.md").read_text()  # tiny: float32
     assert "(float32)" in target["detail"]
 
