@@ -75,7 +75,7 @@ def run(*, config: Path, family: str, variants: list[str], grid: Grid, out: Path
                     tag=f"{variant}-warmup")
             # The limit is measured just before and just after the decode it is compared
             # with, on the same machine state (stack up, idle): a shared host's bandwidth
-            # moves by a fifth within minutes.
+            # moves by a fifth or more within minutes.
             bandwidth.append(_measure_bandwidth("before", variant))
             for n_in in sorted(grid.input_lengths):
                 w = Workload(input_tokens=n_in, output_tokens=grid.output_tokens, seed=n_in)
