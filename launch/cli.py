@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     # Triton on CPU (emitted before vLLM configures logging) is noise on a terminal.
     logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
     # Ray 2.60 turns token auth on implicitly when ~/.ray/auth_token exists; be explicit so the
-    # head we start and this client always agree (`ray start` creates the token if missing).
+    # head we start and this client always agree (``start_head`` creates the token if missing).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

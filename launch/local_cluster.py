@@ -94,6 +94,7 @@ def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
     """Start a Ray head (GCS on ``port``, else a free one); returns (address, temp_dir)."""
     gcs_port = port or free_port()
     temp_dir = ray_temp_dir()
+    ensure_auth_token()
     cmd = [
         _ray_bin(), "start", "--head",
         f"--port={gcs_port}",
@@ -105,6 +106,20 @@ def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
     ]
     _ray_start(cmd)
     return f"{node_ip}:{gcs_port}", temp_dir
+
+
+def ensure_auth_token() -> None:
+    """With ``RAY_AUTH_MODE=token`` (``qwen-vl`` sets it), ``ray start --head`` refuses to start
+    until a token exists; it never creates one. ``ray get-auth-token --generate`` writes
+    ``~/.ray/auth_token`` on a machine that has none, and changes nothing where ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or the file already gives one. The token it prints is not shown."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return
+    proc = subprocess.run([_ray_bin(), "get-auth-token", "--generate"], capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode != 0:
+        raise ClusterError(f"no Ray auth token and `ray get-auth-token --generate` failed: "
+                           f"{one_line(proc.stderr)}")
 
 
 def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port: int,

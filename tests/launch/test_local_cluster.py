@@ -1,0 +1,47 @@
+"""The local Ray head ``qwen-vl serve`` starts (``launch.local_cluster``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+# In a fresh process with HOME = an empty folder: start a head the way `qwen-vl serve` does
+# (RAY_AUTH_MODE=token), connect a driver to it, then stop every process of it.
+START_CONNECT_STOP = r"""
+import json, ray
+from launch.local_cluster import (ClusterState, free_port, start_head, stop_processes,
+                                  cluster_processes)
+address, temp_dir = start_head(num_cpus=1, metrics_port=free_port())
+state = ClusterState(address=address, temp_dir=temp_dir, started_by_us=True, metrics_port=0,
+                     http_host="", http_port=0, app_name="")
+try:
+    ray.init(address=address, log_to_driver=False)
+    cpus = ray.cluster_resources().get("CPU")
+    ray.shutdown()
+finally:
+    stop_processes(state)
+print(json.dumps({"cpus": cpus, "left": cluster_processes(state)}))
+"""
+
+
+@pytest.mark.slow
+def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
+    """`ray start --head` with token auth refuses to start without a token and never creates
+    one; on a fresh machine (no ~/.ray) the head must still start, with a token it created."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
+    env.update(HOME=str(home), RAY_AUTH_MODE="token", QWEN_VL_RUN_DIR=str(tmp_path / "run"))
+    r = subprocess.run([sys.executable, "-c", START_CONNECT_STOP], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result == {"cpus": 1.0, "left": []}
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 16
+    assert token not in r.stdout + r.stderr  # the secret is never printed
