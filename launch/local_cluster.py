@@ -112,14 +112,19 @@ def ensure_auth_token() -> None:
     """With ``RAY_AUTH_MODE=token`` (``qwen-vl`` sets it), ``ray start --head`` refuses to start
     until a token exists; it never creates one. ``ray get-auth-token --generate`` writes
     ``~/.ray/auth_token`` on a machine that has none, and changes nothing where ``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or the file already gives one. The token it prints is not shown."""
+    ``RAY_AUTH_TOKEN_PATH`` or the file already gives one. The token it prints is not shown,
+    and a file created here is made readable by its owner only (Ray writes it 0644)."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return
+    default_file = Path.home() / ".ray" / "auth_token"
+    existed = default_file.exists()
     proc = subprocess.run([_ray_bin(), "get-auth-token", "--generate"], capture_output=True,
                           text=True, timeout=120)
     if proc.returncode != 0:
         raise ClusterError(f"no Ray auth token and `ray get-auth-token --generate` failed: "
                            f"{one_line(proc.stderr)}")
+    if not existed and default_file.exists():
+        default_file.chmod(0o600)
 
 
 def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port: int,

@@ -42,6 +42,8 @@ def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result == {"cpus": 1.0, "left": []}
-    token = (home / ".ray" / "auth_token").read_text().strip()
+    token_file = home / ".ray" / "auth_token"
+    token = token_file.read_text().strip()
     assert len(token) >= 16
+    assert token_file.stat().st_mode & 0o077 == 0  # a secret: the owner's only
     assert token not in r.stdout + r.stderr  # the secret is never printed
