@@ -57,7 +57,7 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _connect(address: str) -> None:
+def connect(address: str) -> None:
     import ray
 
     _quiet_ray_logs()
@@ -90,7 +90,7 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------------------------- serve
-def _ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
+def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
     """The cluster to deploy on, and whether this is a redeploy onto a running qwen-vl
     cluster (whose owner is the `serve` that started it, not us)."""
     state = read_state()
@@ -184,7 +184,7 @@ def deploy(cfg: ServingConfig, state: ClusterState) -> None:
 
     from . import drain
 
-    _connect(state.address)
+    connect(state.address)
     serve.start(http_options=HTTPOptions(host=cfg.server.host, port=cfg.server.port),
                 proxy_location=cfg.server.proxy_location)
     drain.clear(cfg.server.app_name)  # a stop that was cut short leaves its flag behind
@@ -285,7 +285,7 @@ def cmd_serve(args) -> int:
     _say(f"model {cfg.model.served_name} from {cfg.model.source}")
     model_path = cfg.model_path()  # builds the embedded model on first use
     cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
-    state, redeploy = _ensure_cluster(cfg)
+    state, redeploy = ensure_cluster(cfg)
     try:
         deploy(cfg, state)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
@@ -293,7 +293,7 @@ def cmd_serve(args) -> int:
     except BaseException:
         # A failed redeploy leaves the running cluster up (fix the config and deploy again).
         if state.started_by_us and not redeploy and not args.keep_on_failure:
-            _shutdown(state, quiet=True)
+            shutdown(state, quiet=True)
         raise
     url = base_url(cfg.server.host, cfg.server.port)
     if redeploy:
@@ -316,7 +316,7 @@ def cmd_serve(args) -> int:
         pass
     _say("stopping...")
     t0 = time.monotonic()
-    _shutdown(state)
+    shutdown(state)
     _say(f"stopped ({time.monotonic() - t0:.0f}s)")
     return 0
 
@@ -376,7 +376,7 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
         time.sleep(drain.POLL_S)
 
 
-def _shutdown(state: ClusterState, quiet: bool = False) -> None:
+def shutdown(state: ClusterState, quiet: bool = False) -> None:
     """Our own cluster: drain, Serve down, then every process of it. A cluster we joined via
     RAY_ADDRESS: drain, then only our application is deleted. A worker node we joined: its
     processes only (Serve moves its replicas elsewhere).
@@ -393,7 +393,7 @@ def _shutdown(state: ClusterState, quiet: bool = False) -> None:
 
                 from . import drain
 
-                _connect(state.address)
+                connect(state.address)
                 drain_application(state, quiet)
                 with _stderr_muted():  # Ray prints noise about its dying controller
                     if state.started_by_us:
@@ -423,7 +423,7 @@ def cmd_stop(args) -> int:
         _say("nothing to stop (no qwen-vl cluster recorded)")
         return 0
     t0 = time.monotonic()
-    _shutdown(state)
+    shutdown(state)
     _say(f"stopped ({time.monotonic() - t0:.0f}s)")
     return 0
 
@@ -476,7 +476,7 @@ def cmd_status(args) -> int:
 
     from .replicas import replica_report
 
-    _connect(state.address)
+    connect(state.address)
     _say(f"cluster: {state.address} (started by qwen-vl: {state.started_by_us}"
          + (", this machine is a worker node)" if state.role == "worker" else ")"))
     nodes = node_rows()

@@ -70,27 +70,65 @@ def normalize_error(status: int, body: Any) -> dict[str, Any]:
     return error_body(status, json.dumps(body) if body is not None else "")
 
 
-async def openai_errors_middleware(request, call_next):
-    """Starlette HTTP middleware: rewrite every error response into the OpenAI shape."""
-    from starlette.responses import JSONResponse
+KEPT_HEADERS = (b"retry-after", b"www-authenticate", b"x-request-id")
 
-    try:
-        response = await call_next(request)
-    except Exception:  # never a traceback to the client
-        return JSONResponse(error_body(500, GENERIC_5XX), status_code=500)
-    if response.status_code < 400:
-        return response
-    raw = b"".join([chunk async for chunk in response.body_iterator])
+
+class OpenAIErrors:
+    """ASGI middleware: rewrite every error response into the OpenAI shape.
+
+    Plain ASGI, not Starlette's ``BaseHTTPMiddleware``: a successful response (a stream's every
+    chunk included) passes straight through, with no task or memory stream per request. Only a
+    response with status >= 400 is held back, read whole and rewritten by ``normalize_error``;
+    an exception before the response started becomes a generic 500, never a traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: dict | None = None  # an error response's start message, held back
+        started = False
+        chunks: list[bytes] = []
+
+        async def intercept(message):
+            nonlocal start, started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] < 400:
+                    return await send(message)
+                start = message
+                return None
+            if start is None:
+                return await send(message)
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_error(send, start, b"".join(chunks))
+            return None
+
+        try:
+            await self.app(scope, receive, intercept)
+        except Exception:  # never a traceback to the client
+            if started:
+                raise
+            await _send_error(send, {"status": 500, "headers": []}, b"")
+
+
+async def _send_error(send, start: dict, raw: bytes) -> None:
+    status = start["status"]
     try:
         body = json.loads(raw) if raw else None
     except ValueError:
         body = {"detail": raw.decode(errors="replace")}
-    headers = {k: v for k, v in response.headers.items()
-               if k.lower() in ("retry-after", "www-authenticate", "x-request-id")}
     extra = {k: v for k, v in body.items() if k not in ("error", "detail")} \
         if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
-    return JSONResponse({**normalize_error(response.status_code, body), **extra},
-                        status_code=response.status_code, headers=headers)
+    out = json.dumps({**normalize_error(status, body), **extra}).encode()
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() in KEPT_HEADERS]
+    headers += [(b"content-type", b"application/json"),
+                (b"content-length", str(len(out)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": out})
 
 
 def one_line(text: str) -> str:

@@ -33,7 +33,7 @@ from engine.config import ServingConfig
 
 from . import drain
 from .access import AccessGate
-from .errors import error_body, openai_errors_middleware
+from .errors import OpenAIErrors, error_body
 from .front_door import FrontDoor
 from .rejections import RequestRejected, count_rejection
 from .replicas import healthy, replica_report
@@ -214,7 +214,7 @@ ENDPOINTS["metrics"] = lambda app: app.get("/metrics")
 def make_ingress_class(cfg: ServingConfig):
     """The ``@serve.ingress``-wrapped class (a fresh FastAPI app each call)."""
     app = init()  # Ray's app: request ids, CORS, HTTP metrics, exception handling
-    app.middleware("http")(openai_errors_middleware)  # every error leaves in one shape
+    app.add_middleware(OpenAIErrors)  # every error leaves in one shape
     app.add_middleware(  # outermost: keys and body size before anything is parsed
         AccessGate, max_body_bytes=cfg.limits.max_body_bytes,
         api_keys_env=cfg.access.api_keys_env, api_keys_file=cfg.access.api_keys_file,

@@ -3,7 +3,7 @@ tears it down, shows progress with an ETA and writes a results folder.
 
     qwen-vl-loadtest card      [--model tiny|2b] [--variants BF16,GPTQ-Int4,AWQ] [--quick]
     qwen-vl-loadtest sweep     [--model tiny|2b] [--slo-ttft-ms 2000 --slo-tpot-ms 200]
-    qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3]
+    qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3] [--ray-serve-llm]
     qwen-vl-loadtest baseline  [--model tiny|2b]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
 
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--concurrency", type=int)
     over.add_argument("--rounds", type=int)
     over.add_argument("--requests", type=int, help="requests per round")
+    over.add_argument("--ray-serve-llm", action="store_true",
+                      help="also measure Ray Serve LLM's own OpenAI app from the same config "
+                           "(no front door, access gate or error mapping): splits the overhead "
+                           "into Ray Serve's part and ours; a third deployment's memory")
 
     soak = one_model(sub.add_parser(
         "soak", help="steady mixed load for --duration: zero failures, bounded memory"))
@@ -274,7 +278,7 @@ def _run_other(args, device: str, out: Path, label: str):
                             requests_per_round=_opt(args, "requests", d),
                             rounds=_opt(args, "rounds", d), out=out,
                             title=f"Stack overhead vs bare vllm serve: {what}",
-                            settings=settings)
+                            settings=settings, ray_serve_llm=args.ray_serve_llm)
     from .scenarios import baseline
     from .scenarios.common import hf_dtype
 

@@ -2,6 +2,8 @@
 
 - ``stack``: our Ray Serve stack, through the same command users run (``qwen-vl serve --detach``
   with a scenario's config file, in a private run directory), stopped with ``qwen-vl stop``.
+- ``ray_serve_llm``: Ray Serve LLM's own OpenAI app (``build_openai_app``) from the same config,
+  without our layer (``loadtest.ray_reference``): the overhead scenario's middle target.
 - ``bare_vllm``: ``vllm serve`` with the engine arguments the same config produces
   (``ServingConfig.to_engine_kwargs``) and the same engine environment: the reference the
   overhead scenario compares our stack with.
@@ -25,7 +27,7 @@ import yaml
 
 from engine.config import ServingConfig, parse_config
 from launch.access import KeySource
-from launch.app import ENGINE_PREFIX
+from launch.app import ENGINE_PREFIX, SERVER_CLS
 from launch.cli import base_url, http_get
 from launch.local_cluster import free_port
 
@@ -34,6 +36,9 @@ from .plan_check import kv_tokens_from_logs
 from .runner import Target, fmt_s
 
 ROOT = Path(__file__).resolve().parent.parent
+# An engine replica's process title: ours ("...:LLMServer:<model>"), or Ray's own builder's
+# (named after the server class) in ``ray_serve_llm``.
+ENGINE_MARKS = (f":{ENGINE_PREFIX}", f":{SERVER_CLS.rsplit(':', 1)[1]}:")
 
 
 def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
@@ -56,9 +61,11 @@ def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | No
         time.sleep(2)
 
 
-def _cli(env: dict, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
-    """``qwen-vl ARGS`` as users run it (output to ``log``, or captured)."""
-    cmd = [sys.executable, "-m", "launch.cli", *args]
+def _cli(env: dict, *args: str, log: Path | None = None,
+         module: str = "launch.cli") -> subprocess.CompletedProcess:
+    """``qwen-vl ARGS`` as users run it (or ``python -m module ARGS``), output to ``log`` or
+    captured."""
+    cmd = [sys.executable, "-m", module, *args]
     if log is None:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     with open(log, "w") as fh:
@@ -75,17 +82,37 @@ def write_config(data: dict, path: Path) -> ServingConfig:
 @contextlib.contextmanager
 def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
     """``qwen-vl serve --detach`` with ``data`` (ports replaced by free ones); stopped after."""
+    with _local_cluster(data, work, name, "launch.cli", "serve", "--config", "{config}",
+                        "--detach") as t:
+        yield t
+
+
+@contextlib.contextmanager
+def ray_serve_llm(data: dict, work: Path, name: str = "ray-serve-llm") -> Iterator[Target]:
+    """Ray Serve LLM's own OpenAI app from the same config (``loadtest.ray_reference``), on a
+    local cluster like ``stack``'s; stopped with ``qwen-vl stop``."""
+    with _local_cluster(data, work, name, "loadtest.ray_reference", "{config}") as t:
+        yield t
+
+
+@contextlib.contextmanager
+def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str
+                   ) -> Iterator[Target]:
+    """``python -m module START`` (``{config}``: the written config file) in a private run
+    directory, returning once the application runs; ``qwen-vl stop`` there afterwards."""
     from launch.local_cluster import cluster_processes, read_state
 
     data = json.loads(json.dumps(data))
     data.setdefault("server", {}).update(port=free_port(), metrics_port=free_port())
     work.mkdir(parents=True, exist_ok=True)
-    cfg = write_config(data, work / f"{name}-config.yaml")
+    config = work / f"{name}-config.yaml"
+    cfg = write_config(data, config)
     env = {**os.environ, "QWEN_VL_RUN_DIR": str(work / f"{name}-run")}
     print(f"deploying {name}: {cfg.model.source} ({cfg.deployment.device}) ...", flush=True)
     t0 = time.monotonic()
     log = work / f"{name}-serve.log"
-    r = _cli(env, "serve", "--config", str(work / f"{name}-config.yaml"), "--detach", log=log)
+    r = _cli(env, *[str(config) if a == "{config}" else a for a in start], log=log,
+             module=module)
     if r.returncode != 0:
         _cli(env, "stop")
         raise RuntimeError(f"{name} failed to start; see {log}:\n{log.read_text()[-3000:]}")
@@ -98,7 +125,7 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
         replicas = []
         for pid in cluster_processes(state):
             try:
-                if f":{ENGINE_PREFIX}" in " ".join(psutil.Process(pid).cmdline()):
+                if any(m in " ".join(psutil.Process(pid).cmdline()) for m in ENGINE_MARKS):
                     replicas.append(pid)
             except psutil.NoSuchProcess:
                 pass

@@ -35,3 +35,57 @@ def test_non_dict_param_dropped():
                                           "param": {}, "code": "invalid_parameter"}})
     assert out["error"] == {"message": "Invalid request format", "type": "invalid_request_error",
                             "param": None, "code": "invalid_parameter"}
+
+
+def errors_app():
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from launch.errors import OpenAIErrors
+
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream():
+        async def chunks():
+            for i in range(3):
+                yield f"data: {i}\n\n"
+        return StreamingResponse(chunks(), media_type="text/event-stream",
+                                 headers={"x-request-id": "r1"})
+
+    @app.get("/missing")
+    async def missing():
+        raise HTTPException(404, "no such thing")
+
+    @app.get("/busy")
+    async def busy():
+        return JSONResponse({"error": {"message": "later", "code": "overloaded"}, "extra": 1},
+                            status_code=503, headers={"Retry-After": "3", "X-Other": "x"})
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("secret internals")
+
+    app.add_middleware(OpenAIErrors)
+    return app
+
+
+def test_asgi_middleware_passes_success_through_and_rewrites_errors():
+    from fastapi.testclient import TestClient
+
+    client = TestClient(errors_app(), raise_server_exceptions=False)
+    r = client.get("/stream")
+    assert r.status_code == 200 and r.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert r.headers["x-request-id"] == "r1"
+    r = client.get("/missing")
+    assert r.status_code == 404 and r.json() == {"error": {
+        "message": "no such thing", "type": "not_found_error", "param": None, "code": 404}}
+    assert int(r.headers["content-length"]) == len(r.content)
+    r = client.get("/busy")
+    assert r.status_code == 503 and r.headers["retry-after"] == "3" and "x-other" not in r.headers
+    assert r.json() == {"error": {"message": "later", "type": "service_unavailable",
+                                  "param": None, "code": "overloaded"}, "extra": 1}
+    r = client.get("/boom")
+    assert r.status_code == 500 and "secret" not in r.text
+    assert r.json()["error"] == {"message": GENERIC_5XX, "type": "api_error", "param": None,
+                                 "code": 500}

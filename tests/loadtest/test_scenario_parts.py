@@ -147,8 +147,9 @@ def test_every_documented_flag_parses():
     p.parse_args(["sweep", "--url", "http://h:8000", "--api-key", "k", "--max-concurrency", "8",
                   "--min-requests", "4", "--image-fraction", "0.25", "--images-per-request",
                   "2", "--image-size", "224x448", "--slo-ttft-ms", "500", "--slo-tpot-ms", "50"])
-    p.parse_args(["overhead", "--concurrency", "4", "--rounds", "3", "--requests", "16",
-                  "--image-fraction", "1", "--image-size", "224x224"])
+    a = p.parse_args(["overhead", "--concurrency", "4", "--rounds", "3", "--requests", "16",
+                      "--image-fraction", "1", "--image-size", "224x224", "--ray-serve-llm"])
+    assert a.ray_serve_llm and not p.parse_args(["overhead"]).ray_serve_llm
     p.parse_args(["baseline", "--model", "2b", "--input-tokens", "32", "--output-tokens", "32",
                   "--min-requests", "2", "--concurrency", "1,16"])
     a = p.parse_args(["soak", "--duration", "600", "--concurrency", "4", "--image-fraction",
