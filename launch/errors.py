@@ -88,29 +88,28 @@ class OpenAIErrors:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start: dict | None = None  # an error response's start message, held back
-        started = False
+        sent = False  # something went to the client
         chunks: list[bytes] = []
 
         async def intercept(message):
-            nonlocal start, started
-            if message["type"] == "http.response.start":
-                started = True
-                if message["status"] < 400:
-                    return await send(message)
+            nonlocal start, sent
+            if message["type"] == "http.response.start" and message["status"] >= 400:
                 start = message
                 return None
             if start is None:
+                sent = True
                 return await send(message)
             if message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
+                    sent = True
                     await _send_error(send, start, b"".join(chunks))
             return None
 
         try:
             await self.app(scope, receive, intercept)
         except Exception:  # never a traceback to the client
-            if started:
+            if sent:
                 raise
             await _send_error(send, {"status": 500, "headers": []}, b"")
 

@@ -1,5 +1,5 @@
 """Scenario ``overhead``: our Ray Serve stack against a bare ``vllm serve`` with identical engine
-arguments, both up at once, measured in alternating rounds (A B B A ...) of the same workload.
+arguments, all up at once, measured in alternating rounds (A B B A ...) of the same workload.
 
 Per target, over all its rounds: output tokens/s (total tokens / total round time) and TTFT p50.
 Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bare vLLM's.

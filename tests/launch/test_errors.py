@@ -89,3 +89,18 @@ def test_asgi_middleware_passes_success_through_and_rewrites_errors():
     assert r.status_code == 500 and "secret" not in r.text
     assert r.json()["error"] == {"message": GENERIC_5XX, "type": "api_error", "param": None,
                                  "code": 500}
+
+
+def test_asgi_middleware_an_error_cut_short_still_leaves_as_openai_json():
+    from fastapi.testclient import TestClient
+
+    from launch.errors import OpenAIErrors
+
+    async def app(scope, receive, send):  # starts a 400, fails before its body ends
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"detail": "x', "more_body": True})
+        raise RuntimeError("internal detail")
+
+    r = TestClient(OpenAIErrors(app), raise_server_exceptions=False).get("/")
+    assert r.status_code == 500 and "internal" not in r.text
+    assert r.json()["error"]["message"] == GENERIC_5XX
