@@ -15,7 +15,7 @@ import hmac
 import os
 from pathlib import Path
 
-from .errors import error_body
+from .errors import error_body, send_json
 from .rejections import count_rejection
 
 OPEN_PATHS = {"/health", "/-/healthz", "/-/routes"}
@@ -78,19 +78,19 @@ class AccessGate:
                     count_rejection("auth")
                     msg = "missing API key (Authorization: Bearer <key>)" if not token \
                         else "invalid API key"
-                    return await _send_json(send, 401, error_body(401, msg, code="invalid_api_key"),
+                    return await send_json(send, 401, error_body(401, msg, code="invalid_api_key"),
                                             {"www-authenticate": "Bearer"})
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if scope["method"] == "POST" and ctype != "application/json":
             count_rejection("content_type")
-            return await _send_json(send, 400, error_body(
+            return await send_json(send, 400, error_body(
                 400, f"Content-Type must be application/json; got {ctype or 'none'!r}"))
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             count_rejection("body_too_large")
             if int(declared) <= DRAIN_FACTOR * self.max_body_bytes:
                 await _drain(receive, 0, DRAIN_FACTOR * self.max_body_bytes)
-            return await _send_json(send, 413, _too_large(int(declared), self.max_body_bytes))
+            return await send_json(send, 413, _too_large(int(declared), self.max_body_bytes))
         total = 0
         over = False
         body_done = False
@@ -121,7 +121,7 @@ class AccessGate:
             count_rejection("body_too_large")
             if not body_done:
                 await _drain(receive, total, DRAIN_FACTOR * self.max_body_bytes)
-            await _send_json(send, 413, _too_large(total, self.max_body_bytes))
+            await send_json(send, 413, _too_large(total, self.max_body_bytes))
 
 
 async def _drain(receive, seen: int, limit: int) -> None:
@@ -138,13 +138,3 @@ async def _drain(receive, seen: int, limit: int) -> None:
 def _too_large(size: int, limit: int) -> dict:
     return error_body(413, f"request body is {size} bytes or more; the limit is {limit}",
                       code="request_too_large")
-
-
-async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
-    import json
-
-    raw = json.dumps(body).encode()
-    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": raw})

@@ -115,6 +115,7 @@ class OpenAIErrors:
 
 
 async def _send_error(send, start: dict, raw: bytes) -> None:
+    """The held-back error response ``start`` + ``raw``, in the OpenAI shape."""
     status = start["status"]
     try:
         body = json.loads(raw) if raw else None
@@ -122,12 +123,18 @@ async def _send_error(send, start: dict, raw: bytes) -> None:
         body = {"detail": raw.decode(errors="replace")}
     extra = {k: v for k, v in body.items() if k not in ("error", "detail")} \
         if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
-    out = json.dumps({**normalize_error(status, body), **extra}).encode()
-    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() in KEPT_HEADERS]
-    headers += [(b"content-type", b"application/json"),
-                (b"content-length", str(len(out)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": out})
+    headers = {k.decode(): v.decode() for k, v in start.get("headers", [])
+               if k.lower() in KEPT_HEADERS}
+    await send_json(send, status, {**normalize_error(status, body), **extra}, headers)
+
+
+async def send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
+    """Send a whole JSON response over ASGI ``send`` (the API's own middlewares answer so)."""
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
 
 
 def one_line(text: str) -> str:
