@@ -593,14 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def use_token_auth() -> None:
+    """Ray 2.60 turns token auth on implicitly when ~/.ray/auth_token exists; be explicit so the
+    head we start and this client always agree (``start_head`` creates the token if missing)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # This process imports vLLM only to check engine-arg names; its import-time warning about
     # Triton on CPU (emitted before vLLM configures logging) is noise on a terminal.
     logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
-    # Ray 2.60 turns token auth on implicitly when ~/.ray/auth_token exists; be explicit so the
-    # head we start and this client always agree (``start_head`` creates the token if missing).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    use_token_auth()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

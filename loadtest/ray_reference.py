@@ -16,12 +16,11 @@ the application is running and leaves it running; ``qwen-vl stop`` (same run dir
 
 from __future__ import annotations
 
-import os
 import sys
 
 from engine.config import load_config
 from launch.app import llm_config_dict
-from launch.cli import connect, ensure_cluster, shutdown
+from launch.cli import connect, ensure_cluster, shutdown, use_token_auth
 
 
 def reference_app(cfg):
@@ -35,7 +34,7 @@ def main(argv: list[str]) -> int:
     from engine import torchvision_shim
 
     torchvision_shim.install()
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # as qwen-vl: the same cluster set-up
+    use_token_auth()  # as qwen-vl: the same cluster set-up
     cfg = load_config(argv[0])
     cfg.model_path()  # builds the embedded model on first use
     state, _ = ensure_cluster(cfg)
