@@ -166,13 +166,18 @@ def _replica_counts(dep) -> str:
     return ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
 
 
-def _progress(app_status, elapsed: float) -> str:
+def _progress(app_status, elapsed: float, waiting=()) -> str:
     if app_status is None:
         return f"[{elapsed:5.0f}s] deploying..."
     parts = []
     for name, dep in app_status.deployments.items():
         parts.append(f"{name}: {_replica_counts(dep) or status_name(dep.status)}")
-    return f"[{elapsed:5.0f}s] " + "; ".join(parts)
+    line = f"[{elapsed:5.0f}s] " + "; ".join(parts)
+    if waiting:
+        from .scheduling import describe
+
+        line += f" (waiting for resources: {describe(list(waiting))})"
+    return line
 
 
 def deploy(cfg: ServingConfig, state: ClusterState) -> None:
@@ -225,12 +230,18 @@ def root_cause_from_logs(temp_dir: str) -> str | None:
 
 
 def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
-                 temp_dir: str = "") -> None:
+                 temp_dir: str = "", address: str = "") -> None:
+    """Wait until the application runs and /health answers 200. Fails at once when a replica
+    failed to start, or when Ray can place a replica on no node and no autoscaler can add
+    one (``launch.scheduling``)."""
     from ray import serve
+
+    from . import scheduling
 
     url = base_url(cfg.server.host, cfg.server.port) + "/health"
     start = time.monotonic()
     last_print = 0.0
+    can_grow = None  # whether an autoscaler may add nodes, asked once when first needed
     while True:
         elapsed = time.monotonic() - start
         app_status = serve.status().applications.get(cfg.server.app_name)
@@ -239,6 +250,14 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
             if "See root cause above" in cause and temp_dir:
                 cause = root_cause_from_logs(temp_dir) or cause
             raise LaunchError(f"deployment failed: {cause}")
+        waiting = scheduling.waiting_replicas(cfg.server.app_name)
+        infeasible = [w for w in waiting if w.infeasible]
+        if infeasible:
+            if can_grow is None:
+                can_grow = scheduling.autoscaler_present()
+            if not can_grow:
+                raise LaunchError("cannot be scheduled: " + scheduling.infeasible_message(
+                    infeasible, scheduling.alive_nodes(), address or "HEAD:PORT"))
         code, _ = http_get(url, timeout=15)
         running = app_status is not None and status_name(app_status.status) == "RUNNING"
         if code == 200 and running:
@@ -246,10 +265,10 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
         if elapsed > timeout_s:
             raise LaunchError(
                 f"not healthy after {timeout_s:.0f}s (server.startup_timeout_s); "
-                f"last status: {_progress(app_status, elapsed)}"
+                f"last status: {_progress(app_status, elapsed, waiting)}"
             )
         if progress and elapsed - last_print >= 15:
-            _say(_progress(app_status, elapsed))
+            _say(_progress(app_status, elapsed, waiting))
             last_print = elapsed
         time.sleep(2)
 
@@ -289,7 +308,8 @@ def cmd_serve(args) -> int:
     try:
         deploy(cfg, state)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
-        wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir)
+        wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir,
+                     address=state.address)
     except BaseException:
         # A failed redeploy leaves the running cluster up (fix the config and deploy again).
         if state.started_by_us and not redeploy and not args.keep_on_failure:
@@ -498,6 +518,11 @@ def cmd_status(args) -> int:
     _say(f"application {state.app_name}: {status_name(status.status)}")
     for name, dep in status.deployments.items():
         _say(f"  {name}: {status_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
+    from .scheduling import alive_nodes, describe, nodes_summary, waiting_replicas
+
+    waiting = waiting_replicas(state.app_name)
+    if waiting:
+        _say(f"waiting: {describe(waiting)}; {nodes_summary(alive_nodes())}")
     _say("replicas:")
     for r in asyncio.run(replica_report(state.app_name)):
         if r["replica_id"] is None:  # the deployment itself is marked unhealthy by Serve

@@ -7,6 +7,7 @@ without internal details (Ray's "Internal exception: ray.llm...", request-id noi
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any
@@ -27,7 +28,11 @@ TYPE_BY_STATUS = {
 _INTERNAL = re.compile(
     r"\s*(\(Request ID: [^)]*\)|,?\s*Internal exception:.*|,?\s*original exception:.*)", re.S
 )
-_PARAM = re.compile(r"\(parameter=([^,)]+)|at \('body', '([^']+)'")
+_PARAM = re.compile(r"\(parameter=([^,)]+)")
+# Ray's request-validation message: "Invalid request format: <msg> at ('body', 'messages', 0, ...)"
+_VALIDATION = re.compile(r"^Invalid request format: (.*) at (\(.*\))$", re.S)
+# Names in a pydantic error location that are union arms or types, not fields.
+_NOT_FIELDS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes", "literal"}
 GENERIC_5XX = "The server had an error while processing your request."
 
 
@@ -49,14 +54,45 @@ def error_body(status: int, message: str, param: str | None = None,
                       "param": param, "code": code if code is not None else status}}
 
 
+def field_path(loc: str | tuple) -> str | None:
+    """``('body', 'messages', 0, 'ChatCompletionUserMessageParam', 'role')`` ->
+    ``messages[0].role``: fields and indexes only (pydantic's union-arm and type names go).
+    None when ``loc`` is not a location."""
+    if isinstance(loc, str):
+        try:
+            loc = ast.literal_eval(loc)
+        except (ValueError, SyntaxError):
+            return None
+    if isinstance(loc, str):
+        loc = (loc,)
+    if not isinstance(loc, (tuple, list)):
+        return None
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and re.fullmatch(r"[a-z_][a-z0-9_]*", part) \
+                and part not in _NOT_FIELDS and not (part == "body" and not path):
+            path += f".{part}" if path else part
+    return path
+
+
 def normalize_error(status: int, body: Any) -> dict[str, Any]:
     """Map any error body (Ray's, vLLM's, FastAPI's ``detail``) onto the OpenAI shape."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
         message = str(err.get("message") or "")
+        if (m := _VALIDATION.match(message)) and (path := field_path(m.group(2))) is not None:
+            # Ray puts the offending *value* in param; the field is in the location (a body
+            # that is not JSON has the character position there instead).
+            if path.startswith("["):
+                return error_body(status, f"{m.group(1)} (body character {path[1:-1]})",
+                                  code=err.get("code"))
+            return error_body(status, f"{path}: {m.group(1)}" if path else m.group(1),
+                              param=path or None, code=err.get("code"))
         param = err.get("param") if isinstance(err.get("param"), str) else None
         if param is None and (m := _PARAM.search(message)):
-            param = (m.group(1) or m.group(2)).strip()
+            param = m.group(1).strip()
         code = err.get("code") if isinstance(err.get("code"), (str, int)) else None
         return error_body(status, message, param=param, code=code)
     if isinstance(body, dict) and "detail" in body:

@@ -1,10 +1,11 @@
 """The front door: every limit of ``limits:`` enforced before a request reaches an engine.
 
 ``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
-``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), media counts, and each
-content part. Every image and video is loaded here (``data:`` URL, http(s) under the URL policy,
+``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
+shapes and text (``launch.messages``), media counts, and each content part. Every image and video is loaded here (``data:`` URL, http(s) under the URL policy,
 or a file inside ``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
-URL of the validated bytes: the engine never fetches or decodes anything unchecked.
+URL of the validated bytes, and every video file by its sampled frames (``launch.video``): the
+engine never fetches or decodes anything unchecked.
 Failures raise ``RequestRejected`` with the HTTP status, the field (``param``) and a message
 stating the limit and the value.
 """
@@ -19,12 +20,11 @@ from urllib.parse import unquote, urlsplit
 
 from engine.config import ServingConfig
 
-from . import media
+from . import media, video
 from .fetch import fetch
+from .messages import MEDIA_PARTS, check_messages, check_prompt
 from .rejections import RequestRejected
 
-TEXT_PARTS = {"text"}
-MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
 MM_KWARGS = {"min_pixels", "max_pixels"}
 
 
@@ -86,40 +86,26 @@ class FrontDoor:
         """Validate a ChatCompletionRequest in place (media URLs become data: URLs)."""
         self.check_sampling(body)
         self.check_mm_kwargs(body)
-        messages = body.messages
-        if not messages:
-            raise RequestRejected(400, "messages must not be empty", param="messages",
-                                  reason="messages")
-        parts = []
+        parts = check_messages(body.messages)
         counts = {"image": 0, "video": 0}
-        for i, msg in enumerate(messages):
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if not isinstance(content, list):
-                continue
-            for j, part in enumerate(content):
-                param = f"messages[{i}].content[{j}]"
-                ptype = part.get("type") if isinstance(part, dict) else None
-                if ptype in TEXT_PARTS:
-                    continue
-                if ptype not in MEDIA_PARTS:
-                    raise RequestRejected(400, f"unsupported content part type {ptype!r}; "
-                                          "supported: text, image_url, video_url",
-                                          param=f"{param}.type", reason="content_type")
-                counts[MEDIA_PARTS[ptype]] += 1
-                parts.append((part, ptype, f"{param}.{ptype}"))
+        for _, ptype, _ in parts:
+            counts[MEDIA_PARTS[ptype]] += 1
         for kind, limit in (("image", self.mm.max_images_per_prompt),
                             ("video", self.mm.max_videos_per_prompt)):
             if counts[kind] > limit:
                 raise RequestRejected(400, f"{counts[kind]} {kind}s in the request; the limit is "
                                       f"{limit}", param="messages", reason=f"too_many_{kind}s")
+        pixels = self.pixel_bounds(body)
         for part, ptype, param in parts:
             holder = part.get(ptype)
             url = holder.get("url") if isinstance(holder, dict) else holder
             if not isinstance(url, str) or not url:
                 raise RequestRejected(400, f"{ptype}.url is missing", param=param,
                                       reason="bad_url")
-            new = await asyncio.to_thread(
-                self._image if ptype == "image_url" else self._video, url, f"{param}")
+            if ptype == "image_url":
+                new = await asyncio.to_thread(self._image, url, param)
+            else:
+                new = await asyncio.to_thread(self._video, url, param, pixels)
             if isinstance(holder, dict):
                 holder["url"] = new
             else:
@@ -173,7 +159,7 @@ class FrontDoor:
             return url  # untouched: no need to re-encode
         return media.to_data_url(checked, mime)
 
-    def _video(self, url: str, param: str) -> str:
+    def _video(self, url: str, param: str, pixels: tuple[int, int]) -> str:
         if url.startswith("data:video/jpeg;base64,"):
             _, payload = media.decode_data_url(url, param)
             media.check_frames(payload, self.limits, self.mm.video_max_frames, param)
@@ -182,9 +168,19 @@ class FrontDoor:
         if mime is not None and not mime.startswith("video/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
                                   param=param, reason="bad_video")
-        media.check_video_file(data, self.limits, param)
-        return media.to_data_url(data, mime or "video/mp4")
+        frames, _ = video.sample(data, self.limits, video_fps=self.mm.video_fps,
+                                 max_frames=self.mm.video_max_frames, min_pixels=pixels[0],
+                                 max_pixels=pixels[1], param=param)
+        return "data:video/jpeg;base64," + ",".join(frames)
+
+    def pixel_bounds(self, body: Any) -> tuple[int, int]:
+        """(min_pixels, max_pixels) in force for a request: the config's, or the lower ones its
+        ``mm_processor_kwargs`` set (``check_mm_kwargs`` has checked them)."""
+        kwargs = getattr(body, "mm_processor_kwargs", None) or {}
+        return (kwargs.get("min_pixels", self.mm.min_pixels),
+                kwargs.get("max_pixels", self.mm.max_pixels))
 
     # ------------------------------------------------------------------ completions
     def check_completion(self, body: Any) -> None:
         self.check_sampling(body)
+        check_prompt(getattr(body, "prompt", None))

@@ -7,8 +7,8 @@ Images that are not plain RGB/grayscale, or carry an EXIF rotation, are normalis
 applied, converted to RGB, re-encoded losslessly as PNG); others pass through untouched.
 Animated images (GIF, APNG, WebP): the first frame is used, as by the engine's decoder.
 
-Videos given as a list of JPEG frames: frame count and each frame as an image. Video files:
-byte cap and duration from the container header (PyAV).
+Videos given as a list of JPEG frames: frame count and each frame as an image. Video files are
+sampled into such a list by ``launch.video``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,23 @@ def b64decode(payload: str, max_bytes: int, param: str, what: str = "image") -> 
     return data
 
 
+def check_geometry(w: int, h: int, limits: LimitsSettings, param: str,
+                   what: str = "image") -> None:
+    """Pixel count, smallest side and aspect ratio of an image or a video frame."""
+    if w * h > limits.max_image_pixels:
+        raise RequestRejected(400, f"{what} is {w}x{h} = {w * h} pixels; the limit is "
+                              f"{limits.max_image_pixels}", param=param, reason="image_pixels")
+    if min(w, h) < limits.min_image_side:
+        raise RequestRejected(400, f"{what} is {w}x{h}; each side must be at least "
+                              f"{limits.min_image_side} pixels", param=param,
+                              reason="image_too_small")
+    ratio = max(w, h) / min(w, h)
+    if ratio > limits.max_aspect_ratio:
+        raise RequestRejected(400, f"{what} aspect ratio is {ratio:.0f}:1 ({w}x{h}); the limit "
+                              f"is {limits.max_aspect_ratio:g}:1", param=param,
+                              reason="image_aspect_ratio")
+
+
 def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes, str]:
     """Validate an encoded image; returns (bytes, mime) to give the engine."""
     if len(data) > limits.max_image_bytes:
@@ -63,19 +80,7 @@ def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes,
     except (UnidentifiedImageError, OSError, ValueError):
         raise RequestRejected(400, "not a decodable image (unknown or corrupt format)",
                               param=param, reason="bad_image") from None
-    w, h = img.size
-    if w * h > limits.max_image_pixels:
-        raise RequestRejected(400, f"image is {w}x{h} = {w * h} pixels; the limit is "
-                              f"{limits.max_image_pixels}", param=param, reason="image_pixels")
-    if min(w, h) < limits.min_image_side:
-        raise RequestRejected(400, f"image is {w}x{h}; each side must be at least "
-                              f"{limits.min_image_side} pixels", param=param,
-                              reason="image_too_small")
-    ratio = max(w, h) / min(w, h)
-    if ratio > limits.max_aspect_ratio:
-        raise RequestRejected(400, f"image aspect ratio is {ratio:.0f}:1 ({w}x{h}); the limit is "
-                              f"{limits.max_aspect_ratio:g}:1", param=param,
-                              reason="image_aspect_ratio")
+    check_geometry(*img.size, limits, param)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -111,26 +116,6 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
         check_image(b64decode(f, limits.max_image_bytes, f"{param}[frame {i}]"),
                     limits, f"{param}[frame {i}]")
     return payload
-
-
-def check_video_file(data: bytes, limits: LimitsSettings, param: str) -> None:
-    if len(data) > limits.max_video_bytes:
-        raise RequestRejected(400, f"video is {len(data)} bytes; the limit is "
-                              f"{limits.max_video_bytes}", param=param, reason="media_too_large")
-    try:
-        import av
-
-        with av.open(io.BytesIO(data)) as container:
-            duration = (container.duration or 0) / 1_000_000
-            if not container.streams.video:
-                raise ValueError("no video stream")
-    except Exception:
-        raise RequestRejected(400, "not a decodable video", param=param,
-                              reason="bad_video") from None
-    if duration > limits.max_video_seconds:
-        raise RequestRejected(400, f"video is {duration:.0f}s long; the limit is "
-                              f"{limits.max_video_seconds:g}s", param=param,
-                              reason="video_duration")
 
 
 def to_data_url(data: bytes, mime: str) -> str:

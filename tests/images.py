@@ -97,18 +97,28 @@ def animated_gif() -> bytes:
     return buf.getvalue()
 
 
-def mp4(seconds: float, fps: int = 4, size: int = 64) -> bytes:
-    """A small MPEG-4 clip of the given duration (PyAV)."""
+def mp4(seconds: float, fps: float = 4, size: int = 64, width: int | None = None,
+        height: int | None = None, pattern: bool = False) -> bytes:
+    """An MPEG-4 clip of the given duration (PyAV): noise frames, or with ``pattern`` a moving
+    gradient (compresses well: minutes of video in a few hundred KB)."""
+    from fractions import Fraction
+
     import av
 
+    w, h = width or size, height or size
+    ramp = np.add.outer(np.arange(h), np.arange(w)).astype("uint16")
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
+        stream = container.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_image(noise(size, size, i))
-            for packet in stream.encode(frame):
+        for i in range(round(seconds * fps)):
+            if pattern:
+                arr = ((ramp + 3 * i) % 256).astype("uint8")
+                img = Image.fromarray(np.stack([arr, arr[::-1], np.full_like(arr, i % 256)], -1))
+            else:
+                img = noise(h, w, i)
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -1,0 +1,130 @@
+"""Video files become the frames the engine sees: sampled, resized and counted here.
+
+The front door decides the frames of every video file, so that ``multimodal.video_fps`` and
+``multimodal.video_max_frames`` hold whatever the engine's own video loader would do, and a
+video's tokens are known before it reaches the engine. The rules are the model toolkit's
+(qwen-vl-utils): ``smart_nframes`` picks the frame count (``video_fps`` frames per second of
+video, at least 4, at most ``video_max_frames``, always even), frames are taken evenly spaced
+from first to last, and each is resized with ``smart_resize`` to the pixel bounds in force
+(``multimodal.min_pixels``/``max_pixels``, or the lower ones a request sets). The engine gets
+the frames as a JPEG frame list (``data:video/jpeg;base64,f1,f2,...``), whose size its processor
+keeps as it is, so a video costs ``frames / 2 * (height / 28) * (width / 28)`` tokens plus its
+two markers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from engine.config import LimitsSettings
+
+from .media import check_geometry
+from .rejections import RequestRejected
+
+PATCH = 28  # pixels per token side after Qwen2-VL's 2x2 merge
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """What a video file becomes: ``frames`` frames of ``height`` x ``width``."""
+
+    total_frames: int
+    fps: float
+    frames: int
+    height: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        """Video pad tokens: two frames make one temporal patch."""
+        return (self.frames + 1) // 2 * (self.height // PATCH) * (self.width // PATCH)
+
+
+def plan(total_frames: int, fps: float, height: int, width: int, *, video_fps: float,
+         max_frames: int, min_pixels: int, max_pixels: int) -> VideoPlan:
+    """The frame count and frame size for a video (qwen-vl-utils' rules); ValueError when the
+    video has too few frames."""
+    from qwen_vl_utils.vision_process import smart_nframes, smart_resize
+
+    n = smart_nframes({"fps": video_fps, "max_frames": max_frames}, total_frames=total_frames,
+                      video_fps=fps)
+    h, w = smart_resize(height, width, factor=PATCH, min_pixels=min_pixels,
+                        max_pixels=max_pixels)
+    return VideoPlan(total_frames, fps, n, h, w)
+
+
+def sample(data: bytes, limits: LimitsSettings, *, video_fps: float, max_frames: int,
+           min_pixels: int, max_pixels: int, param: str) -> tuple[list[str], VideoPlan]:
+    """Decode a video file; returns its sampled frames (base64 JPEG) and the plan."""
+    import av
+
+    def bad(message: str, reason: str = "bad_video") -> RequestRejected:
+        return RequestRejected(400, message, param=param, reason=reason)
+
+    try:
+        container = av.open(io.BytesIO(data))
+    except Exception:
+        raise bad("not a decodable video") from None
+    with container:
+        if not container.streams.video:
+            raise bad("not a decodable video (no video stream)")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        check_geometry(width, height, limits, param, what="video frame")
+        duration = (container.duration or 0) / 1_000_000
+        if duration > limits.max_video_seconds:
+            raise bad(f"video is {duration:.0f}s long; the limit is "
+                      f"{limits.max_video_seconds:g}s", "video_duration")
+        total = stream.frames or _count_frames(container, stream)
+        container.seek(0)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else (total / duration if duration > 0 else 0.0)
+        if total < 2 or fps <= 0:
+            raise bad(f"video has {total} frame(s); at least 2 are needed", "video_frames")
+        try:
+            p = plan(total, fps, height, width, video_fps=video_fps, max_frames=max_frames,
+                     min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError as err:
+            raise bad(f"video of {total} frames at {fps:g} fps cannot be sampled: {err}",
+                      "video_frames") from None
+        wanted = np.linspace(0, total - 1, p.frames).round().astype(int).tolist()
+        frames = _decode(container, stream, wanted, (p.width, p.height))
+    if not frames:
+        raise bad("video data is truncated or corrupt (no frame decodes)")
+    # A header may count more frames than decode: the last decoded frame stands in for the
+    # missing ones, so the frame count (and the tokens) stay what the plan says.
+    frames += [frames[-1]] * (p.frames - len(frames))
+    return frames, p
+
+
+def _count_frames(container, stream) -> int:
+    """Frames of a stream whose header does not say: its packets, demuxed without decoding."""
+    return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _decode(container, stream, wanted: list[int], size: tuple[int, int]) -> list[str]:
+    out: list[str] = []
+    pending = iter(wanted)
+    target = next(pending, None)
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            if index != target:
+                continue
+            image = frame.to_image().convert("RGB").resize(size, Image.BICUBIC)
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=JPEG_QUALITY)
+            encoded = base64.b64encode(buf.getvalue()).decode()
+            while target == index:
+                out.append(encoded)
+                target = next(pending, None)
+            if target is None:
+                break
+    except Exception:  # a corrupt tail: keep what decoded
+        pass
+    return out
