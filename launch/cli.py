@@ -168,11 +168,11 @@ def _replica_counts(dep) -> str:
 
 def _progress(app_status, elapsed: float, waiting=()) -> str:
     if app_status is None:
-        return f"[{elapsed:5.0f}s] deploying..."
-    parts = []
-    for name, dep in app_status.deployments.items():
-        parts.append(f"{name}: {_replica_counts(dep) or status_name(dep.status)}")
-    line = f"[{elapsed:5.0f}s] " + "; ".join(parts)
+        line = f"[{elapsed:5.0f}s] deploying..."
+    else:
+        line = f"[{elapsed:5.0f}s] " + "; ".join(
+            f"{name}: {_replica_counts(dep) or status_name(dep.status)}"
+            for name, dep in app_status.deployments.items())
     if waiting:
         from .scheduling import describe
 
@@ -312,8 +312,15 @@ def cmd_serve(args) -> int:
                      address=state.address)
     except BaseException:
         # A failed redeploy leaves the running cluster up (fix the config and deploy again).
+        # A head this command started has served nothing yet: its processes are ended without
+        # a Serve shutdown, which would wait on replicas that never started.
         if state.started_by_us and not redeploy and not args.keep_on_failure:
-            shutdown(state, quiet=True)
+            _say("start failed; stopping the Ray head this command started")
+            clear_state()
+            try:
+                stop_processes(state, grace_s=3)
+            except ClusterError as err:  # the start's own failure is the one to report
+                _say(f"stopping: {err}")
         raise
     url = base_url(cfg.server.host, cfg.server.port)
     if redeploy:

@@ -34,6 +34,7 @@ TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
                  "<|video_pad|>")
 CONTROL_TOKENS = TURN_TOKENS + VISION_TOKENS
+VOCAB_SIZE = 151936  # every Qwen2-VL checkpoint's embedding rows (config.json vocab_size)
 VISION_TOKEN_IDS = {151652: "<|vision_start|>", 151653: "<|vision_end|>",
                     151654: "<|vision_pad|>", 151655: "<|image_pad|>", 151656: "<|video_pad|>"}
 
@@ -181,6 +182,9 @@ def check_prompt(prompt: Any, param: str = "prompt") -> None:
                               "control_token")
     elif isinstance(prompt, list):
         for k, item in enumerate(prompt):
+            if isinstance(item, int) and not 0 <= item < VOCAB_SIZE:
+                raise _reject(f"prompt token id {item} is outside the vocabulary (0 to "
+                              f"{VOCAB_SIZE - 1})", f"{param}[{k}]", "token_id")
             if isinstance(item, int) and item in VISION_TOKEN_IDS:
                 raise _reject(f"prompt contains the vision token id {item} "
                               f"({VISION_TOKEN_IDS[item]}); /v1/completions takes no images or "

@@ -34,9 +34,10 @@ def format_resources(res: dict[str, float]) -> str:
     """``{GPU: 1, CPU: 1}``: Ray's resource names, memory in GiB."""
     parts = []
     for key in sorted(res, key=lambda k: (k not in ("GPU", "CPU", "memory"), k)):
-        if key.startswith(("node:", "bundle_group", "object_store_memory")) or "_group_" in key:
-            continue
         value = res[key]
+        if key.startswith(("node:", "bundle_group", "object_store_memory")) or "_group_" in key \
+                or not isinstance(value, (int, float)):
+            continue
         parts.append(f"{key}: {value / (1 << 30):.1f} GiB" if key == "memory"
                      else f"{key}: {value:g}")
     return "{" + ", ".join(parts) + "}"

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from launch.local_cluster import cluster_processes, read_state
-from tests.conftest import run_cli, write_config
+from launch.local_cluster import free_port
+from tests.conftest import CONFIGS, run_cli, write_config
 
 
 def write_cfg(tmp_path, **overrides):
@@ -64,6 +65,39 @@ def test_engine_failure_is_one_line_and_cleans_up(tmp_path, monkeypatch):
     assert "40000" in line and "Traceback" not in line
     assert read_state(run) is None  # cleaned up
     monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))  # ray_temp_dir() derives from it
+    from launch.local_cluster import ray_temp_dir
+
+    assert cluster_processes_by_dir(ray_temp_dir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base, overrides, demand, advice", [
+    ("embedded-gptq-int8.yaml", {}, "{CPU: 2, GPU: 1}", "deployment.device: cpu"),
+    ("default.yaml", {"deployment": {"device": "gpu"}}, "{CPU: 2, GPU: 1}", "--num-gpus N"),
+    ("default.yaml", {"deployment": {"cpus_per_replica": 64}}, "{CPU: 65}",
+     "deployment.cpus_per_replica"),
+])
+def test_unschedulable_config_fails_fast(tmp_path, monkeypatch, base, overrides, demand, advice):
+    """A replica no node of a CPU-only local cluster can hold (a GPU config, 8-bit GPTQ, more
+    CPUs than the head has): `serve` says so in one line as soon as Ray reports the replica
+    unplaceable (not after server.startup_timeout_s), exits 1 and leaves no process behind."""
+    data = yaml.safe_load((CONFIGS / base).read_text())
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    # A startup timeout longer than the run's own: a serve that waited for it fails the test.
+    data["server"] = {**data.get("server", {}), "port": free_port(), "metrics_port": free_port(),
+                      "startup_timeout_s": 3600}
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    r = run_cli("serve", "--config", str(p), env={"QWEN_VL_RUN_DIR": str(run)}, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = one_line(r.stderr)
+    assert line.startswith("qwen-vl: cannot be scheduled: LLMServer:qwen2-vl-tiny: each "
+                           f"replica needs {demand}"), line
+    assert "no autoscaler can add one" in line and advice in line
+    assert read_state(run) is None
+    monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))
     from launch.local_cluster import ray_temp_dir
 
     assert cluster_processes_by_dir(ray_temp_dir()) == []

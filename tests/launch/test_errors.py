@@ -1,3 +1,5 @@
+import pytest
+
 from launch.errors import GENERIC_5XX, normalize_error
 
 
@@ -104,3 +106,23 @@ def test_asgi_middleware_an_error_cut_short_still_leaves_as_openai_json():
     r = TestClient(OpenAIErrors(app), raise_server_exceptions=False).get("/")
     assert r.status_code == 500 and "internal" not in r.text
     assert r.json()["error"]["message"] == GENERIC_5XX
+
+
+@pytest.mark.parametrize("message, param, text", [
+    ("Invalid request format: Field required at ('body', 'messages', 0, "
+     "'ChatCompletionDeveloperMessageParam', 'role')", "messages[0].role",
+     "messages[0].role: Field required"),
+    ("Invalid request format: Input should be a valid dictionary at ('body', 'messages', 0, "
+     "'ChatCompletionDeveloperMessageParam')", "messages[0]",
+     "messages[0]: Input should be a valid dictionary"),
+    ("Invalid request format: Input should be a valid integer at ('body', 'max_tokens')",
+     "max_tokens", "max_tokens: Input should be a valid integer"),
+    ("Invalid request format: JSON decode error at ('body', 51)", None,
+     "JSON decode error (body character 51)"),
+])
+def test_ray_validation_errors_name_the_field_not_the_value(message, param, text):
+    """Ray's validation handler puts the offending value (a user's text, a whole message) in
+    ``param``; the field comes from the error's location instead."""
+    out = normalize_error(400, {"error": {"message": message, "type": "missing",
+                                          "param": "the user's secret text", "code": "invalid_parameter"}})
+    assert out["error"]["param"] == param and out["error"]["message"] == text
