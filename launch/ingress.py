@@ -39,6 +39,7 @@ from .rejections import RequestRejected, count_rejection
 from .replicas import healthy, replica_report
 
 HEALTH_TIMEOUT_S = 10.0
+NO_ROOM_FOR_OUTPUT = "max_tokens must be at least 1, got 0"
 
 SERVED_ENDPOINTS = ("models", "model_data", "completions", "chat", "tokenize", "detokenize")
 
@@ -136,6 +137,14 @@ class QwenVLIngress(OpenAiIngress):
                     "the server is at capacity (deployment.max_queued_requests requests are "
                     "already waiting); retry later", "overloaded")
             except Exception as err:
+                if NO_ROOM_FOR_OUTPUT in str(getattr(err, "message", "")):
+                    # vLLM's words for a prompt of exactly max_model_len tokens: it sets
+                    # max_tokens to the room left (0) and blames the client's max_tokens.
+                    raise RequestRejected(
+                        400, "the prompt fills the model's context (engine.max_model_len = "
+                        f"{self.cfg.engine.max_model_len} tokens): no room is left for output "
+                        "tokens; shorten the prompt", param="messages" if hasattr(
+                            body, "messages") else "prompt", reason="context_length") from None
                 if not engine_lost(err):
                     raise
                 raise self._unavailable("the model replica serving this request failed; "

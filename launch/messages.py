@@ -164,11 +164,12 @@ def _texts(msg: dict, param: str) -> Iterator[tuple[str, str]]:
 def _check_text(text: str, param: str) -> None:
     if "<|" not in text:
         return
-    for token in CONTROL_TOKENS:
-        if token in text:
-            raise _reject(f"text contains the model's control token {token}; turn and vision "
-                          "markers cannot be sent as text (send images and videos as "
-                          "image_url/video_url parts)", param, "control_token")
+    found = [(text.find(token), token) for token in CONTROL_TOKENS if token in text]
+    if found:
+        token = min(found)[1]  # the first one in the text
+        raise _reject(f"text contains the model's control token {token}; turn and vision "
+                      "markers cannot be sent as text (send images and videos as "
+                      "image_url/video_url parts)", param, "control_token")
 
 
 def check_prompt(prompt: Any, param: str = "prompt") -> None:

@@ -103,6 +103,14 @@ class MediaServer:
                     time.sleep(5)
                     self.send_response(200)
                     self.end_headers()
+                elif self.path.startswith("/sleep/"):  # /sleep/<seconds>/<file>
+                    _, _, secs, name = self.path.split("/", 3)
+                    time.sleep(float(secs))
+                    body = outer.files.get("/" + name, b"")
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 elif self.path == "/endless":  # no Content-Length, more bytes than any cap
                     self.send_response(200)
                     self.end_headers()

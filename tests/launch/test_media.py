@@ -71,14 +71,17 @@ def test_base64_errors():
 
 
 def test_video_file_duration_and_bytes():
+    import base64
+
+    from launch import video
+
     clip = images.mp4(seconds=3)
-    media.check_video_file(clip, LIMITS, "p")  # 3 s is fine
+    kw = dict(video_fps=2.0, max_frames=16, min_pixels=3136, max_pixels=200704, param="p")
+    video.sample(clip, LIMITS, **kw)  # 3 s is fine
     with pytest.raises(RequestRejected, match=r"video is 3s long; the limit is 2s"):
-        media.check_video_file(clip, LimitsSettings(max_video_seconds=2), "p")
-    with pytest.raises(RequestRejected, match="the limit is 100"):
-        media.check_video_file(clip, LimitsSettings(max_video_bytes=100), "p")
-    with pytest.raises(RequestRejected, match="not a decodable video"):
-        media.check_video_file(b"not a video at all", LIMITS, "p")
+        video.sample(clip, LimitsSettings(max_video_seconds=2), **kw)
+    with pytest.raises(RequestRejected, match="video is about .* bytes; the limit is 100"):
+        media.b64decode(base64.b64encode(clip).decode(), 100, "p", "video")
 
 
 def test_frame_list_cap():
