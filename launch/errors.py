@@ -84,12 +84,14 @@ def normalize_error(status: int, body: Any) -> dict[str, Any]:
         message = str(err.get("message") or "")
         if (m := _VALIDATION.match(message)) and (path := field_path(m.group(2))) is not None:
             # Ray puts the offending *value* in param; the field is in the location (a body
-            # that is not JSON has the character position there instead).
-            if path.startswith("["):
+            # that is not JSON has the character position there instead). A location that
+            # does not start at the body (an error inside a nested validator) names no param.
+            if re.fullmatch(r"\('body', \d+\)", m.group(2)):
                 return error_body(status, f"{m.group(1)} (body character {path[1:-1]})",
                                   code=err.get("code"))
+            rooted = re.match(r"\('body', '", m.group(2)) is not None
             return error_body(status, f"{path}: {m.group(1)}" if path else m.group(1),
-                              param=path or None, code=err.get("code"))
+                              param=path if path and rooted else None, code=err.get("code"))
         param = err.get("param") if isinstance(err.get("param"), str) else None
         if param is None and (m := _PARAM.search(message)):
             param = m.group(1).strip()

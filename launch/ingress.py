@@ -18,10 +18,6 @@ from fastapi import Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-)
 from ray.llm._internal.serve.core.ingress.ingress import (
     DEFAULT_ENDPOINTS,
     OpenAiIngress,
@@ -36,6 +32,7 @@ from .access import AccessGate
 from .errors import OpenAIErrors, error_body
 from .front_door import FrontDoor
 from .rejections import RequestRejected, count_rejection
+from .request_models import ChatRequest, CompletionsRequest
 from .replicas import healthy, replica_report
 
 HEALTH_TIMEOUT_S = 10.0
@@ -104,10 +101,10 @@ class QwenVLIngress(OpenAiIngress):
             return JSONResponse(error_body(503, "metrics agent unavailable"), status_code=503)
         return Response(text, media_type="text/plain; version=0.0.4")
 
-    async def chat(self, body: ChatCompletionRequest, request: Request):
+    async def chat(self, body: ChatRequest, request: Request):
         return await self._serve(body, request, super().chat, self.front_door.check_chat)
 
-    async def completions(self, body: CompletionRequest, request: Request):
+    async def completions(self, body: CompletionsRequest, request: Request):
         async def check(b):
             self.front_door.check_completion(b)
 

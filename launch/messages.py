@@ -162,6 +162,7 @@ def _texts(msg: dict, param: str) -> Iterator[tuple[str, str]]:
 
 
 def _check_text(text: str, param: str) -> None:
+    _check_unicode(text, param)
     if "<|" not in text:
         return
     found = [(text.find(token), token) for token in CONTROL_TOKENS if token in text]
@@ -172,10 +173,22 @@ def _check_text(text: str, param: str) -> None:
                       "image_url/video_url parts)", param, "control_token")
 
 
+def _check_unicode(text: str, param: str) -> None:
+    """JSON may carry lone UTF-16 surrogates (``"\\ud800"``), which no tokenizer can encode."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _reject(f"text is not valid Unicode: a lone surrogate at character {err.start}",
+                      param, "bad_text") from None
+
+
 def check_prompt(prompt: Any, param: str = "prompt") -> None:
     """A completions prompt is raw model input (turn tokens are the caller's own), but it has
     no images or videos: vision placeholders, as text or as token ids, are refused."""
     if isinstance(prompt, str):
+        _check_unicode(prompt, param)
         for token in VISION_TOKENS:
             if token in prompt:
                 raise _reject(f"prompt contains the vision token {token}; /v1/completions takes "

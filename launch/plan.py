@@ -57,7 +57,7 @@ def plan_for(cfg, device_name: str | None, workload: Workload,
     except KeyError as err:
         raise PlanError(str(err.args[0])) from None
     if device is None and bandwidth_gbs is None:
-        from loadtest.bandwidth import measure_bandwidth
+        from engine.memory_bandwidth import measure_bandwidth
 
         bandwidth_gbs = measure_bandwidth() / 1e9
     arch, origin = architecture_for(cfg)

@@ -7,18 +7,20 @@ head, which then reads all of it). So decode cannot beat ``bandwidth / weight by
 - ``weight_bytes_per_token``: from the checkpoint's safetensors headers (no tensor is loaded),
   so quantized checkpoints count their packed bytes; floating-point tensors at the size of the
   dtype the engine runs in (a BF16 checkpoint served in float32 reads 4 bytes a weight);
-- ``measure_bandwidth``: the machine's read bandwidth, the best of a few passes summing a buffer
-  much larger than the caches with all threads (CPU), or copying one on the GPU.
+- ``measure_bandwidth`` (``engine.memory_bandwidth``, which the capacity planner uses too): the
+  machine's read bandwidth.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 
 from engine.capacity import DTYPE_BYTES as ENGINE_DTYPE_BYTES
+from engine.memory_bandwidth import measure_bandwidth
+
+__all__ = ["measure_bandwidth", "tensor_bytes", "weight_bytes_per_token"]
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -58,27 +60,3 @@ def weight_bytes_per_token(model_path: str, dtype: str = "auto") -> int:
             continue  # one row per token
         total += n
     return total
-
-
-def measure_bandwidth(gib: float = 1.0, passes: int = 5) -> float:
-    """Read bandwidth in bytes/s: best of ``passes``."""
-    import torch
-
-    if torch.cuda.is_available():
-        src = torch.empty(int(gib * (1 << 30)) // 4, dtype=torch.float32, device="cuda")
-        dst = torch.empty_like(src)
-        best = float("inf")
-        for _ in range(passes):
-            torch.cuda.synchronize()
-            st = time.perf_counter()
-            dst.copy_(src)
-            torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - st)
-        return 2 * src.numel() * 4 / best  # read + write
-    buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)  # sum() uses every thread
-    best = float("inf")
-    for _ in range(passes):
-        st = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - st)
-    return buf.numel() * 4 / best

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import io
 import json
@@ -114,22 +115,21 @@ def main(argv=None) -> int:
         samples, outcome = time_front_door(door, body, args.n)
         rows.append((f"front door: {name}", samples, outcome))
 
-    stack = None
-    url = args.url
-    if url is None:
-        sys.path.insert(0, str(ROOT))
-        from tests.conftest import start_stack, stop_stack  # the same helper the tests use
-        import tempfile
+    with contextlib.ExitStack() as running:
+        url = args.url
+        if url is None:
+            import tempfile
 
-        print("starting a stack with configs/default.yaml (about 2 minutes)...", flush=True)
-        stack = start_stack(Path(tempfile.mkdtemp(prefix="qvl-bench-")))
-        url = stack["base"]
-    try:
+            import yaml
+
+            from .deploy import stack
+
+            print("starting a stack with configs/default.yaml (about 2 minutes)...", flush=True)
+            data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+            url = running.enter_context(
+                stack(data, Path(tempfile.mkdtemp(prefix="qvl-bench-")))).base_url
         samples = time_engine(url, args.key, accepted, max(5, args.n // 5))
         rows.append(("stack end to end: 1 MP JPEG, max_tokens=1", samples, "200"))
-    finally:
-        if stack:
-            stop_stack(stack)
 
     print(f"{'what':48} {'n':>4} {'p50 ms':>9} {'p99 ms':>9}  outcome")
     for name, samples, outcome in rows:

@@ -251,6 +251,46 @@ def test_grounding_tokens_are_served(server):
     assert code == 200, out
 
 
+# ------------------------------------------------------------------------ hostile bodies
+def _body(**kw) -> bytes:
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 2, **kw}).encode()
+
+
+HOSTILE = [  # (name, raw body, status, param)
+    ("messages_null", _body(messages=None), 400, "messages"),
+    ("messages_string", _body(messages="hi"), 400, "messages"),
+    ("message_null", _body(messages=[None]), 400, "messages[0]"),
+    ("no_content", _body(messages=[{"role": "user"}]), 400, "messages[0].content"),
+    ("lone_surrogate", b'{"model": "qwen2-vl-tiny", "max_tokens": 2, "messages": '
+     b'[{"role": "user", "content": "hi \\ud800"}]}', 400, "messages[0].content"),
+    ("temperature_nan", _body()[:-1] + b', "temperature": NaN}', 400, "temperature"),
+    ("top_p_infinity", _body()[:-1] + b', "top_p": Infinity}', 400, "top_p"),
+    ("deep_nesting", b'{"model": "qwen2-vl-tiny", "messages": ' + b"[" * 50000 + b"]" * 50000
+     + b"}", 400, None),
+    ("top_level_array", b"[1, 2]", 400, None),
+    ("seed_over_int64", _body(seed=2 ** 70), 400, "seed"),
+    ("logit_bias_out_of_vocab", _body(logit_bias={"999999999": 5}), 400, "logit_bias"),
+    ("tools_not_a_list", _body(tools=5), 400, "tools"),
+    ("tool_call_id_not_a_string", _body(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": 1}]}]), 400, None),
+    ("completion_token_out_of_vocab", json.dumps(
+        {"model": MODEL, "prompt": [48, 6572508538], "max_tokens": 2}).encode(), 400, "prompt[1]"),
+    ("completion_prompt_null", json.dumps({"model": MODEL, "prompt": None}).encode(), 400, None),
+    ("completion_surrogate", b'{"model": "qwen2-vl-tiny", "prompt": "a\\udc00"}', 400,
+     "prompt"),
+]
+
+
+@pytest.mark.parametrize("name, raw, status, param", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_are_clean_4xx(server, name, raw, status, param):
+    path = "/v1/completions" if name.startswith("completion") else "/v1/chat/completions"
+    code, out = request(server["base"], path, raw=raw)
+    assert code == status and is_openai_error(out), (code, out)
+    assert out["error"]["param"] == param, out
+
+
 # --------------------------------------------------------------------------------- fuzzing
 class StreamsBeside:
     """Streams, one after another, for as long as the fuzzing runs; each must end intact."""

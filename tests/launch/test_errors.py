@@ -126,3 +126,11 @@ def test_ray_validation_errors_name_the_field_not_the_value(message, param, text
     out = normalize_error(400, {"error": {"message": message, "type": "missing",
                                           "param": "the user's secret text", "code": "invalid_parameter"}})
     assert out["error"]["param"] == param and out["error"]["message"] == text
+
+
+def test_a_location_inside_a_nested_validator_names_no_param():
+    message = ("Invalid request format: Input should be a valid string at ('body', 0, "
+               "'ChatCompletionMessageFunctionToolCallParam', 'id')")
+    out = normalize_error(400, {"error": {"message": message, "param": 1, "code": "invalid_parameter"}})
+    assert out["error"]["param"] is None
+    assert out["error"]["message"] == "[0].id: Input should be a valid string"

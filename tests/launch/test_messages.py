@@ -122,3 +122,41 @@ def test_completion_prompts_carry_no_vision_tokens(prompt, param, match):
 def test_completion_prompts_may_carry_turn_tokens():
     messages.check_prompt("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     messages.check_prompt([151644, 872, 198])
+
+
+def test_lone_surrogates_are_refused():
+    import json
+
+    msgs = json.loads('[{"role": "user", "content": [{"type": "text", "text": "hi \\ud800"}]}]')
+    rejected(msgs, "messages[0].content[0].text", "lone surrogate at character 3")
+    with pytest.raises(RequestRejected, match="lone surrogate"):
+        messages.check_prompt(json.loads('["ok", "a\\udc00"]'))
+
+
+@pytest.mark.parametrize("data, loc, match", [
+    ({"model": "m", "messages": None}, ("messages",), "messages must be a list"),
+    ({"model": "m", "messages": "hi"}, ("messages",), "messages must be a list"),
+    ({"model": "m"}, ("messages",), "messages is required"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": 5}, ("tools",),
+     "tools must be a list"),
+])
+def test_request_model_shape_errors_are_validation_errors(data, loc, match):
+    """vLLM's validators raise TypeError on these shapes (a 500 through FastAPI); ours raise
+    validation errors, which the API answers as 400s naming the field."""
+    from pydantic import ValidationError
+
+    from launch.request_models import ChatRequest
+
+    with pytest.raises(ValidationError) as exc:
+        ChatRequest.model_validate(data)
+    err = exc.value.errors()[0]
+    assert err["loc"] == loc and match in err["msg"]
+
+
+def test_request_models_accept_what_vllm_accepts():
+    from launch.request_models import ChatRequest, CompletionsRequest
+
+    body = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                       "tools": None})
+    assert body.messages[0]["role"] == "user"
+    assert CompletionsRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
