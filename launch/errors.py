@@ -33,6 +33,7 @@ _PARAM = re.compile(r"\(parameter=([^,)]+)")
 _VALIDATION = re.compile(r"^Invalid request format: (.*) at (\(.*\))$", re.S)
 # Names in a pydantic error location that are union arms or types, not fields.
 _NOT_FIELDS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes", "literal"}
+_QUALIFIED_EXCEPTION = re.compile(r"^(?:[a-z_][a-z0-9_]*\.)+[A-Za-z_]*(?:Error|Exception): ")
 GENERIC_5XX = "The server had an error while processing your request."
 
 
@@ -43,6 +44,7 @@ def error_type(status: int) -> str:
 def clean_message(message: str, status: int) -> str:
     text = _INTERNAL.sub("", message or "").strip()
     text = text.removeprefix("Message: ").strip()
+    text = _QUALIFIED_EXCEPTION.sub("", text)  # "vllm.exceptions.VLLMValidationError: ..."
     if status >= 500 and ("Traceback" in text or "File \"" in text or not text):
         return GENERIC_5XX
     return text.splitlines()[0][:1000] if text else "error"

@@ -277,7 +277,8 @@ HOSTILE = [  # (name, raw body, status, param)
         {"role": "assistant", "tool_calls": [{"id": 1}]}]), 400, None),
     ("completion_token_out_of_vocab", json.dumps(
         {"model": MODEL, "prompt": [48, 6572508538], "max_tokens": 2}).encode(), 400, "prompt[1]"),
-    ("completion_prompt_null", json.dumps({"model": MODEL, "prompt": None}).encode(), 400, None),
+    ("completion_prompt_null", json.dumps({"model": MODEL, "prompt": None}).encode(), 400,
+     "prompt"),
     ("completion_surrogate", b'{"model": "qwen2-vl-tiny", "prompt": "a\\udc00"}', 400,
      "prompt"),
 ]

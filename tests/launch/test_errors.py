@@ -134,3 +134,9 @@ def test_a_location_inside_a_nested_validator_names_no_param():
     out = normalize_error(400, {"error": {"message": message, "param": 1, "code": "invalid_parameter"}})
     assert out["error"]["param"] is None
     assert out["error"]["message"] == "[0].id: Input should be a valid string"
+
+
+def test_qualified_exception_names_are_dropped():
+    out = normalize_error(400, {"error": {"message": "vllm.exceptions.VLLMValidationError: Stream "
+                                          "options can only be defined when `stream=True`."}})
+    assert out["error"]["message"] == "Stream options can only be defined when `stream=True`."
