@@ -37,8 +37,10 @@ stop:
 status:
 	$(VENV)/bin/qwen-vl status
 
+# Layers first (seconds), then the suite; the ten slowest tests are listed at the end.
 test: install
-	$(VENV)/bin/pytest -v
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/pytest -v --durations=10
 
 # Config, shim and unit tests only (no engine start).
 test-fast: install

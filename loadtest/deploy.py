@@ -28,7 +28,7 @@ import yaml
 from engine.config import ServingConfig, parse_config
 from launch.access import KeySource
 from launch.app import ENGINE_PREFIX, SERVER_CLS
-from launch.cli import base_url, http_get
+from launch.lifecycle import base_url, http_get
 from launch.local_cluster import free_port
 
 from .memory import process_tree
