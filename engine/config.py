@@ -44,7 +44,9 @@ class ModelSource(_Strict):
         "auto", description="auto: whatever the checkpoint's quantization_config says; none: "
         "the checkpoint must be unquantized; gptq/awq: it must be that. vLLM picks the kernel "
         "(Marlin on GPUs that have it, CPUWNA16 on CPU).")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False, description="Run the checkpoint's own Python code (Hugging Face trust_remote_code); "
+        "Qwen2-VL needs none.")
 
     @model_validator(mode="after")
     def _known_embedded(self):
@@ -73,10 +75,14 @@ class EngineSettings(_Strict):
     cpu_kv_cache_gib: float = Field(
         1.0, gt=0, description="CPU only: KV cache size in GiB."
     )
-    enable_prefix_caching: bool = True
-    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of a prompt prefix seen before (images included).")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="KV cache element type; auto: the model's dtype. fp8 halves the cache "
+        "(GPU).")
     enforce_eager: bool = Field(False, description="Skip torch.compile / CUDA graphs.")
-    seed: int = 0
+    seed: int = Field(0, description="The engine's random seed (sampling without a per-request "
+                      "seed).")
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other vLLM engine argument, by its EngineArgs name (checked).",
@@ -89,14 +95,17 @@ class EngineSettings(_Strict):
 
 
 class MultimodalSettings(_Strict):
-    max_images_per_prompt: int = Field(4, ge=0)
-    max_videos_per_prompt: int = Field(1, ge=0)
+    max_images_per_prompt: int = Field(4, ge=0, description="Images per request at most.")
+    max_videos_per_prompt: int = Field(1, ge=0, description="Videos per request at most.")
     min_pixels: int = Field(56 * 56, ge=28 * 28, description="Images are resized to at least this.")
     max_pixels: int = Field(
         256 * 28 * 28, ge=28 * 28, description="Images are resized to at most this (caps tokens)."
     )
-    video_fps: float = Field(2.0, gt=0, description="Frames sampled per second of video.")
-    video_max_frames: int = Field(16, ge=2, description="Frames sampled per video at most.")
+    video_fps: float = Field(
+        2.0, gt=0, description="Frames the front door samples per second of a video file.")
+    video_max_frames: int = Field(
+        16, ge=2, description="Frames per video at most: a video file is sampled down to it, a "
+        "frame list over it is refused.")
 
     @model_validator(mode="after")
     def _pixels_ordered(self):
@@ -130,8 +139,9 @@ class UrlPolicy(_Strict):
             except ValueError:
                 raise ValueError(f"allowed_networks: {net!r} is not a CIDR network") from None
         return self
-    fetch_timeout_s: float = Field(10, gt=0)
-    max_redirects: int = Field(3, ge=0)
+    fetch_timeout_s: float = Field(10, gt=0, description="Seconds a media URL fetch may take.")
+    max_redirects: int = Field(3, ge=0, description="Redirects followed per fetch (each hop "
+                               "re-checked).")
 
 
 class LimitsSettings(_Strict):
@@ -144,12 +154,13 @@ class LimitsSettings(_Strict):
         "before decoding (decompression bombs are refused in milliseconds).")
     min_image_side: int = Field(28, ge=1, description="Smallest width/height accepted.")
     max_aspect_ratio: float = Field(200, ge=1, description="Qwen2-VL's processor limit.")
-    max_video_bytes: int = Field(50 << 20, ge=1)
-    max_video_seconds: float = Field(300, gt=0)
+    max_video_bytes: int = Field(50 << 20, ge=1, description="Encoded bytes per video file.")
+    max_video_seconds: float = Field(
+        300, gt=0, description="Duration per video file, from its container header.")
     max_n: int = Field(4, ge=1, description="Choices per request.")
     max_tokens: int | None = Field(
         None, ge=1, description="Output tokens per request; None: engine.max_model_len.")
-    url: UrlPolicy = UrlPolicy()
+    url: UrlPolicy = Field(UrlPolicy(), description="How image and video URLs are fetched.")
     media_dir: str | None = Field(
         None, description="Local files may be referenced (file:// or a path) only inside it.")
     allow_request_chat_template: bool = Field(
@@ -169,11 +180,14 @@ class AccessSettings(_Strict):
 
 
 class Autoscaling(_Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_ongoing_requests: float = Field(8, gt=0)
-    upscale_delay_s: float = Field(30, ge=0)
-    downscale_delay_s: float = Field(600, ge=0)
+    min_replicas: int = Field(1, ge=0, description="Replicas at least (0: scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Replicas at most.")
+    target_ongoing_requests: float = Field(
+        8, gt=0, description="Requests per replica the autoscaler aims at.")
+    upscale_delay_s: float = Field(
+        30, ge=0, description="How long demand must stay above target before a replica is added.")
+    downscale_delay_s: float = Field(
+        600, ge=0, description="How long demand must stay below target before one is removed.")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -194,10 +208,13 @@ GPU_STREAM_INTERVAL_MS = 50
 class DeploymentSettings(_Strict):
     """How the engine is replicated by Ray Serve."""
 
-    device: Literal["cpu", "gpu"] = "cpu"
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Where each engine runs: cpu (vLLM's CPU backend) or gpu (one GPU per "
+        "tensor-parallel rank).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (GPU only).")
     replicas: int = Field(1, ge=1, description="Fixed replica count (ignored with autoscaling).")
-    autoscaling: Autoscaling | None = None
+    autoscaling: Autoscaling | None = Field(
+        None, description="Ray Serve autoscaling by ongoing requests; None: a fixed replica count.")
     max_ongoing_requests: int = Field(32, ge=1, description="Requests in flight per replica.")
     max_queued_requests: int = Field(
         64, ge=0, description="Requests each ingress replica holds waiting for a free engine "
@@ -249,10 +266,12 @@ CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 
 
 class ServerSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0: every "
+                      "interface).")
+    port: int = Field(8000, ge=1, le=65535, description="The API's HTTP port.")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus port.")
-    app_name: str = Field("qwen-vl", min_length=1)
+    app_name: str = Field("qwen-vl", min_length=1, description="The Ray Serve application's "
+                          "name.")
     ray_num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs of a local Ray head; None: 2 per replica + 2."
     )
@@ -268,13 +287,16 @@ class ServerSettings(_Strict):
 
 
 class ServingConfig(_Strict):
-    model: ModelSource
-    engine: EngineSettings = EngineSettings()
-    multimodal: MultimodalSettings = MultimodalSettings()
-    deployment: DeploymentSettings = DeploymentSettings()
-    server: ServerSettings = ServerSettings()
-    limits: LimitsSettings = LimitsSettings()
-    access: AccessSettings = AccessSettings()
+    model: ModelSource = Field(description="The checkpoint and the name clients use.")
+    engine: EngineSettings = Field(EngineSettings(), description="vLLM engine settings.")
+    multimodal: MultimodalSettings = Field(
+        MultimodalSettings(), description="Images and videos: counts, pixel bounds, frames.")
+    deployment: DeploymentSettings = Field(
+        DeploymentSettings(), description="Replicas, devices and Ray Serve behaviour.")
+    server: ServerSettings = Field(ServerSettings(), description="Ports, names, the local head.")
+    limits: LimitsSettings = Field(
+        LimitsSettings(), description="What the front door enforces on every request.")
+    access: AccessSettings = Field(AccessSettings(), description="API keys and /metrics access.")
     # The checkpoint's quantization as the validator read it (``quantization_of``), once.
     _checkpoint_quant: CheckpointQuant | None | str = PrivateAttr("unknown")
 

@@ -276,3 +276,18 @@ def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16
     assert dtype("acme/not-in-the-cache") == "auto"
     explicit = parse_config(with_(model=_model("embedded:qwen2-vl-2b-random", dtype="bfloat16")))
     assert explicit.to_engine_kwargs(model_path="/m")["dtype"] == "bfloat16"
+
+
+def test_every_config_field_is_described():
+    """The chart's schema and the docs are generated from these descriptions."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    from engine import config
+
+    missing = [f"{cls.__name__}.{name}"
+               for _, cls in inspect.getmembers(config, inspect.isclass)
+               if issubclass(cls, BaseModel) and cls.__module__ == config.__name__
+               for name, info in cls.model_fields.items() if not info.description]
+    assert missing == []
