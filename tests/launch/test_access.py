@@ -127,3 +127,19 @@ def test_body_far_over_the_cap_is_not_read():
     assert 50_000 > DRAIN_FACTOR * 1024 and reads == [] and sent[0]["status"] == 413
     reads, sent, _, left = run_gate(chunks, cap=1024)  # no length: stops after the bound
     assert sent[0]["status"] == 413 and sum(reads) <= DRAIN_FACTOR * 1024 + 1000 and left
+
+
+def test_key_file_rewrites_are_seen_at_once(tmp_path):
+    """Two rewrites within one second, the same size: both seen (no cache on whole seconds)."""
+    from launch.access import KeySource
+
+    f = tmp_path / "keys"
+    f.write_text("a" * 20 + "\n")
+    src = KeySource(None, str(f))
+    assert src.keys() == ["a" * 20]
+    f.write_text("b" * 20 + "\n")
+    assert src.keys() == ["b" * 20]
+    replacement = tmp_path / "keys.new"  # a new file moved into place (a Secret update)
+    replacement.write_text("c" * 20 + "\n")
+    replacement.replace(f)
+    assert src.keys() == ["c" * 20]
