@@ -25,7 +25,7 @@ DRAIN_FACTOR = 4  # bodies larger than this many caps are not read; the connecti
 class KeySource:
     def __init__(self, env_name: str | None, file: str | None):
         self.env_name, self.file = env_name, file
-        self._file_keys: tuple[tuple[int, int, int], list[str]] | None = None
+        self._file_keys: tuple[bytes, list[str]] | None = None
 
     def keys(self) -> list[str] | None:
         """The valid keys; [] means 'configured but none readable' (fail closed); None: open."""
@@ -41,13 +41,13 @@ class KeySource:
 
     def _read_file(self) -> list[str]:
         try:
-            st = Path(self.file).stat()
-            # Nanosecond mtime, size and inode: a rewrite within the same second (or a new
-            # file moved into place, as Kubernetes updates a mounted Secret) is seen at once.
-            version = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if self._file_keys is None or self._file_keys[0] != version:
-                lines = Path(self.file).read_text().splitlines()
-                self._file_keys = (version, [ln.strip() for ln in lines if ln.strip()])
+            # Read on every request (a few lines, from the page cache): a rewrite is seen at
+            # once, however fast it follows the last, as is a new file moved into place (how
+            # Kubernetes updates a mounted Secret). Parsed again only when the bytes change.
+            raw = Path(self.file).read_bytes()
+            if self._file_keys is None or self._file_keys[0] != raw:
+                lines = raw.decode(errors="replace").splitlines()
+                self._file_keys = (raw, [ln.strip() for ln in lines if ln.strip()])
             return self._file_keys[1]
         except OSError:
             return []
