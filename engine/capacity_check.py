@@ -58,9 +58,9 @@ def _probe(config_path: str) -> dict:
     """In this process: start the engine, return the weights (the KV line goes to the log)."""
     import dataclasses
 
-    from . import torchvision_shim
+    from . import process_hooks
 
-    torchvision_shim.install()
+    process_hooks.install()
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 

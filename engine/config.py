@@ -465,9 +465,9 @@ def vllm_engine_arg_names() -> frozenset[str]:
     Ray Serve LLM splits ``engine_kwargs`` between exactly these two dataclasses by name."""
     import dataclasses
 
-    from . import torchvision_shim
+    from . import process_hooks
 
-    torchvision_shim.install()
+    process_hooks.install()
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.cli_args import FrontendArgs
 

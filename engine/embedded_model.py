@@ -265,9 +265,9 @@ def ensure_checkpoint(source: str) -> Path:
 
 
 def _ensure_built(name: str, spec: ModelSpec) -> Path:
-    from . import torchvision_shim
+    from . import process_hooks
 
-    torchvision_shim.install()
+    process_hooks.install()
     target = _dir(name, spec)
     if (target / "config.json").exists():
         return target

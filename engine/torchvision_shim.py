@@ -63,10 +63,3 @@ def before_import(_module) -> None:
     extension)."""
     ext = sys.modules.get("torchvision.extension")
     define_missing_schemas(extension_loaded=bool(ext is not None and ext._has_ops()))
-
-
-def install() -> None:
-    """Install the import hooks in this process (idempotent); see ``engine.process_hooks``."""
-    from . import process_hooks
-
-    process_hooks.install()

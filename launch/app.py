@@ -109,9 +109,9 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
 
 def build_app(cfg: ServingConfig):
     """The Ray Serve application: our ingress in front of one LLM deployment."""
-    from engine import torchvision_shim
+    from engine import process_hooks
 
-    torchvision_shim.install()
+    process_hooks.install()
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.llm._internal.serve.core.server.builder import build_llm_deployment

@@ -31,9 +31,9 @@ def reference_app(cfg):
 
 
 def main(argv: list[str]) -> int:
-    from engine import torchvision_shim
+    from engine import process_hooks
 
-    torchvision_shim.install()
+    process_hooks.install()
     use_token_auth()  # as qwen-vl: the same cluster set-up
     cfg = load_config(argv[0])
     cfg.model_path()  # builds the embedded model on first use

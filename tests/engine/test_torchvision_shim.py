@@ -99,7 +99,7 @@ def test_defines_exactly_the_two_schemas_when_needed(extension_loads):
 
 
 def test_install_is_idempotent():
-    torchvision_shim.install()
-    torchvision_shim.install()
+    process_hooks.install()
+    process_hooks.install()
     finders = [f for f in sys.meta_path if isinstance(f, process_hooks._Finder)]
     assert len(finders) == 1
