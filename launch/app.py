@@ -113,9 +113,9 @@ def build_app(cfg: ServingConfig):
 
     process_hooks.install()
     from ray import serve
+    # The model card the ingress lists has no public constructor in ray.serve.llm.
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
-    from ray.serve.llm import LLMConfig
+    from ray.serve.llm import LLMConfig, build_llm_deployment
 
     from .ingress import QwenVLIngress, make_ingress_class
 

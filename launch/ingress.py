@@ -18,12 +18,9 @@ from fastapi import Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
-from ray.llm._internal.serve.core.ingress.ingress import (
-    DEFAULT_ENDPOINTS,
-    OpenAiIngress,
-    init,
-    make_fastapi_ingress,
-)
+# Ray's route table and app factory have no public name in ray.serve.llm.
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, init
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
 from engine.config import ServingConfig
 

@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 from typing import AsyncGenerator, List, TypeVar
 
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from ray.llm._internal.serve.utils.batcher import Batcher
+from ray.llm._internal.serve.utils.batcher import Batcher  # no public name in ray.serve.llm
+from ray.serve.llm.deployment import LLMServer
 
 T = TypeVar("T")
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-)
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 
 def _invalid(model: str, field: str, message: str, value) -> ValidationError:
