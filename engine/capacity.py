@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .checkpoint import stored_dtype
+from .releases import OFFICIAL_RELEASE, OFFICIAL_TEXT, OFFICIAL_VISION
 from .devices import Device
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1,
@@ -40,30 +41,13 @@ VISION_EXTRA_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image
 RUNTIME_OVERHEAD_BYTES = {"graphs": 3 << 29, "eager": 1 << 29}  # 1.5 GiB, 0.5 GiB
 GPU_DEFAULT_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens for online serving
 
-# config.json of the official releases (Qwen/Qwen2-VL-{2B,7B}-Instruct and their GPTQ/AWQ
-# twins, whose language and vision sizes are the same), for planning before a download.
-OFFICIAL_TEXT = {
-    "2B": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-           "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-           "tie_word_embeddings": True},
-    "7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-           "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-           "tie_word_embeddings": False},
-}
-OFFICIAL_VISION = {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4,
-                   "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2,
-                   "temporal_patch_size": 2}
-
-
 class PlanError(ValueError):
     """The plan cannot be made (no architecture, bad workload); the message says why."""
 
 
 def official_config(source: str) -> dict | None:
     """The config.json of an official Qwen2-VL release named by ``source``, or None."""
-    import re
-
-    m = re.search(r"Qwen2-VL-(2B|7B)-Instruct(?:-(GPTQ-Int4|GPTQ-Int8|AWQ))?$", source, re.I)
+    m = OFFICIAL_RELEASE.search(source)
     if m is None:
         return None
     size, quant = m.group(1).upper(), (m.group(2) or "").upper()

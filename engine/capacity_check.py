@@ -11,12 +11,13 @@ of it stays in the caller; the engine's output is kept for the error message if 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from . import result_line
 
 ROOT = Path(__file__).resolve().parent.parent
 KV_LOG = re.compile(r"KV cache size: ([\d,]+) tokens")
@@ -83,13 +84,13 @@ def measure(config_path: str | Path, timeout_s: float = 1800) -> dict:
     except subprocess.TimeoutExpired:
         raise CheckError(f"the engine did not start within {timeout_s:.0f}s") from None
     log = r.stdout + r.stderr
-    line = next((ln for ln in reversed(r.stdout.splitlines()) if ln.startswith("RESULT ")), None)
+    result = result_line.parse(r.stdout)
     found = KV_LOG.findall(log)
-    if r.returncode != 0 or line is None or not found:
+    if r.returncode != 0 or result is None or not found:
         tail = "\n".join(log.strip().splitlines()[-15:])
         raise CheckError(f"the engine check failed (exit {r.returncode}):\n{tail}")
     return {"kv_cache_tokens": int(found[-1].replace(",", "")),
-            **json.loads(line[len("RESULT "):])}
+            **result}
 
 
 def compare(plan: dict, measured: dict) -> list[dict]:
@@ -113,4 +114,4 @@ def format_comparison(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(_probe(sys.argv[1])), flush=True)
+    result_line.emit(_probe(sys.argv[1]))

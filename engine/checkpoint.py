@@ -10,14 +10,12 @@ hub id that is not cached is recognised by the official release names (``…-GPT
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .embedded_model import is_embedded, spec_for
+from .releases import RELEASE_SUFFIX
 
-# Official Qwen release names -> (method, bits)
-_RELEASE_SUFFIX = re.compile(r"-(GPTQ-Int(4|8)|AWQ)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -84,11 +82,11 @@ def quantization_of(source: str, cfg: dict | None, origin: str) -> CheckpointQua
     """The quantization of a checkpoint whose config ``read_config`` returned: a
     ``CheckpointQuant``, ``None`` if it has none, or ``"unknown"``."""
     if cfg is None:
-        m = _RELEASE_SUFFIX.search(source.rstrip("/"))
+        m = RELEASE_SUFFIX.search(source.rstrip("/"))
         if m is None or is_local_path(source):
             return "unknown"
-        bits = int(m.group(2)) if m.group(2) else 4
-        method = "gptq" if m.group(2) else "awq"
+        suffix = m.group(1).upper()
+        method, bits = ("gptq", int(suffix[-1])) if suffix.startswith("GPTQ") else ("awq", 4)
         return CheckpointQuant(method, bits, 128, f"{source} (official release name)")
     qc = cfg.get("quantization_config")
     if not qc:

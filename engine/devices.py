@@ -9,6 +9,8 @@ configured ``engine.cpu_kv_cache_gib``.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 
@@ -41,3 +43,30 @@ def gpu(name: str) -> Device:
         if key.lower() == name.lower():
             return dev
     raise KeyError(f"unknown GPU {name!r}; known: {', '.join(GPUS)} (or cpu)")
+
+
+# nvidia-smi's GPU names -> the table's rows (first match wins: H200 before H100, the 80 GB
+# A100 before the 40 GB one).
+_NAME_MARKERS = (("H200", "H200"), ("H100", "H100"), ("A100-SXM4-80GB", "A100-80GB"),
+                 ("A100 80GB", "A100-80GB"), ("A100", "A100-40GB"), ("L40S", "L40S"),
+                 ("L4", "L4"), ("A10G", "A10G"))
+
+
+def row_for_gpu_name(label: str) -> str | None:
+    """The table's row for a GPU name as nvidia-smi prints it, or None."""
+    name = label.upper()
+    return next((row for marker, row in _NAME_MARKERS if marker in name), None)
+
+
+def nvidia_smi(*fields: str) -> list[list[str]] | None:
+    """One row per visible NVIDIA GPU with the ``--query-gpu`` fields (no header, no units),
+    or None where nvidia-smi is missing or fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}",
+                              "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return [[v.strip() for v in line.split(",")] for line in out.splitlines() if line.strip()]

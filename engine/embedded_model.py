@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .quantize import QuantScheme, write_quantized_checkpoint
+from .releases import OFFICIAL_TEXT, OFFICIAL_VISION
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,15 @@ SPECS: dict[str, ModelSpec] = {
         vision_mlp_ratio=2,
         init_std=0.3,
     ),
-    # The real Qwen2-VL-2B-Instruct sizes (shared/model-card/README.md), for benchmarks.
+    # The real Qwen2-VL-2B-Instruct sizes, for benchmarks.
     "qwen2-vl-2b-random": ModelSpec(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vision_depth=32,
-        vision_embed_dim=1280,
-        vision_num_heads=16,
-        vision_mlp_ratio=4,
+        **{k: OFFICIAL_TEXT["2B"][k] for k in ("hidden_size", "intermediate_size",
+                                               "num_hidden_layers", "num_attention_heads",
+                                               "num_key_value_heads")},
+        vision_depth=OFFICIAL_VISION["depth"],
+        vision_embed_dim=OFFICIAL_VISION["embed_dim"],
+        vision_num_heads=OFFICIAL_VISION["num_heads"],
+        vision_mlp_ratio=OFFICIAL_VISION["mlp_ratio"],
         dtype="bfloat16",
     ),
 }
@@ -130,6 +129,23 @@ BASE_OF: dict[str, str] = {  # quantized variant -> the unquantized model it is 
     f"{base}-{suffix}": base for base in list(SPECS) for suffix in QUANT_VARIANTS}
 SPECS.update({name: replace(SPECS[base], quant=QUANT_VARIANTS[name[len(base) + 1:]])
               for name, base in BASE_OF.items()})
+
+
+# The load tests' model families (--model / --family) and the releases' quantization labels
+# (the model card's column, in its order) with the suffix of their embedded variant.
+FAMILIES = {"tiny": "qwen2-vl-tiny", "2b": "qwen2-vl-2b-random"}
+VARIANTS = {"BF16": "", "GPTQ-Int8": "-gptq-int8", "GPTQ-Int4": "-gptq-int4", "AWQ": "-awq"}
+
+
+def variant_label(name: str) -> str:
+    """A variant's label in the card's casing (``gptq-int4`` -> ``GPTQ-Int4``); KeyError."""
+    labels = {v.lower(): v for v in VARIANTS}
+    return labels[name.lower()]
+
+
+def variant_source(family: str, variant: str) -> str:
+    """``embedded:<model>`` of a family's variant (any casing of the label)."""
+    return f"{EMBEDDED_PREFIX}{FAMILIES[family]}{VARIANTS[variant_label(variant)]}"
 
 
 class EmbeddedModelError(ValueError):

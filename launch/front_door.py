@@ -22,7 +22,7 @@ from engine.config import ServingConfig
 
 from . import media, video
 from .fetch import fetch
-from .messages import MEDIA_PARTS, check_messages, check_prompt
+from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt
 from .rejections import RequestRejected
 
 MM_KWARGS = {"min_pixels", "max_pixels"}
@@ -33,6 +33,7 @@ class FrontDoor:
         self.cfg = cfg
         self.limits = cfg.limits
         self.mm = cfg.multimodal
+        self.vocab_size = _vocab_size(cfg)
 
     # ------------------------------------------------------------------ request-level
     def check_sampling(self, body: Any) -> None:
@@ -183,4 +184,15 @@ class FrontDoor:
     # ------------------------------------------------------------------ completions
     def check_completion(self, body: Any) -> None:
         self.check_sampling(body)
-        check_prompt(getattr(body, "prompt", None))
+        check_prompt(getattr(body, "prompt", None), vocab_size=self.vocab_size)
+
+
+def _vocab_size(cfg: ServingConfig) -> int:
+    """The served checkpoint's embedding rows; the smallest Qwen2-VL's where it cannot be read
+    (a hub id not downloaded here), which refuses no id any release accepts."""
+    from engine.capacity import PlanError, architecture_for
+
+    try:
+        return architecture_for(cfg)[0].vocab_size
+    except (PlanError, OSError, ValueError):
+        return VOCAB_SIZE

@@ -173,13 +173,9 @@ def _ray_start(cmd: list[str]) -> None:
 
 
 def _gpu_count() -> int:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    from engine.devices import nvidia_smi
+
+    return len(nvidia_smi("index") or [])
 
 
 def stop_processes(state: ClusterState, grace_s: float = 10) -> None:

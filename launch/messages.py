@@ -34,7 +34,7 @@ TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
                  "<|video_pad|>")
 CONTROL_TOKENS = TURN_TOKENS + VISION_TOKENS
-VOCAB_SIZE = 151936  # every Qwen2-VL checkpoint's embedding rows (config.json vocab_size)
+VOCAB_SIZE = 151936  # Qwen2-VL-2B's embedding rows (the smallest release's config vocab_size)
 VISION_TOKEN_IDS = {151652: "<|vision_start|>", 151653: "<|vision_end|>",
                     151654: "<|vision_pad|>", 151655: "<|image_pad|>", 151656: "<|video_pad|>"}
 
@@ -184,9 +184,10 @@ def _check_unicode(text: str, param: str) -> None:
                       param, "bad_text") from None
 
 
-def check_prompt(prompt: Any, param: str = "prompt") -> None:
+def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZE) -> None:
     """A completions prompt is raw model input (turn tokens are the caller's own), but it has
-    no images or videos: vision placeholders, as text or as token ids, are refused."""
+    no images or videos: vision placeholders, as text or as token ids, are refused, and so are
+    ids outside the served model's embedding (``vocab_size`` rows)."""
     if isinstance(prompt, str):
         _check_unicode(prompt, param)
         for token in VISION_TOKENS:
@@ -196,12 +197,12 @@ def check_prompt(prompt: Any, param: str = "prompt") -> None:
                               "control_token")
     elif isinstance(prompt, list):
         for k, item in enumerate(prompt):
-            if isinstance(item, int) and not 0 <= item < VOCAB_SIZE:
+            if isinstance(item, int) and not 0 <= item < vocab_size:
                 raise _reject(f"prompt token id {item} is outside the vocabulary (0 to "
-                              f"{VOCAB_SIZE - 1})", f"{param}[{k}]", "token_id")
+                              f"{vocab_size - 1})", f"{param}[{k}]", "token_id")
             if isinstance(item, int) and item in VISION_TOKEN_IDS:
                 raise _reject(f"prompt contains the vision token id {item} "
                               f"({VISION_TOKEN_IDS[item]}); /v1/completions takes no images or "
                               "videos", f"{param}[{k}]", "control_token")
             if isinstance(item, (str, list)):
-                check_prompt(item, f"{param}[{k}]")
+                check_prompt(item, f"{param}[{k}]", vocab_size)

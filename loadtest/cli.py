@@ -19,7 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from .scenarios.common import CARD_GRID, CPU_GRID, QUICK_GRID, ROOT, VARIANTS, Grid
+from engine.embedded_model import FAMILIES, VARIANTS
+
+from .scenarios.common import CARD_GRID, CPU_GRID, QUICK_GRID, ROOT, Grid
 
 
 def _ints(text: str) -> list[int]:
@@ -53,13 +55,9 @@ def _device_label(device: str) -> str:
     from . import machine
 
     if device == "gpu":
-        try:
-            import subprocess
+        from engine.devices import nvidia_smi
 
-            return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=10).stdout.strip()
-        except OSError:
-            return "GPU"
+        return "\n".join(r[0] for r in nvidia_smi("name") or []) or "GPU"
     return machine.describe()
 
 
@@ -72,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, model_default: str | None = None):
         sp.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml",
                         help="the base config (default: configs/default.yaml)")
-        sp.add_argument("--model", choices=["tiny", "2b"], default=model_default,
+        sp.add_argument("--model", choices=list(FAMILIES), default=model_default,
                         help="embedded model: tiny (quick) or 2b (the real Qwen2-VL-2B size); "
                              "default: " + (model_default or "the config's model"))
         sp.add_argument("--quick", action="store_true",
@@ -170,7 +168,9 @@ def _opt(args, name: str, defaults: dict):
 
 
 def _scenario_data(args, **derive_kw) -> dict:
-    from .scenarios.common import derive, load_base, variant_source
+    from engine.embedded_model import variant_source
+
+    from .scenarios.common import derive, load_base
 
     base = load_base(args.config)
     source = variant_source(args.model, args.variant) if args.model else None

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import urllib.request
 from typing import Callable
+
+from engine.devices import nvidia_smi
 
 GIB = float(1 << 30)
 KV_METRICS = ("ray_vllm_kv_cache_usage_perc", "vllm:kv_cache_usage_perc")
@@ -48,14 +48,10 @@ def rss_bytes(pids: list[int]) -> int:
 
 def gpu_memory_bytes() -> int | None:
     """Memory used on all visible NVIDIA GPUs, or None without ``nvidia-smi``."""
-    if not shutil.which("nvidia-smi"):
-        return None
+    rows = nvidia_smi("memory.used")
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
-                              "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return sum(int(x) for x in out.split()) << 20
-    except (subprocess.SubprocessError, ValueError, OSError):
+        return None if rows is None else sum(int(r[0]) for r in rows) << 20
+    except ValueError:
         return None
 
 

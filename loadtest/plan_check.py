@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.capacity import Workload as PlanWorkload
 from engine.capacity import decode_bound
 from engine.capacity_check import KV_LOG
+from engine.devices import row_for_gpu_name
 
 
 def kv_tokens_from_logs(temp_dir: str) -> int | None:
@@ -49,22 +50,11 @@ def plan_for_sweep(cfg, workload, gpu_label: str) -> dict | None:
                       images=workload.image_fraction * workload.images_per_request,
                       image_size=(w, h))
     try:
-        return plan_for(cfg, None if cfg.deployment.device == "cpu" else _gpu_row(gpu_label),
-                        pw).to_dict()
+        row = None if cfg.deployment.device == "cpu" else row_for_gpu_name(gpu_label)
+        return plan_for(cfg, row, pw).to_dict()
     except PlanError as err:
         print(f"  no capacity plan: {err}", flush=True)
         return None
-
-
-def _gpu_row(label: str) -> str | None:
-    """The plan table's row for a GPU name as nvidia-smi prints it, or None."""
-    name = label.upper()
-    for marker, row in (("H200", "H200"), ("H100", "H100"), ("A100-SXM4-80GB", "A100-80GB"),
-                        ("A100 80GB", "A100-80GB"), ("A100", "A100-40GB"), ("L40S", "L40S"),
-                        ("L4", "L4"), ("A10G", "A10G")):
-        if marker in name:
-            return row
-    return None
 
 
 def comparison(plan: dict, table: list[dict], capacity: int, kv_measured: int | None) -> list:

@@ -32,14 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+from engine import result_line
 from engine.capacity_check import weights_in_worker
+from engine.embedded_model import FAMILIES, variant_source
 
 from . import machine
 from .memory import process_tree, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = {"tiny": "qwen2-vl-tiny", "2b": "qwen2-vl-2b-random"}
-VARIANTS = {"bf16": "", "gptq-int4": "-gptq-int4", "awq": "-awq", "gptq-int8": "-gptq-int8"}
 
 
 def engine_kwargs(source: str, max_model_len: int) -> dict:
@@ -94,7 +94,7 @@ def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> d
 
 
 def _supported(variant: str, device: str) -> str | None:
-    if variant == "gptq-int8" and device == "cpu":
+    if variant.lower() == "gptq-int8" and device == "cpu":
         return "GPTQ-Int8 has no CPU kernel in vLLM 0.32 (GPU only)"
     return None
 
@@ -109,12 +109,12 @@ def run_variant(source: str, args) -> dict:
     env = {**os.environ, "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout,
                        env=env)
-    line = next((ln for ln in reversed(r.stdout.splitlines()) if ln.startswith("RESULT ")), None)
-    if r.returncode != 0 or line is None:
+    result = result_line.parse(r.stdout)
+    if r.returncode != 0 or result is None:
         from launch.errors import one_line
 
         return {"error": one_line(r.stderr) or f"exit {r.returncode}"}
-    return json.loads(line[len("RESULT "):])
+    return result
 
 
 def _mib(n: int) -> str:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.one:
         r = measure(args.one, args.tokens, args.concurrency, args.max_model_len)
-        print("RESULT " + json.dumps(r), flush=True)
+        result_line.emit(r)
         return 0
 
     desc = machine.describe()
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             results[variant] = {"skipped": reason}
             print(f"[{i}/{len(names)}] {variant}: skipped ({reason})", flush=True)
             continue
-        source = f"embedded:{FAMILIES[args.family]}{VARIANTS[variant]}"
+        source = variant_source(args.family, variant)
         print(f"[{i}/{len(names)}] {variant}: building/loading {source} ...", flush=True)
         t = time.perf_counter()
         results[variant] = run_variant(source, args)

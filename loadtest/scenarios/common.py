@@ -17,11 +17,6 @@ from engine.embedded_model import EMBEDDED_PREFIX, is_embedded
 ROOT = Path(__file__).resolve().parents[2]
 CARD_CSV = Path(__file__).resolve().parents[1] / "data" / "qwen2-vl-2b-instruct-speed.csv"
 
-# --model: the embedded default model for quick runs, the real 2B size for figures that mean
-# something (random weights; see engine/embedded_model.py).
-FAMILIES = {"tiny": "qwen2-vl-tiny", "2b": "qwen2-vl-2b-random"}
-# The model card's quantization column -> the embedded variant's suffix (card order).
-VARIANTS = {"BF16": "", "GPTQ-Int8": "-gptq-int8", "GPTQ-Int4": "-gptq-int4", "AWQ": "-awq"}
 
 
 @dataclass(frozen=True)
@@ -60,10 +55,6 @@ def card_row(input_length: int, quantization: str) -> dict | None:
 
 def load_base(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
-
-
-def variant_source(family: str, variant: str) -> str:
-    return f"{EMBEDDED_PREFIX}{FAMILIES[family]}{VARIANTS[variant]}"
 
 
 def derive(base: dict, *, source: str | None = None, dtype: str | None = None,

@@ -10,8 +10,9 @@ import pytest
 from loadtest import hf_baseline
 from loadtest.bandwidth import tensor_bytes, weight_bytes_per_token
 from loadtest.deploy import vllm_serve_argv
-from loadtest.scenarios.common import (CARD_GRID, ROOT, VARIANTS, card_row, card_rows, check,
-                                       derive, load_base, variant_source)
+from engine.embedded_model import VARIANTS, variant_source
+from loadtest.scenarios.common import (CARD_GRID, ROOT, card_row, card_rows, check,
+                                       derive, load_base)
 from loadtest.scenarios.sweep import levels
 
 
