@@ -199,8 +199,8 @@ class Autoscaling(_Strict):
 
 
 # Streaming message pacing (launch.llm_server). On CPU the serving path's per-message work takes
-# cores from the engine: the tiny model's overhead run gave 0.85x bare vLLM at 200 ms, 0.70x at
-# 50 (README, Capacity testing); a CPU engine's stream rarely beats 5 tokens/s, so nothing waits.
+# cores from the engine, so fewer, larger messages leave it more; a CPU engine's stream is slow
+# enough that batching 200 ms of tokens delays no reader noticeably.
 CPU_STREAM_INTERVAL_MS = 200
 GPU_STREAM_INTERVAL_MS = 50
 

@@ -36,10 +36,10 @@ def engine_env(cfg: ServingConfig) -> dict[str, str]:
     - One replica: vLLM's pinning, kept as it is. With no core kept
       (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) the engine decodes up to 2x faster on 2 cores, but its
       spinning threads starve everything else on the node: behind one busy stream, small
-      requests took 3-13 s and ``qwen-vl stop`` 75 s to raise the drain flag. Throughput-only
-      nodes opt in through ``deployment.env`` (``configs/cpu-all-cores.yaml``).
+      requests wait for seconds and ``qwen-vl stop`` is slow to raise the drain flag.
+      Throughput-only nodes opt in through ``deployment.env`` (``configs/cpu-all-cores.yaml``).
     - More than one: each engine would pin the same cores, unaware of the others, and starve
-      them (a replacement engine took over 10 minutes to start beside a busy one on 2 cores),
+      them (a replacement engine starts very slowly beside a busy one on few cores),
       so thread placement is left to the OS (``nobind``).
     Set either variable in ``deployment.env`` to choose."""
     d = cfg.deployment

@@ -1,5 +1,5 @@
-"""Scenario ``baseline``: the seed's method (HF transformers ``generate``, batch 1, a forced
-output length) beside our stack on the same checkpoint and machine, in one run.
+"""Scenario ``baseline``: the model card's method (HF transformers ``generate``, batch 1, a
+forced output length) beside our stack on the same checkpoint and machine, in one run.
 
 The same prompts (exactly N token ids) go to HF transformers at batch 1 and to the stack at each
 ``--concurrency`` level (default 1 and 16). Reported: tokens/s of each, memory, and the target

@@ -11,7 +11,7 @@ length: one user, prompts of exactly N token ids (checked against ``usage.prompt
 - ``decode_tokens_per_s`` (1 / TPOT) and TTFT;
 - memory (GPU memory in use, or the engine processes' RSS on CPU) and KV cache usage;
 - the card's row and our/card ratios; HF transformers on the same checkpoint and machine
-  (``--baseline``, the seed's method) and stack/HF ratios;
+  (``--baseline``, the model card's method) and stack/HF ratios;
 - the memory-bandwidth limit of single-stream decode and how close we are (the smallest input
   length), the bandwidth measured just before and just after that cell with the stack up.
 """

@@ -87,8 +87,8 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
 
 def compare(report: Report, a: dict, b: dict, a_name: str, b_name: str,
             goals: bool = False) -> None:
-    """Throughput ratio and TTFT p50 difference of ``a`` against ``b``: the issue's targets for
-    stack vs bare vllm serve (``goals``), informational rows otherwise."""
+    """Throughput ratio and TTFT p50 difference of ``a`` against ``b``: the targets for stack
+    vs bare vllm serve (``goals``), informational rows otherwise."""
     ratio = a["output_throughput"] / b["output_throughput"] if b["output_throughput"] else None
     diff = a["median_ttft_ms"] - b["median_ttft_ms"]
     report.target(f"{a_name} / {b_name} output tokens/s", ratio,
