@@ -27,6 +27,7 @@ PART_TYPES = {
     "system": ("text",), "developer": ("text",), "tool": ("text",), "function": ("text",),
     "assistant": ("text",), "user": ("text", "image_url", "video_url"),
 }
+PART_TYPE_NAMES = PART_TYPES["user"]  # every type served, user messages taking them all
 MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
 # The Qwen2-VL tokenizer's turn and vision control tokens (the same in every Qwen2-VL release;
 # tests/launch/test_messages.py checks them against the tokenizer).
@@ -41,6 +42,11 @@ VISION_TOKEN_IDS = {151652: "<|vision_start|>", 151653: "<|vision_end|>",
 
 def _reject(message: str, param: str, reason: str) -> RequestRejected:
     return RequestRejected(400, message, param=param, reason=reason)
+
+
+def _unsupported_type(ptype: Any, param: str) -> RequestRejected:
+    return _reject(f"unsupported content part type {ptype!r}; supported: "
+                   f"{', '.join(PART_TYPE_NAMES)}", f"{param}.type", "content_type")
 
 
 def _materialise(value: Any, param: str, what: str) -> list:
@@ -63,13 +69,12 @@ def _invalid_item(err: Exception, param: str, what: str) -> RequestRejected:
     if isinstance(err, ValidationError) and err.errors():
         raw = err.errors()[0].get("input")
     if what == "content part":
-        ptype = raw.get("type") if isinstance(raw, dict) else None
         if not isinstance(raw, dict):
             return _reject(f"a content part must be an object with a 'type', got "
                            f"{type(raw).__name__}", param, "content_type")
-        if ptype not in ("text", "image_url", "video_url"):
-            return _reject(f"unsupported content part type {ptype!r}; supported: text, "
-                           "image_url, video_url", f"{param}.type", "content_type")
+        ptype = raw.get("type")
+        if ptype not in PART_TYPE_NAMES:
+            return _unsupported_type(ptype, param)
         return _reject(f"malformed {ptype} content part (expected "
                        f"{{'type': '{ptype}', '{ptype}': ...}})", param, "content_part")
     return _reject(f"malformed {what}", param, "messages")
@@ -125,9 +130,8 @@ def _check_parts(parts: list, role: str, param: str) -> list[tuple[dict, str, st
     for j, part in enumerate(parts):
         where = f"{param}[{j}]"
         ptype = part.get("type") if isinstance(part, dict) else None
-        if ptype not in ("text", "image_url", "video_url"):
-            raise _reject(f"unsupported content part type {ptype!r}; supported: text, "
-                          "image_url, video_url", f"{where}.type", "content_type")
+        if ptype not in PART_TYPE_NAMES:
+            raise _unsupported_type(ptype, where)
         if ptype not in PART_TYPES[role]:
             raise _reject(f"{ptype} parts are allowed in user messages only, not in a {role} "
                           "message", f"{where}.type", "content_type")
