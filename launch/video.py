@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from engine.capacity import PATCH_FACTOR as PATCH  # one token per 28x28 pixels (2x2 merge)
 from engine.config import LimitsSettings
 
 from .media import check_geometry
 from .rejections import RequestRejected
 
-PATCH = 28  # pixels per token side after Qwen2-VL's 2x2 merge
 JPEG_QUALITY = 95
 
 
