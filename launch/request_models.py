@@ -18,12 +18,19 @@ def _invalid(model: str, field: str, message: str, value) -> ValidationError:
         type=PydanticCustomError("invalid_shape", message), loc=(field,), input=value)])
 
 
-def _validated(cls, data, handler, lists: tuple[str, ...]):
+def _validated(cls, data, handler, *, required: tuple[str, ...] = (),
+               lists: tuple[str, ...] = ()):
+    """``required`` fields must be present and lists; ``lists`` fields, when set (not null),
+    lists; then vLLM's own validation, with any TypeError-like slip as a validation error."""
     if isinstance(data, dict):
-        for field in lists:
-            if field in data and not isinstance(data[field], list) and \
-                    (data[field] is not None or field == "messages"):
-                raise _invalid(cls.__name__, field, f"{field} must be a list", data[field])
+        for field in required:
+            if field not in data:
+                raise _invalid(cls.__name__, field, f"{field} is required", None)
+        for field in required + lists:
+            value = data.get(field)
+            if field in data and not isinstance(value, list) and \
+                    (value is not None or field in required):
+                raise _invalid(cls.__name__, field, f"{field} must be a list", value)
     try:
         return handler(data)
     except (TypeError, AttributeError, KeyError) as err:
@@ -34,13 +41,11 @@ class ChatRequest(ChatCompletionRequest):
     @model_validator(mode="wrap")
     @classmethod
     def _total(cls, data, handler):
-        if isinstance(data, dict) and "messages" not in data:
-            raise _invalid(cls.__name__, "messages", "messages is required", None)
-        return _validated(cls, data, handler, ("messages", "tools"))
+        return _validated(cls, data, handler, required=("messages",), lists=("tools",))
 
 
 class CompletionsRequest(CompletionRequest):
     @model_validator(mode="wrap")
     @classmethod
     def _total(cls, data, handler):
-        return _validated(cls, data, handler, ())
+        return _validated(cls, data, handler)
