@@ -2,8 +2,9 @@
 
 ``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
 ``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
-shapes and text (``launch.messages``), media counts, and each content part. Every image and video is loaded here (``data:`` URL, http(s) under the URL policy,
-or a file inside ``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
+shapes and text (``launch.messages``), media counts, and each content part. Every image and
+video is loaded here (``data:`` URL, http(s) under the URL policy, or a file inside
+``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
 URL of the validated bytes, and every video file by its sampled frames (``launch.video``): the
 engine never fetches or decodes anything unchecked.
 Failures raise ``RequestRejected`` with the HTTP status, the field (``param``) and a message

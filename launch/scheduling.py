@@ -35,7 +35,7 @@ def format_resources(res: dict[str, float]) -> str:
     parts = []
     for key in sorted(res, key=lambda k: (k not in ("GPU", "CPU", "memory"), k)):
         value = res[key]
-        if key.startswith(("node:", "bundle_group", "object_store_memory")) or "_group_" in key \
+        if key.startswith(("node:", "object_store_memory")) or "_group_" in key \
                 or not isinstance(value, (int, float)):
             continue
         parts.append(f"{key}: {value / (1 << 30):.1f} GiB" if key == "memory"
