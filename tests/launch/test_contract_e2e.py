@@ -35,7 +35,8 @@ TIME_BOUND_S = 60  # any single fuzzed request; the slowest valid one generates 
 
 @pytest.fixture(scope="module")
 def media():
-    files = {"/cat.png": images.png(60, 80, seed=1)}
+    files = {"/cat.png": images.png(60, 80, seed=1),
+             "/clip.mp4": images.mp4(20, 10, width=320, height=240, pattern=True)}
     srv = MediaServer("127.0.0.2", files)
     for n in range(MAX_REDIRECTS + 1):  # /r<n> reaches /cat.png after n redirects
         srv.redirects[f"/r{n + 1}"] = f"/r{n}" if n else "/cat.png"
@@ -223,6 +224,18 @@ def test_video_file_tokens_equal_qwen_vl_utils_count(server, seconds, fps, w, h)
     # <|vision_start|><|video_pad|>...<|vision_end|>: the pads plus the two markers.
     assert out["usage"]["prompt_tokens"] == text_only["usage"]["prompt_tokens"] + 2 + expected
     assert expected <= (MAX_FRAMES // 2) * (mm.max_pixels // (28 * 28))
+
+
+def test_video_url_is_sampled_like_a_data_url(server, media):
+    """A video fetched over http gets the same frames, so the same tokens, as the same file sent
+    inline: the cap holds for URLs and files alike."""
+    data = media.files["/clip.mp4"]
+    code, by_url = request(server["base"], "/v1/chat/completions", chat(
+        {"type": "video_url", "video_url": {"url": media.url + "/clip.mp4"}}))
+    assert code == 200, by_url
+    code, inline = request(server["base"], "/v1/chat/completions", chat(vid(data)))
+    assert code == 200, inline
+    assert by_url["usage"]["prompt_tokens"] == inline["usage"]["prompt_tokens"]
 
 
 # ------------------------------------------------------------------------ roles and tokens
