@@ -367,8 +367,9 @@ class ServingConfig(_Strict):
 
         ``auto`` on a CPU deployment where the CPU has no BF16 instructions
         (``engine.cpu_features``): a checkpoint known to be unquantized runs in float32, since
-        vLLM's BF16 linear layers fall back to plain torch there (12x slower prefill, 7x slower
-        batched decode, measured); GPTQ/AWQ always run in bfloat16, which their kernels need."""
+        vLLM's BF16 linear layers fall back to plain torch there (far slower, most of all in
+        prefill and batched decode); GPTQ/AWQ always run in bfloat16, which their kernels
+        need."""
         m = self.model
         if m.dtype != "auto":
             return m.dtype

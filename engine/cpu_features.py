@@ -2,9 +2,9 @@
 
 vLLM's CPU engine runs BF16 through oneDNN only where the CPU has BF16 instructions
 (AVX512-BF16 or AMX); elsewhere its BF16 linear layers fall back to plain torch, which is far
-slower than float32 (measured on a 2-core AVX2 machine with the 2B-size model: prefill 12x,
-16-sequence decode 7x, single-stream decode 1.5x). ``engine.config`` uses ``native_bf16`` to
-run unquantized checkpoints in float32 there when ``model.dtype`` is ``auto``.
+slower than float32, most of all in prefill and batched decode. ``engine.config`` uses
+``native_bf16`` to run unquantized checkpoints in float32 there when ``model.dtype`` is
+``auto``.
 """
 
 from __future__ import annotations

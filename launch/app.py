@@ -34,7 +34,7 @@ def engine_env(cfg: ServingConfig) -> dict[str, str]:
     process (``VLLM_CPU_OMP_THREADS_BIND=auto``) and keeps one core per worker out of the
     computation for its scheduler process.
     - One replica: vLLM's pinning, kept as it is. With no core kept
-      (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) the engine decodes up to 2x faster on 2 cores, but its
+      (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) the engine decodes faster on few cores, but its
       spinning threads starve everything else on the node: behind one busy stream, small
       requests wait for seconds and ``qwen-vl stop`` is slow to raise the drain flag.
       Throughput-only nodes opt in through ``deployment.env`` (``configs/cpu-all-cores.yaml``).

@@ -13,7 +13,6 @@ else). The work itself is ``launch.lifecycle``'s; this module parses arguments a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ import sys
 import threading
 import time
 
-from engine.config import ConfigError, ServingConfig, load_config
+from engine.config import ConfigError, load_config
 
 from .errors import one_line
 from .lifecycle import (
@@ -29,14 +28,18 @@ from .lifecycle import (
     abandon_start,
     base_url,
     deploy,
+    download_checkpoint,
     ensure_cluster,
     join_cluster,
+    needs_download,
     shutdown,
+    start_engine_arg_check,
     status_report,
     use_token_auth,
     wait_healthy,
 )
 from .local_cluster import ClusterError, free_port, read_state
+from .try_it import curl_example
 
 
 def _say(msg: str) -> None:
@@ -44,26 +47,6 @@ def _say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- serve
-def curl_example(cfg: ServingConfig) -> str:
-    url = base_url(cfg.server.host, cfg.server.port)
-    # A 28x28 red PNG (the smallest image accepted), so the example is self-contained.
-    png = (
-        "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAIAAAD9b0jDAAAAKElEQVR42mM8ISfHQG3AxEADMGroqKGjho4aOmroqKGjho4aOvgMBQB+BAE8FfyCFgAAAABJRU5ErkJggg=="
-    )
-    body = {
-        "model": cfg.model.served_name,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
-            {"type": "text", "text": "What is in this image?"},
-        ]}],
-        "max_tokens": 32,
-    }
-    return (
-        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"  -d '{json.dumps(body)}'"
-    )
-
-
 def _interrupt(*_):
     raise KeyboardInterrupt
 
@@ -74,9 +57,10 @@ def cmd_serve(args) -> int:
     cfg = load_config(args.config)
     _say(f"model {cfg.model.served_name} from {cfg.model.source}")
     model_path = cfg.model_path()  # builds the embedded model on first use
-    cfg.to_engine_kwargs(model_path)  # fail on engine-arg drift before starting anything
+    engine_args_ok = start_engine_arg_check(cfg, model_path)  # while the Ray head starts
     state, redeploy = ensure_cluster(cfg)
     try:
+        engine_args_ok()  # engine-arg drift fails here, before anything is deployed
         deploy(cfg, state)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         wait_healthy(cfg, cfg.server.startup_timeout_s, temp_dir=state.temp_dir,
@@ -154,20 +138,15 @@ def cmd_status(args) -> int:
 def cmd_download(args) -> int:
     """Fetch the checkpoint into the Hugging Face cache (the chart's init container runs this
     before the engine starts, so a long download is visible as such)."""
-    from engine.checkpoint import is_local_path
-    from engine.embedded_model import is_embedded
-
     cfg = load_config(args.config)
     src = cfg.model.source
-    if is_embedded(src) or is_local_path(src):
+    if not needs_download(cfg):
         _say(f"{src}: {cfg.model_path()} (local, nothing to download)")
         return 0
-    from huggingface_hub import snapshot_download
-
     _say(f"downloading {src}" + (f" at {cfg.model.revision}" if cfg.model.revision else "")
          + " into the Hugging Face cache...")
     t0 = time.monotonic()
-    path = snapshot_download(src, revision=cfg.model.revision)
+    path = download_checkpoint(cfg)
     _say(f"{src}: {path} ({time.monotonic() - t0:.0f}s)")
     return 0
 

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from engine.config import ServingConfig
 
@@ -90,6 +90,29 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------------------------- start
+def start_engine_arg_check(cfg: ServingConfig, model_path: str) -> Callable[[], None]:
+    """Check the config's engine arguments against the installed vLLM in a thread: importing
+    vLLM takes seconds, which a Ray head's start-up can overlap. The returned function waits for
+    the check and raises what it raised (a renamed engine argument, say)."""
+    failure: list[BaseException] = []
+
+    def check():
+        try:
+            cfg.to_engine_kwargs(model_path)
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=check, name="engine-arg-check", daemon=True)
+    thread.start()
+
+    def result() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return result
+
+
 def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
     """The cluster to deploy on, and whether this is a redeploy onto a running qwen-vl
     cluster (whose owner is the `serve` that started it, not us)."""
@@ -307,11 +330,12 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
         "RUNNING", 0)
     since = drain.set_draining(state.app_name)
     deadline = since + state.drain_timeout_s
-    last_print = 0.0
+    last_print, last_held = 0.0, None
     while True:
         reports = drain.inflight_reports(state.app_name, since)
         held = sum(reports.values())
-        if len(reports) >= ingresses and held == 0:
+        complete = len(reports) >= ingresses  # every ingress has answered since the drain set
+        if complete and held == 0:
             return
         now = time.time()
         if now >= deadline:
@@ -319,10 +343,12 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
                 say(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
                      f": {held} requests still running are cut off")
             return
-        if not quiet and now - last_print >= 5:
+        # Said once every ingress has answered (a count before that is partial), then again
+        # when the count changes or every 5 s.
+        if not quiet and complete and (held != last_held or now - last_print >= 5):
             say(f"draining: {held} requests still running "
                  f"(at most {deadline - now:.0f}s more)")
-            last_print = now
+            last_print, last_held = now, held
         time.sleep(drain.POLL_S)
 
 
@@ -375,6 +401,21 @@ def abandon_start(state: ClusterState) -> None:
         stop_processes(state, grace_s=3)
     except ClusterError as err:  # the start's own failure is the one to report
         say(f"stopping: {err}")
+
+
+def needs_download(cfg: ServingConfig) -> bool:
+    """Whether the checkpoint comes from the Hugging Face Hub (not embedded, not a local path)."""
+    from engine.checkpoint import is_local_path
+    from engine.embedded_model import is_embedded
+
+    return not (is_embedded(cfg.model.source) or is_local_path(cfg.model.source))
+
+
+def download_checkpoint(cfg: ServingConfig) -> str:
+    """Fetch the Hub checkpoint into the Hugging Face cache; its local path."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(cfg.model.source, revision=cfg.model.revision)
 
 
 def join_cluster(address: str, *, num_cpus: int, num_gpus: int | None, metrics_port: int,

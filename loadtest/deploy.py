@@ -206,6 +206,32 @@ def bare_vllm(data: dict, work: Path, name: str = "vllm-serve",
         print(f"  {name} stopped", flush=True)
 
 
+def start_all(up: contextlib.ExitStack, deployments: list) -> list[Target]:
+    """Enter several deployments' contexts at once and register each one entered on ``up``, so
+    all are stopped afterwards, the ones that started even when another fails. Their start-ups
+    overlap: much of a start is one process waiting on another (Ray, an engine's imports and
+    warm-up), which a second start can use. The Ray auth token is made first, once, so
+    concurrent heads cannot each write a different one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from launch.lifecycle import use_token_auth
+    from launch.local_cluster import ensure_auth_token
+
+    use_token_auth()
+    ensure_auth_token()
+    with ThreadPoolExecutor(max_workers=len(deployments)) as pool:
+        futures = [pool.submit(d.__enter__) for d in deployments]
+        outcomes = [(d, f.exception(), None if f.exception() else f.result())
+                    for d, f in zip(deployments, futures)]
+    for d, err, _ in outcomes:
+        if err is None:
+            up.push(d)
+    errors = [err for _, err, _ in outcomes if err is not None]
+    if errors:
+        raise errors[0]
+    return [target for _, _, target in outcomes]
+
+
 @contextlib.contextmanager
 def remote(url: str, model: str | None, api_key: str | None) -> Iterator[Target]:
     """An existing deployment: the model is read from ``/v1/models`` unless given."""

@@ -1,43 +1,81 @@
-"""Helpers the end-to-end tests share: HTTP calls, SSE streams, polling, video token counts."""
+"""Helpers the tests share: the CLI and a stack on free ports, HTTP calls and SSE streams,
+polling, a local media server, and encoded images and videos (valid edge cases and broken ones).
+
+Fixtures live in ``conftest.py``; everything here is a plain function or class."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
+import struct
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+from PIL import Image
 
-def request(base: str, path: str, body: Any = None, *, raw: bytes | None = None,
-            headers: dict | None = None, method: str | None = None,
-            timeout: float = 120) -> tuple[int, Any]:
-    """(status, JSON body, or {"raw": text} when the body is not JSON)."""
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+# --------------------------------------------------------------------------------- HTTP
+class Reply(tuple):
+    """``(status, body)``: the JSON body, or ``{"raw": text}`` when it is not JSON; the
+    response headers as ``.headers``."""
+
+    headers: Any
+
+    def __new__(cls, status: int, body: Any, headers: Any):
+        reply = super().__new__(cls, (status, body))
+        reply.headers = headers
+        return reply
+
+
+def request(base: str, path: str = "", body: Any = None, *, raw: bytes | None = None,
+            key: str | None = None, headers: dict | None = None, method: str | None = None,
+            content_type: str = "application/json", timeout: float = 120) -> Reply:
+    """One HTTP call; an HTTP error status is an answer, not an exception (network errors
+    still raise)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    hdrs = {"Content-Type": content_type, **(headers or {})}
+    if key:
+        hdrs["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(base + path, data, hdrs, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, payload = r.status, r.read()
+            status, payload, got = r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
-        status, payload = e.code, e.read()
+        status, payload, got = e.code, e.read(), e.headers
     try:
-        return status, json.loads(payload or b"null")
+        return Reply(status, json.loads(payload or b"null"), got)
     except ValueError:
-        return status, {"raw": payload.decode(errors="replace")}
+        return Reply(status, {"raw": payload.decode(errors="replace")}, got)
 
 
-def stream_events(base: str, path: str, body: dict, headers: dict | None = None,
-                  timeout: float = 600) -> list[str]:
-    """The ``data:`` payloads of an SSE response, in order (``[DONE]`` included)."""
-    req = urllib.request.Request(base + path, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", **(headers or {})})
+def stream_events(base: str, path: str, body: dict, *, key: str | None = None,
+                  on_event: Callable[[str], Any] | None = None, timeout: float = 600) -> list[str]:
+    """The ``data:`` payloads of an SSE response, in order (``[DONE]`` included);
+    ``on_event`` sees each as it arrives. An HTTP error status raises ``HTTPError``."""
+    hdrs = {"Content-Type": "application/json"}
+    if key:
+        hdrs["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), hdrs)
     events = []
     with urllib.request.urlopen(req, timeout=timeout) as r:
         for line in r:
             line = line.decode().strip()
             if line.startswith("data: "):
                 events.append(line[6:])
+                if on_event is not None:
+                    on_event(line[6:])
     return events
 
 
@@ -71,3 +109,292 @@ def video_tokens(total_frames: int, fps: float, height: int, width: int, *, vide
                       video_fps=fps)
     h, w = smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
     return (n + 1) // 2 * (h // 28) * (w // 28)
+
+
+# ------------------------------------------------------------------ CLI, stacks, media server
+def run_cli(*args: str, env: dict | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(tmp: Path, overrides: dict | None = None) -> tuple[Path, dict]:
+    """configs/default.yaml with per-section overrides and free API/metrics ports."""
+    import yaml
+
+    from launch.local_cluster import free_port
+
+    data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    data["server"].update(port=free_port(), metrics_port=free_port())
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data
+
+
+def start_stack(tmp: Path, overrides: dict | None = None, env: dict | None = None) -> dict:
+    """`qwen-vl serve --detach` with the default config (plus overrides) on free ports."""
+    from engine.config import parse_config
+
+    cfg_path, data = write_config(tmp, overrides)
+    port, metrics_port = data["server"]["port"], data["server"]["metrics_port"]
+    env = {"QWEN_VL_RUN_DIR": str(tmp / "run"), **(env or {})}
+    r = run_cli("serve", "--config", str(cfg_path), "--detach", env=env, timeout=1200)
+    assert r.returncode == 0, f"serve failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "ready: http://127.0.0.1:" in r.stdout and "curl -s" in r.stdout
+    cfg = parse_config(data)
+    return {"base": f"http://127.0.0.1:{port}", "model": cfg.model.served_name, "cfg": cfg,
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "env": env,
+            "cfg_path": str(cfg_path)}
+
+
+def stop_stack(info: dict) -> None:
+    """`qwen-vl stop`, then check that no process of the cluster is left."""
+    from launch.local_cluster import cluster_processes, read_state
+
+    state = read_state(Path(info["env"]["QWEN_VL_RUN_DIR"]))
+    stop = run_cli("stop", env=info["env"], timeout=300)
+    assert stop.returncode == 0, stop.stderr
+    assert state is not None and cluster_processes(state) == [], "processes left after stop"
+
+
+class Reusable:
+    """A module's expensive server, started on first use and started again when a test has
+    ended it (a stop or drain test), so the module's tests pass in any order. ``get()`` for a
+    test that uses it; ``take()`` for one that ends it (then ``close`` leaves it alone)."""
+
+    def __init__(self, start: Callable[[], dict], stop: Callable[[dict], None],
+                 alive: Callable[[dict], bool] = lambda info: True):
+        self._start, self._stop, self._alive = start, stop, alive
+        self.info: dict | None = None
+
+    def get(self) -> dict:
+        if self.info is not None and not self._alive(self.info):
+            self.close()
+        if self.info is None:
+            self.info = self._start()
+        return self.info
+
+    def take(self) -> dict:
+        info = self.get()
+        self.info = None
+        return info
+
+    def close(self) -> None:
+        info, self.info = self.info, None
+        if info is not None:
+            self._stop(info)
+
+
+class MediaServer:
+    """A real HTTP server for media URLs: files, redirects, slow and endless responses."""
+
+    def __init__(self, host: str, files: dict[str, bytes]):
+        import http.server
+        import threading
+        import time
+
+        self.files = files
+        self.redirects: dict[str, str] = {}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.end_headers()
+                elif self.path == "/slow":
+                    time.sleep(5)
+                    self.send_response(200)
+                    self.end_headers()
+                elif self.path.startswith("/sleep/"):  # /sleep/<seconds>/<file>
+                    _, _, secs, name = self.path.split("/", 3)
+                    time.sleep(float(secs))
+                    body = outer.files.get("/" + name, b"")
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.path == "/endless":  # no Content-Length, more bytes than any cap
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(4096):
+                            self.wfile.write(b"\0" * 65536)
+                    except OSError:
+                        pass
+                elif self.path in outer.files:
+                    body = outer.files[self.path]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+# ------------------------------------------------------------------------- images, videos
+def noise(h: int, w: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    arr = (np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8")
+    return Image.fromarray(arr).convert(mode)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def png(h: int, w: int, seed: int = 0) -> bytes:
+    return encode(noise(h, w, seed), "PNG")
+
+
+def gradient_png(h: int, w: int) -> bytes:
+    """A smooth image: small as PNG even at thousands of pixels a side."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
+                    (xx + yy) % 256], -1).astype("uint8")
+    return encode(Image.fromarray(arr), "PNG")
+
+
+def png_url(h: int, w: int, seed: int = 0) -> str:
+    """A noise PNG as a data URL."""
+    return data_url(png(h, w, seed), "image/png")
+
+
+def jpeg(h: int, w: int, seed: int = 0, **kw) -> bytes:
+    return encode(noise(h, w, seed), "JPEG", quality=90, **kw)
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels (a decompression bomb's header) with a tiny body."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+            ">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def truncated_jpeg() -> bytes:
+    data = jpeg(200, 200, seed=3)
+    return data[: len(data) // 2]
+
+
+def corrupt_jpeg() -> bytes:
+    data = bytearray(jpeg(200, 200, seed=4))
+    for i in range(600, len(data) - 10, 7):
+        data[i] = 0xFF  # markers everywhere in the entropy-coded data
+    return bytes(data)
+
+
+def grayscale() -> bytes:
+    return encode(noise(64, 80, 5, "L"), "PNG")
+
+
+def rgba() -> bytes:
+    img = noise(64, 80, 6).convert("RGBA")
+    img.putalpha(128)
+    return encode(img, "PNG")
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(noise(64, 80, 7).convert("CMYK"), "JPEG")
+
+
+def png16() -> bytes:
+    arr = (np.random.RandomState(8).rand(64, 80) * 65535).astype("uint16")
+    img = Image.fromarray(arr)  # mode I;16
+    data = encode(img, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I"), "not a 16-bit PNG"
+    return data
+
+
+def exif_rotated_jpeg(h: int = 100, w: int = 300) -> bytes:
+    """Stored as h x w with EXIF orientation 6 (rotate 90): displayed as w x h."""
+    img = noise(h, w, 9)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    return encode(img, "JPEG", exif=exif.tobytes())
+
+
+def webp() -> bytes:
+    return encode(noise(64, 80, 10), "WEBP")
+
+
+def animated_gif() -> bytes:
+    frames = [noise(64, 64, s).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def mp4(seconds: float, fps: float = 4, size: int = 64, width: int | None = None,
+        height: int | None = None, pattern: bool = False) -> bytes:
+    """An MPEG-4 clip of the given duration (PyAV): noise frames, or with ``pattern`` a moving
+    gradient (compresses well: minutes of video in a few hundred KB)."""
+    from fractions import Fraction
+
+    import av
+
+    w, h = width or size, height or size
+    ramp = np.add.outer(np.arange(h), np.arange(w)).astype("uint16")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        for i in range(round(seconds * fps)):
+            if pattern:
+                arr = ((ramp + 3 * i) % 256).astype("uint8")
+                img = Image.fromarray(np.stack([arr, arr[::-1], np.full_like(arr, i % 256)], -1))
+            else:
+                img = noise(h, w, i)
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- content parts
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def image_data_part(data: bytes, mime: str = "image/png") -> dict:
+    return image_part(data_url(data, mime))
+
+
+def video_data_part(data: bytes, mime: str = "video/mp4") -> dict:
+    return {"type": "video_url", "video_url": {"url": data_url(data, mime)}}
+
+
+def frames_part(n: int, size: int = 56) -> dict:
+    """A video as ``n`` JPEG frames (vLLM's ``data:video/jpeg;base64,f1,f2,...``)."""
+    payload = ",".join(base64.b64encode(jpeg(size, size, seed=s)).decode() for s in range(n))
+    return {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + payload}}
+
+
+def image_from_data_url(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")

@@ -1,5 +1,5 @@
 """Scenario ``overhead``: our Ray Serve stack against a bare ``vllm serve`` with identical engine
-arguments, all up at once, measured in alternating rounds (A B B A ...) of the same workload.
+arguments, started together and up at once, measured in alternating rounds (A B B A ...) of the same workload.
 
 Per target, over all its rounds: output tokens/s (total tokens / total round time) and TTFT p50.
 Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bare vLLM's.
@@ -40,10 +40,10 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
           f"{requests_per_round} requests per target, alternating", flush=True)
     per: dict[str, dict] = {}
     with contextlib.ExitStack() as up:
-        targets = [up.enter_context(deploy.stack(data, out / "deploy", name="stack"))]
-        if ray_serve_llm:
-            targets.append(up.enter_context(deploy.ray_serve_llm(data, out / "deploy")))
-        targets.append(up.enter_context(deploy.bare_vllm(data, out / "deploy", name="vllm-serve")))
+        targets = deploy.start_all(up, [
+            deploy.stack(data, out / "deploy", name="stack"),
+            *([deploy.ray_serve_llm(data, out / "deploy")] if ray_serve_llm else []),
+            deploy.bare_vllm(data, out / "deploy", name="vllm-serve")])
         progress = Progress("overhead", len(targets) * rounds, every=0, unit="rounds")
         for t in targets:
             warm_up(t, workload, output_tokens=4, out_dir=out / "steps")

@@ -13,7 +13,7 @@ from engine import capacity
 from engine.capacity import Architecture, Workload, architecture_for, make_plan
 from engine.config import load_config, parse_config
 from engine.devices import GPUS, gpu
-from tests.conftest import CONFIGS, run_cli
+from tests.utils import CONFIGS, run_cli
 
 
 def config(**sections):

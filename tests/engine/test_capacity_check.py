@@ -8,7 +8,7 @@ import pytest
 
 from engine.capacity import Workload, architecture_for, make_plan
 from engine.capacity_check import compare, measure
-from tests.conftest import write_config
+from tests.utils import write_config
 
 pytestmark = pytest.mark.slow
 

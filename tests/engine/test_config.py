@@ -8,7 +8,7 @@ from engine.config import (
     parse_config,
     vllm_engine_arg_names,
 )
-from tests.conftest import CONFIGS
+from tests.utils import CONFIGS
 
 MINIMAL = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
 

@@ -18,7 +18,7 @@ from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
 from engine.config import AccessSettings, ServerSettings, load_config, parse_config
 from launch.app import serve_application
 from launch.chart import CHART_DIR
-from tests.conftest import CONFIGS
+from tests.utils import CONFIGS
 
 # The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
 # copied from the project's shared/k8s-schemas so a clone tests on its own.

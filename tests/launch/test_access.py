@@ -6,7 +6,7 @@ from engine.config import parse_config
 from launch.access import KeySource, key_matches
 from launch.front_door import FrontDoor
 from launch.rejections import RequestRejected
-from tests import images
+from tests import utils
 
 
 def test_keys_from_env(monkeypatch):
@@ -47,7 +47,7 @@ def door(media_dir=None):
 
 
 def test_local_files_refused_without_media_dir(tmp_path):
-    (tmp_path / "a.png").write_bytes(images.png(40, 40))
+    (tmp_path / "a.png").write_bytes(utils.png(40, 40))
     with pytest.raises(RequestRejected, match="no media_dir is configured"):
         door()._image(str(tmp_path / "a.png"), "p")
 
@@ -55,8 +55,8 @@ def test_local_files_refused_without_media_dir(tmp_path):
 def test_local_files_only_inside_media_dir(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
-    (media / "a.png").write_bytes(images.png(40, 40))
-    (tmp_path / "secret.png").write_bytes(images.png(40, 40))
+    (media / "a.png").write_bytes(utils.png(40, 40))
+    (tmp_path / "secret.png").write_bytes(utils.png(40, 40))
     d = door(str(media))
     assert d._image(f"file://{media}/a.png", "p").startswith("data:image/png;base64,")
     for bad in (str(tmp_path / "secret.png"), f"{media}/../secret.png", f"file://{media}/../secret.png"):

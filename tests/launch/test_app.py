@@ -2,7 +2,7 @@
 
 from engine.config import load_config, parse_config
 from launch.app import build_app, deployment_config, llm_config_dict
-from tests.conftest import CONFIGS
+from tests.utils import CONFIGS
 
 
 def test_cpu_llm_config():

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from launch.chart import SCHEMA_PATH, serving_schema_defs, values_reference
-from tests.conftest import CONFIGS, ROOT, run_cli
+from tests.utils import CONFIGS, ROOT, run_cli
 
 
 def test_schema_defs_are_the_config_model():

@@ -7,7 +7,7 @@ import yaml
 
 from launch.local_cluster import cluster_processes, read_state
 from launch.local_cluster import free_port
-from tests.conftest import CONFIGS, run_cli, write_config
+from tests.utils import CONFIGS, run_cli, write_config
 
 
 def write_cfg(tmp_path, **overrides):

@@ -18,9 +18,13 @@ import time
 import pytest
 from PIL import Image
 
-from tests import images
-from tests.conftest import MediaServer, start_stack, stop_stack
-from tests.utils import is_openai_error, request, stream_events, video_tokens
+from tests import utils
+from tests.utils import MediaServer, is_openai_error, request, start_stack, stop_stack
+from tests.utils import frames_part as frames
+from tests.utils import image_data_part as img
+from tests.utils import image_part as img_url
+from tests.utils import stream_events, video_tokens
+from tests.utils import video_data_part as vid
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +39,8 @@ TIME_BOUND_S = 60  # any single fuzzed request; the slowest valid one generates 
 
 @pytest.fixture(scope="module")
 def media():
-    files = {"/cat.png": images.png(60, 80, seed=1),
-             "/clip.mp4": images.mp4(20, 10, width=320, height=240, pattern=True)}
+    files = {"/cat.png": utils.png(60, 80, seed=1),
+             "/clip.mp4": utils.mp4(20, 10, width=320, height=240, pattern=True)}
     srv = MediaServer("127.0.0.2", files)
     for n in range(MAX_REDIRECTS + 1):  # /r<n> reaches /cat.png after n redirects
         srv.redirects[f"/r{n + 1}"] = f"/r{n}" if n else "/cat.png"
@@ -66,26 +70,8 @@ def chat(*parts, text="Describe.", role="user", **kw) -> dict:
             "temperature": 0, **kw}
 
 
-def img_url(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def img(data: bytes, mime: str = "image/png") -> dict:
-    return img_url(images.data_url(data, mime))
-
-
-def vid(data: bytes, mime: str = "video/mp4") -> dict:
-    return {"type": "video_url", "video_url": {"url": images.data_url(data, mime)}}
-
-
-def frames(n: int, size: int = 56) -> dict:
-    payload = ",".join(base64.b64encode(images.jpeg(size, size, seed=s)).decode()
-                       for s in range(n))
-    return {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + payload}}
-
-
 def flat_png(w: int, h: int) -> bytes:
-    return images.encode(Image.new("RGB", (w, h), (120, 30, 200)), "PNG")
+    return utils.encode(Image.new("RGB", (w, h), (120, 30, 200)), "PNG")
 
 
 def padded(data: bytes, size: int) -> bytes:
@@ -120,12 +106,12 @@ def limit_cases(media_url: str):
          dict(body=chat(img(flat_png(5601, 28)))), 400, "messages[0].content[0].image_url",
          "the limit is 200:1"),
         ("limits.max_video_bytes",
-         dict(body=chat(vid(padded(images.mp4(2, 4, size=64, pattern=True), MAX_VIDEO)))),
-         dict(body=chat(vid(padded(images.mp4(2, 4, size=64, pattern=True), MAX_VIDEO + 1)))),
+         dict(body=chat(vid(padded(utils.mp4(2, 4, size=64, pattern=True), MAX_VIDEO)))),
+         dict(body=chat(vid(padded(utils.mp4(2, 4, size=64, pattern=True), MAX_VIDEO + 1)))),
          400, "messages[0].content[0].video_url", f"the limit is {MAX_VIDEO}"),
         ("limits.max_video_seconds",
-         dict(body=chat(vid(images.mp4(MAX_SECONDS, 4, size=64, pattern=True)))),
-         dict(body=chat(vid(images.mp4(MAX_SECONDS + 1, 4, size=64, pattern=True)))), 400,
+         dict(body=chat(vid(utils.mp4(MAX_SECONDS, 4, size=64, pattern=True)))),
+         dict(body=chat(vid(utils.mp4(MAX_SECONDS + 1, 4, size=64, pattern=True)))), 400,
          "messages[0].content[0].video_url", f"the limit is {MAX_SECONDS}s"),
         ("limits.max_n", dict(body=chat(n=4, temperature=1)),
          dict(body=chat(n=5, temperature=1)), 400, "n",
@@ -213,7 +199,7 @@ def test_video_file_tokens_equal_qwen_vl_utils_count(server, seconds, fps, w, h)
     usage.prompt_tokens equals the count qwen-vl-utils gives for the same file and settings."""
     cfg = server["cfg"]
     mm = cfg.multimodal
-    data = images.mp4(seconds, fps, width=w, height=h, pattern=True)
+    data = utils.mp4(seconds, fps, width=w, height=h, pattern=True)
     code, text_only = request(server["base"], "/v1/chat/completions", chat())
     assert code == 200, text_only
     code, out = request(server["base"], "/v1/chat/completions", chat(vid(data)))
@@ -407,27 +393,27 @@ def content_parts():
         h = draw(st.integers(1, 300))
         mode = draw(st.sampled_from(["RGB", "L", "RGBA", "P", "CMYK", "I;16", "1", "LA"]))
         fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]))
-        img = images.noise(h, w, draw(st.integers(0, 9)))
+        img = utils.noise(h, w, draw(st.integers(0, 9)))
         try:
             img = img.convert(mode)
             buf = io.BytesIO()
             img.save(buf, fmt)
             data = buf.getvalue()
         except (OSError, ValueError, KeyError):  # a mode the format cannot hold
-            data = images.png(h, w)
+            data = utils.png(h, w)
         cut = draw(st.sampled_from([None, None, 0.5, 0.9, 0.1]))
         return data[: int(len(data) * cut)] if cut else data
 
     mime = st.sampled_from(["image/png", "image/jpeg", "text/plain", "video/mp4", "image/gif",
                             "application/octet-stream", "IMAGE/PNG"])
-    small_videos = [images.mp4(1, 4, size=32), images.mp4(3, 8, width=120, height=90,
+    small_videos = [utils.mp4(1, 4, size=32), utils.mp4(3, 8, width=120, height=90,
                                                           pattern=True), b"\0\0\0 ftypisom"]
 
     @st.composite
     def url(draw):
         kind = draw(st.sampled_from(["image", "garbage_b64", "raw_text", "scheme", "empty"]))
         if kind == "image":
-            return images.data_url(draw(image_bytes()), draw(mime))
+            return utils.data_url(draw(image_bytes()), draw(mime))
         if kind == "garbage_b64":
             return f"data:image/png;base64,{draw(st.text(max_size=40))}"
         if kind == "scheme":

@@ -5,8 +5,8 @@ import pytest
 from engine.config import UrlPolicy
 from launch.fetch import fetch, is_public_address
 from launch.rejections import RequestRejected
-from tests import images
-from tests.conftest import MediaServer
+from tests import utils
+from tests.utils import MediaServer
 
 ALLOWED = UrlPolicy(schemes=["http", "https", "data"], allowed_networks=["127.0.0.2/32"],
                     fetch_timeout_s=2)
@@ -14,14 +14,14 @@ ALLOWED = UrlPolicy(schemes=["http", "https", "data"], allowed_networks=["127.0.
 
 @pytest.fixture(scope="module")
 def allowed_host():
-    s = MediaServer("127.0.0.2", {"/cat.png": images.png(40, 40)})
+    s = MediaServer("127.0.0.2", {"/cat.png": utils.png(40, 40)})
     yield s
     s.close()
 
 
 @pytest.fixture(scope="module")
 def loopback_host():
-    s = MediaServer("127.0.0.1", {"/cat.png": images.png(40, 40)})
+    s = MediaServer("127.0.0.1", {"/cat.png": utils.png(40, 40)})
     yield s
     s.close()
 
@@ -44,7 +44,7 @@ def test_public_address():
 
 
 def test_allowed_network_fetches(allowed_host):
-    assert fetch(allowed_host.url + "/cat.png", ALLOWED, 1 << 20, "p") == images.png(40, 40)
+    assert fetch(allowed_host.url + "/cat.png", ALLOWED, 1 << 20, "p") == utils.png(40, 40)
 
 
 def test_loopback_refused(loopback_host):
@@ -114,7 +114,7 @@ def test_connection_pinned_to_checked_address(allowed_host, monkeypatch):
 
     monkeypatch.setattr(f, "resolve", fake_resolve)
     port = allowed_host.url.rsplit(":", 1)[1]
-    assert fetch(f"http://images.invalid:{port}/cat.png", ALLOWED, 1 << 20, "p") == images.png(40, 40)
+    assert fetch(f"http://images.invalid:{port}/cat.png", ALLOWED, 1 << 20, "p") == utils.png(40, 40)
     assert calls == ["images.invalid"]
 
 

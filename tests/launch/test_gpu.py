@@ -3,7 +3,7 @@
 import pytest
 
 from engine.config import load_config
-from tests.conftest import CONFIGS
+from tests.utils import CONFIGS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 # In a fresh process with HOME = an empty folder: start a head the way `qwen-vl serve` does
 # (RAY_AUTH_MODE=token), connect a driver to it, then stop every process of it.

@@ -8,7 +8,7 @@ from PIL import Image
 from engine.config import LimitsSettings
 from launch import media
 from launch.rejections import RequestRejected
-from tests import images
+from tests import utils
 
 LIMITS = LimitsSettings()
 
@@ -23,30 +23,30 @@ def test_bomb_refused_from_header_fast():
     import time
 
     t = time.perf_counter()
-    rejected(images.png_header_only(20000, 20000), r"20000x20000 = 400000000 pixels; the limit is 50000000")
+    rejected(utils.png_header_only(20000, 20000), r"20000x20000 = 400000000 pixels; the limit is 50000000")
     assert time.perf_counter() - t < 0.5
 
 
 def test_broken_images():
-    rejected(images.truncated_jpeg(), "truncated or corrupt")
-    rejected(images.corrupt_jpeg(), "truncated or corrupt|not a decodable image")
+    rejected(utils.truncated_jpeg(), "truncated or corrupt")
+    rejected(utils.corrupt_jpeg(), "truncated or corrupt|not a decodable image")
     rejected(b"hello, not an image", "not a decodable image")
-    rejected(images.png_header_only(0, 0), "not a decodable image|at least 28")
+    rejected(utils.png_header_only(0, 0), "not a decodable image|at least 28")
 
 
 def test_geometry_limits():
-    rejected(images.png(1, 1), r"1x1; each side must be at least 28")
-    rejected(images.png(10000, 1), r"1x10000|at least 28")
-    rejected(images.png(6000, 28), r"aspect ratio is 214:1 \(28x6000\); the limit is 200:1")
+    rejected(utils.png(1, 1), r"1x1; each side must be at least 28")
+    rejected(utils.png(10000, 1), r"1x10000|at least 28")
+    rejected(utils.png(6000, 28), r"aspect ratio is 214:1 \(28x6000\); the limit is 200:1")
 
 
 def test_byte_cap():
-    rejected(images.png(200, 200), r"image is \d+ bytes; the limit is 1000",
+    rejected(utils.png(200, 200), r"image is \d+ bytes; the limit is 1000",
              LimitsSettings(max_image_bytes=1000))
 
 
-@pytest.mark.parametrize("make", [images.grayscale, images.rgba, images.cmyk_jpeg, images.png16,
-                                  images.webp, images.animated_gif, lambda: images.png(28, 28)])
+@pytest.mark.parametrize("make", [utils.grayscale, utils.rgba, utils.cmyk_jpeg, utils.png16,
+                                  utils.webp, utils.animated_gif, lambda: utils.png(28, 28)])
 def test_valid_edge_cases_become_rgb_or_pass(make):
     data, mime = media.check_image(make(), LIMITS, "p")
     img = Image.open(io.BytesIO(data))
@@ -54,12 +54,12 @@ def test_valid_edge_cases_become_rgb_or_pass(make):
 
 
 def test_exif_rotation_applied():
-    data, _ = media.check_image(images.exif_rotated_jpeg(100, 300), LIMITS, "p")
+    data, _ = media.check_image(utils.exif_rotated_jpeg(100, 300), LIMITS, "p")
     assert Image.open(io.BytesIO(data)).size == (100, 300)  # width 100, height 300 after rotate
 
 
 def test_plain_rgb_passes_untouched():
-    raw = images.jpeg(64, 64)
+    raw = utils.jpeg(64, 64)
     assert media.check_image(raw, LIMITS, "p") == (raw, "image/jpeg")
 
 
@@ -75,7 +75,7 @@ def test_video_file_duration_and_bytes():
 
     from launch import video
 
-    clip = images.mp4(seconds=3)
+    clip = utils.mp4(seconds=3)
     kw = dict(video_fps=2.0, max_frames=16, min_pixels=3136, max_pixels=200704, param="p")
     video.sample(clip, LIMITS, **kw)  # 3 s is fine
     with pytest.raises(RequestRejected, match=r"video is 3s long; the limit is 2s"):
@@ -87,7 +87,7 @@ def test_video_file_duration_and_bytes():
 def test_frame_list_cap():
     import base64
 
-    payload = ",".join(base64.b64encode(images.jpeg(56, 56, s)).decode() for s in range(3))
+    payload = ",".join(base64.b64encode(utils.jpeg(56, 56, s)).decode() for s in range(3))
     assert media.check_frames(payload, LIMITS, 3, "p") == payload
     with pytest.raises(RequestRejected, match="video has 3 frames; the limit is 2"):
         media.check_frames(payload, LIMITS, 2, "p")

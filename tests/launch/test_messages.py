@@ -92,7 +92,7 @@ def test_control_tokens_are_the_tokenizers():
     from transformers import AutoTokenizer
 
     from engine.config import load_config
-    from tests.conftest import CONFIGS
+    from tests.utils import CONFIGS
 
     tok = AutoTokenizer.from_pretrained(load_config(CONFIGS / "default.yaml").model_path())
     special = {t.content for t in tok.added_tokens_decoder.values() if t.special}

@@ -1,76 +1,46 @@
 """End to end: `qwen-vl serve` -> Ray Serve -> vLLM's Qwen2-VL engine, over real HTTP.
 
 One server for the whole module (started by `qwen-vl serve --detach` on free ports, stopped by
-`qwen-vl stop`). Set QWEN_VL_TEST_URL=http://127.0.0.1:8000 to run against a server you already
+`qwen-vl stop`; started again if a test runs after the drain test, which stops it). Set QWEN_VL_TEST_URL=http://127.0.0.1:8000 to run against a server you already
 started (development only; the stop/cleanup checks are then skipped).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import CONFIGS, ROOT, run_cli, start_stack, stop_stack
+from tests import utils
+from tests.utils import (
+    CONFIGS,
+    ROOT,
+    Reusable,
+    frames_part,
+    image_data_part,
+    image_from_data_url,
+    image_part,
+    png_url,
+    request,
+    run_cli,
+    start_stack,
+    stop_stack,
+    stream_events,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 12
 
 
 # ------------------------------------------------------------------------------ helpers
-def png_data_url(h: int, w: int, seed: int = 0) -> str:
-    img = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def jpeg_b64(h: int, w: int, seed: int) -> str:
-    img = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def image_from_data_url(url: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-
-
-def post(base: str, path: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def get(url: str, timeout: float = 30) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def image_part(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
 def chat_body(server, content, **kw) -> dict:
     return {"model": server["model"], "messages": [{"role": "user", "content": content}],
             "max_tokens": MAX_NEW, "temperature": 0, **kw}
@@ -78,20 +48,27 @@ def chat_body(server, content, **kw) -> dict:
 
 # ------------------------------------------------------------------------------ fixture
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def stack(tmp_path_factory):
+    """The module's stack; the drain test ends it, and a test after that gets a new one."""
     external = os.environ.get("QWEN_VL_TEST_URL")
     if external:
         from engine.config import load_config
 
         cfg = load_config(CONFIGS / "default.yaml")
-        yield {"base": external, "model": cfg.model.served_name, "cfg": cfg, "env": None,
-               "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
+        info = {"base": external, "model": cfg.model.served_name, "cfg": cfg, "env": None,
+                "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
+        yield Reusable(lambda: info, lambda _: None)
         return
-    # A long drain timeout: the last test stops the stack while a long stream runs.
-    info = start_stack(tmp_path_factory.mktemp("serve"), {"deployment": {"drain_timeout_s": 300}})
-    yield info
-    if not info.get("stopped"):  # the last test stops it itself (a drain under `qwen-vl stop`)
-        stop_stack(info)
+    # A long drain timeout: the drain test stops the stack while a long stream runs.
+    holder = Reusable(lambda: start_stack(tmp_path_factory.mktemp("serve"),
+                                          {"deployment": {"drain_timeout_s": 300}}), stop_stack)
+    yield holder
+    holder.close()
+
+
+@pytest.fixture
+def server(stack):
+    return stack.get()
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +95,8 @@ def expected_prompt_tokens(tokenizer, server, content_kinds: list, text: str, si
 
 # ------------------------------------------------------------------------------ tests
 def test_health(server):
-    code, body = get(server["base"] + "/health")
+    code, body = request(server["base"] + "/health")
     assert code == 200
-    body = json.loads(body)
     assert body["status"] == "ok" and body["models"] == {server["model"]: "healthy"}
     engines = [r for r in body["replicas"] if r["deployment"].startswith("LLMServer:")]
     assert len(engines) == 1 and engines[0]["state"] == "RUNNING"
@@ -128,17 +104,17 @@ def test_health(server):
 
 
 def test_models(server):
-    code, body = get(server["base"] + "/v1/models")
+    code, body = request(server["base"] + "/v1/models")
     assert code == 200
-    data = json.loads(body)["data"]
+    data = body["data"]
     assert [m["id"] for m in data] == [server["model"]]
     assert data[0]["metadata"]["input_modality"] == "image"
     assert data[0]["metadata"]["max_request_context_length"] == server["cfg"].engine.max_model_len
 
 
 def test_chat_one_image(server, tokenizer):
-    url = png_data_url(200, 300, seed=1)
-    code, out = post(server["base"], "/v1/chat/completions",
+    url = png_url(200, 300, seed=1)
+    code, out = request(server["base"], "/v1/chat/completions",
                      chat_body(server, [image_part(url), {"type": "text", "text": "What is this?"}]))
     assert code == 200, out
     choice = out["choices"][0]
@@ -151,22 +127,12 @@ def test_chat_one_image(server, tokenizer):
 @pytest.mark.parametrize("h,w", [(200, 300), (30, 40), (1000, 800), (56, 1400), (28, 28)])
 def test_token_accounting_after_smart_resize(server, tokenizer, h, w):
     """usage.prompt_tokens = text tokens + (h/28)(w/28) after smart_resize(min/max pixels)."""
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(
-        server, [image_part(png_data_url(h, w, seed=h + w)), {"type": "text", "text": "Hi"}],
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(
+        server, [image_part(png_url(h, w, seed=h + w)), {"type": "text", "text": "Hi"}],
         max_tokens=1))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
         tokenizer, server, ["image"], "Hi", [(h, w)])
-
-
-def gradient_png_url(h: int, w: int) -> str:
-    """A smooth image: small as PNG even at thousands of pixels a side."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
-                    (xx + yy) % 256], -1).astype("uint8")
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 # Twelve sizes: tiny, below min_pixels, above max_pixels, odd sides, and aspect ratios up to 178
@@ -182,12 +148,12 @@ def test_planned_tokens_per_image_equal_usage(server):
 
     mm = server["cfg"].multimodal
     text = [{"type": "text", "text": "Hi"}]
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, text, max_tokens=1))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, text, max_tokens=1))
     assert code == 200, out
     base = out["usage"]["prompt_tokens"]
     for h, w in PLAN_SIZES:
-        code, out = post(server["base"], "/v1/chat/completions", chat_body(
-            server, [image_part(gradient_png_url(h, w))] + text, max_tokens=1))
+        code, out = request(server["base"], "/v1/chat/completions", chat_body(
+            server, [image_data_part(utils.gradient_png(h, w))] + text, max_tokens=1))
         assert code == 200, (h, w, out)
         planned = image_tokens(h, w, mm.min_pixels, mm.max_pixels)["prompt_tokens"]
         assert out["usage"]["prompt_tokens"] - base == planned, (h, w)
@@ -195,9 +161,9 @@ def test_planned_tokens_per_image_equal_usage(server):
 
 def test_chat_two_images(server, tokenizer):
     sizes = [(200, 300), (120, 90)]
-    content = [image_part(png_data_url(h, w, seed=i)) for i, (h, w) in enumerate(sizes)]
+    content = [image_part(png_url(h, w, seed=i)) for i, (h, w) in enumerate(sizes)]
     content.append({"type": "text", "text": "Compare them."})
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
         tokenizer, server, ["image", "image"], "Compare them.", sizes)
@@ -205,10 +171,8 @@ def test_chat_two_images(server, tokenizer):
 
 def test_chat_video_as_frames(server, tokenizer):
     """A video given as a list of JPEG frames (vLLM's data:video/jpeg;base64,f1,f2,...)."""
-    frames = ",".join(jpeg_b64(112, 112, seed=s) for s in range(4))
-    content = [{"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{frames}"}},
-               {"type": "text", "text": "What happens?"}]
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    content = [frames_part(4, size=112), {"type": "text", "text": "What happens?"}]
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
     assert code == 200, out
     text_only = expected_prompt_tokens(tokenizer, server, [], "What happens?")
     # The <|vision_start|><|video_pad|><|vision_end|> frame: 4 frames -> 2 temporal patches of
@@ -218,7 +182,7 @@ def test_chat_video_as_frames(server, tokenizer):
 
 
 def test_chat_text_only(server, tokenizer):
-    code, out = post(server["base"], "/v1/chat/completions",
+    code, out = request(server["base"], "/v1/chat/completions",
                      chat_body(server, "Tell me a story."))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
@@ -227,18 +191,11 @@ def test_chat_text_only(server, tokenizer):
 
 def test_streaming_chunks_and_usage(server):
     """Chunks arrive one SSE event per token; the last event carries usage; text matches."""
-    content = [image_part(png_data_url(64, 64, seed=5)), {"type": "text", "text": "Stream"}]
+    content = [image_part(png_url(64, 64, seed=5)), {"type": "text", "text": "Stream"}]
     body = chat_body(server, content, stream=True, stream_options={"include_usage": True})
-    req = urllib.request.Request(server["base"] + "/v1/chat/completions",
-                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
-    events, arrivals = [], []
-    with urllib.request.urlopen(req, timeout=120) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for raw in r:
-            line = raw.decode().strip()
-            if line.startswith("data: "):
-                events.append(line[6:])
-                arrivals.append(time.monotonic())
+    arrivals = []
+    events = stream_events(server["base"], "/v1/chat/completions", body, timeout=120,
+                           on_event=lambda _: arrivals.append(time.monotonic()))
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
@@ -247,13 +204,13 @@ def test_streaming_chunks_and_usage(server):
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == MAX_NEW
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, content))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
     assert streamed == out["choices"][0]["message"]["content"]
 
 
 def test_completions(server, tokenizer):
     prompt = "The quick brown fox"
-    code, out = post(server["base"], "/v1/completions", {
+    code, out = request(server["base"], "/v1/completions", {
         "model": server["model"], "prompt": prompt, "max_tokens": 5, "temperature": 0})
     assert code == 200, out
     assert out["object"] == "text_completion"
@@ -269,7 +226,7 @@ def test_openai_client(server):
     resp = client.chat.completions.create(
         model=server["model"], max_tokens=8,
         messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": png_data_url(100, 100)}},
+            {"type": "image_url", "image_url": {"url": png_url(100, 100)}},
             {"type": "text", "text": "Describe the image."}]}])
     assert resp.choices[0].message.content and resp.usage.completion_tokens == 8
 
@@ -277,7 +234,7 @@ def test_openai_client(server):
 def test_unknown_model_is_404_openai_error(server):
     body = chat_body(server, "hi")
     body["model"] = "no-such-model"
-    code, out = post(server["base"], "/v1/chat/completions", body)
+    code, out = request(server["base"], "/v1/chat/completions", body)
     assert code == 404
     assert set(out["error"]) == {"message", "type", "param", "code"}
     assert out["error"]["type"] == "not_found_error"
@@ -285,38 +242,36 @@ def test_unknown_model_is_404_openai_error(server):
 
 
 def test_bad_requests_get_openai_errors(server):
-    code, out = post(server["base"], "/v1/chat/completions", chat_body(server, "hi", max_tokens=100000))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, "hi", max_tokens=100000))
     assert code == 400
     assert out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == "max_tokens"
     assert "4096" in out["error"]["message"] and "ray.llm" not in out["error"]["message"]
-    req = urllib.request.Request(server["base"] + "/v1/chat/completions", b"{bad json",
-                                 {"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(req, timeout=30)
-    assert exc.value.code == 400
-    assert json.loads(exc.value.read())["error"]["type"] == "invalid_request_error"
-    code, text = get(server["base"] + "/v1/nope")
-    assert code == 404 and json.loads(text)["error"]["type"] == "not_found_error"
+    code, out = request(server["base"], "/v1/chat/completions", raw=b"{bad json", timeout=30)
+    assert code == 400 and out["error"]["type"] == "invalid_request_error"
+    code, out = request(server["base"] + "/v1/nope")
+    assert code == 404 and out["error"]["type"] == "not_found_error"
 
 
 def test_metrics_include_vllm(server):
     """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...)."""
     wanted = {"ray_vllm_num_requests_running", "ray_vllm_kv_cache_usage_perc",
               "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_generation_tokens_total"}
-    post(server["base"], "/v1/chat/completions", chat_body(server, "warm the metrics"))
-    deadline = time.monotonic() + 60
-    while True:
-        code, text = get(server["metrics"])
-        names = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln and ln[0] != "#"}
-        if code == 200 and wanted <= names:
-            break
-        assert time.monotonic() < deadline, f"missing metrics: {sorted(wanted - names)}"
-        time.sleep(3)
+    request(server["base"], "/v1/chat/completions", chat_body(server, "warm the metrics"))
+    names: set = set()
+
+    def exported():
+        code, out = request(server["metrics"])
+        text = out.get("raw", "")
+        names.update(ln.split("{")[0].split(" ")[0] for ln in text.splitlines()
+                     if ln and ln[0] != "#")
+        return code == 200 and wanted <= names
+
+    wait_until(exported, 60, interval=3, what=f"metrics {sorted(wanted)}")
 
 
 def test_metrics_route_off_by_default(server):
-    code, text = get(server["base"] + "/metrics")
-    assert code == 404 and json.loads(text)["error"]["type"] == "not_found_error"
+    code, out = request(server["base"] + "/metrics")
+    assert code == 404 and out["error"]["type"] == "not_found_error"
 
 
 def test_status_cli(server):
@@ -364,12 +319,12 @@ def hf_greedy(hf_model, server, text: str, images: list) -> tuple[list[int], lis
 def test_greedy_tokens_equal_hf_transformers(server, hf_model, case):
     """Same checkpoint, image and prompt, float32 both sides: identical prompt and greedy tokens."""
     assert server["cfg"].engine_dtype() == "float32"
-    urls = {"image": [png_data_url(200, 300, seed=11)],
-            "two_images": [png_data_url(150, 90, seed=12), png_data_url(64, 500, seed=13)],
+    urls = {"image": [png_url(200, 300, seed=11)],
+            "two_images": [png_url(150, 90, seed=12), png_url(64, 500, seed=13)],
             "text": []}[case]
     text = "Describe this picture in detail."
     content = [image_part(u) for u in urls] + [{"type": "text", "text": text}]
-    code, out = post(server["base"], "/v1/chat/completions",
+    code, out = request(server["base"], "/v1/chat/completions",
                      chat_body(server, content, return_token_ids=True))
     assert code == 200, out
     hf_prompt, hf_tokens = hf_greedy(hf_model, server, text, [image_from_data_url(u) for u in urls])
@@ -382,39 +337,36 @@ def test_greedy_output_depends_on_image(server):
     """Guards the correctness test: a different image gives different greedy tokens."""
     outs = []
     for seed in (21, 22):
-        code, out = post(server["base"], "/v1/chat/completions", chat_body(
-            server, [image_part(png_data_url(200, 300, seed=seed)), {"type": "text", "text": "Hi"}],
+        code, out = request(server["base"], "/v1/chat/completions", chat_body(
+            server, [image_part(png_url(200, 300, seed=seed)), {"type": "text", "text": "Hi"}],
             return_token_ids=True))
         assert code == 200
         outs.append(out["choices"][0]["token_ids"])
     assert outs[0] != outs[1]
 
 
-# ------------------------------------------------------------------------------ drain (last)
-def test_stop_drains_running_stream(server):
+# ------------------------------------------------------------------------------ drain
+def test_stop_drains_running_stream(stack):
     """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
-    once, the stream ends with all its tokens, then the cluster is gone. Runs last: it stops
-    the module's server."""
+    once, the stream ends with all its tokens, then the cluster is gone. It ends the module's
+    stack; a test after it gets a new one."""
+    server = stack.get()
     if server["env"] is None:
         pytest.skip("external server")
+    server = stack.take()
     from launch.local_cluster import cluster_processes, read_state
 
-    # The longest stream the module's context allows (80-96 s on 2 CPU cores): still running
-    # when the stop, which first starts a Python process and joins the cluster, sets the drain.
+    # The longest stream the module's context allows: still running when the stop, which
+    # first starts a Python process and joins the cluster, sets the drain.
     n = server["cfg"].engine.max_model_len - 96
     body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, events = threading.Event(), []
 
     def read_stream():
-        req = urllib.request.Request(server["base"] + "/v1/chat/completions",
-                                     json.dumps(body).encode(), {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=300) as r:
-                for raw in r:
-                    if raw.startswith(b"data: "):
-                        events.append(raw[6:].decode().strip())
-                        started.set()
+            events.extend(stream_events(server["base"], "/v1/chat/completions", body,
+                                        timeout=300, on_event=lambda _: started.set()))
         except Exception as err:  # judged below
             events.append(f"EXCEPTION {err!r}")
 
@@ -430,27 +382,26 @@ def test_stop_drains_running_stream(server):
                                 stderr=subprocess.STDOUT, text=True)
         refused = None
         deadline = time.monotonic() + 60
+        hi = chat_body(server, [{"type": "text", "text": "Hi"}])
         while refused is None and time.monotonic() < deadline and t.is_alive():
-            req = urllib.request.Request(
-                server["base"] + "/v1/chat/completions",
-                json.dumps(chat_body(server, [{"type": "text", "text": "Hi"}])).encode(),
-                {"Content-Type": "application/json"})
             try:
-                urllib.request.urlopen(req, timeout=60).read()
-            except urllib.error.HTTPError as e:
-                refused = (e.code, json.loads(e.read())["error"]["code"], e.headers["Retry-After"])
-                print(f"refused {time.monotonic() - t0:.1f} s after the stream started")
+                r = request(server["base"], "/v1/chat/completions", hi, timeout=60)
             except OSError as e:  # the stop got past the drain: recorded as such
                 refused = repr(e)
+                continue
+            if r[0] != 200:
+                refused = (r[0], r[1]["error"]["code"], r.headers["Retry-After"])
+                print(f"refused {time.monotonic() - t0:.1f} s after the stream started")
             time.sleep(0.2)
         t.join(timeout=300)
         print(f"stream ended {time.monotonic() - t0:.1f} s after it started")
         out, _ = stop.communicate(timeout=300)
     finally:
-        server["stopped"] = True
         if stop is not None and stop.poll() is None:
             stop.kill()
         t.join(timeout=60)
+        if cluster_processes(state):  # a failed stop: leave nothing behind for later tests
+            run_cli("stop", env=server["env"], timeout=300)
     retry = str(server["cfg"].deployment.retry_after_s)
     assert refused == (503, "draining", retry), refused
     assert events and events[-1] == "[DONE]", events[-3:]

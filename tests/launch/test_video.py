@@ -9,7 +9,7 @@ from PIL import Image
 from engine.config import LimitsSettings
 from launch import video
 from launch.rejections import RequestRejected
-from tests import images
+from tests import utils
 
 MM = dict(video_fps=2.0, max_frames=16, min_pixels=3136, max_pixels=200704)
 
@@ -30,7 +30,7 @@ def expected(total: int, fps: float, h: int, w: int, max_frames=16, video_fps=2.
     (7, 24, 640, 360, 16), (3, 30, 200, 900, 16), (1, 3, 64, 64, 16), (30, 25, 160, 120, 7),
 ])
 def test_frames_and_size_follow_qwen_vl_utils(seconds, fps, w, h, max_frames):
-    data = images.mp4(seconds, fps, width=w, height=h, pattern=True)
+    data = utils.mp4(seconds, fps, width=w, height=h, pattern=True)
     frames, plan = video.sample(data, LimitsSettings(), **{**MM, "max_frames": max_frames},
                                 param="p")
     n, rh, rw = expected(round(seconds * fps), fps, h, w, max_frames=max_frames)
@@ -42,7 +42,7 @@ def test_frames_and_size_follow_qwen_vl_utils(seconds, fps, w, h, max_frames):
 
 
 def test_request_pixel_bounds_apply():
-    data = images.mp4(2, 4, width=320, height=240, pattern=True)
+    data = utils.mp4(2, 4, width=320, height=240, pattern=True)
     _, plan = video.sample(data, LimitsSettings(), **{**MM, "max_pixels": 28 * 28 * 16},
                            param="p")
     assert plan.height * plan.width <= 28 * 28 * 16
@@ -50,12 +50,12 @@ def test_request_pixel_bounds_apply():
 
 @pytest.mark.parametrize("data, limits, match", [
     (b"not a video at all", LimitsSettings(), "not a decodable video"),
-    (images.png(64, 64), LimitsSettings(), "1 frame\\(s\\); at least 2 are needed"),
-    (images.mp4(4, 4, size=64), LimitsSettings(max_video_seconds=3), "4s long; the limit is 3s"),
-    (images.mp4(1, 4, width=16, height=64), LimitsSettings(), "16x64; each side must be at least"),
-    (images.mp4(1, 4, width=600, height=600), LimitsSettings(max_image_pixels=100_000),
+    (utils.png(64, 64), LimitsSettings(), "1 frame\\(s\\); at least 2 are needed"),
+    (utils.mp4(4, 4, size=64), LimitsSettings(max_video_seconds=3), "4s long; the limit is 3s"),
+    (utils.mp4(1, 4, width=16, height=64), LimitsSettings(), "16x64; each side must be at least"),
+    (utils.mp4(1, 4, width=600, height=600), LimitsSettings(max_image_pixels=100_000),
      "360000 pixels; the limit is 100000"),
-    (images.mp4(0.25, 4, size=64), LimitsSettings(), "at least 2 are needed"),
+    (utils.mp4(0.25, 4, size=64), LimitsSettings(), "at least 2 are needed"),
 ])
 def test_bad_videos_are_400s(data, limits, match):
     with pytest.raises(RequestRejected, match=match) as exc:
@@ -66,7 +66,7 @@ def test_bad_videos_are_400s(data, limits, match):
 def test_truncated_video_keeps_the_planned_frame_count():
     """A file cut short decodes fewer frames than its header counts: the last decoded frame
     stands in, so the frame count (and the tokens the client is billed) match the plan."""
-    data = images.mp4(10, 10, width=128, height=96, pattern=True)
+    data = utils.mp4(10, 10, width=128, height=96, pattern=True)
     try:
         frames, plan = video.sample(data[: len(data) * 3 // 4], LimitsSettings(), **MM,
                                     param="p")
