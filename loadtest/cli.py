@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--url", help="load this running deployment instead of deploying")
     soak.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                       help="with --url (default: $OPENAI_API_KEY)")
-    soak.add_argument("--duration", type=float, help="seconds (default 600; --quick: 60)")
+    soak.add_argument("--duration", type=float, help="seconds (default 600; --quick: 30)")
     soak.add_argument("--concurrency", type=int)
     mixed_workload_flags(soak)
 
@@ -150,7 +150,7 @@ def _size(text: str) -> tuple[int, int]:
 
 # Defaults per (scenario, kind of run); flags override them.
 DEFAULTS = {
-    "quick": {"input_tokens": 16, "output_tokens": 8, "image_size": (112, 112), "duration": 60,
+    "quick": {"input_tokens": 16, "output_tokens": 8, "image_size": (112, 112), "duration": 30,
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
               "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4]},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "report.md").read_text())
     print(f"results: {out}")
     failed = sum(s["failed"] for s in report.data["steps"])
-    # A soak fails on a missed target; --quick (a minute, mostly warm-up) only reports memory.
+    # A soak fails on a missed target; --quick (half a minute, mostly warm-up) only reports memory.
     missed = args.scenario == "soak" and any(
         t["met"] is False for t in report.data["targets"]
         if not (args.quick and t["target"] == "resident memory growth"))

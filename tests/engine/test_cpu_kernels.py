@@ -16,12 +16,16 @@ from engine.quantize import QuantScheme, dequantize_linear, quantize_linear
 
 
 @pytest.fixture
-def single_rank(monkeypatch):
-    """vLLM's weight parameters ask for the tensor-parallel rank: one process, rank 0."""
+def w4a16_layer_setup(monkeypatch):
+    """One process (rank 0 of 1: vLLM's weight parameters ask), and the bf16-activation layout."""
     import vllm.model_executor.parameter as parameter
 
     monkeypatch.setattr(parameter, "get_tensor_model_parallel_rank", lambda: 0)
     monkeypatch.setattr(parameter, "get_tensor_model_parallel_world_size", lambda: 1)
+    # On AMX processors vLLM repacks 4-bit weights for its int8-activation kernel by default;
+    # the fallback replaces the bf16-activation kernel (processors without AVX-512 have no AMX),
+    # so the weights are prepared for that one.
+    monkeypatch.setenv("VLLM_CPU_INT4_W4A8", "0")
 
 
 def _vllm_processed(packed: dict, scheme: QuantScheme):
@@ -65,7 +69,7 @@ def _vllm_processed(packed: dict, scheme: QuantScheme):
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_fallback_reads_vllms_blocked_layout(method, single_rank):
+def test_fallback_reads_vllms_blocked_layout(method, w4a16_layer_setup):
     scheme = QuantScheme(method, 4)
     torch.manual_seed(0)
     w = torch.randn(160, 256) * 0.1

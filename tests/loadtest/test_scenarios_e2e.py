@@ -103,12 +103,12 @@ def test_sweep_quick(tmp_path):
 
 
 def test_soak_quick(tmp_path):
-    """The 1-minute soak (the README's is 10): no failed request, memory growth bounded."""
+    """The 30-second soak (the README's is 10 minutes): no failed request, memory growth bounded."""
     out, data, stdout = run_scenario(tmp_path, "soak")
     check_folder(out, data, ["soak.png"])
     assert sum(r["completed"] for r in data["table"]) > 0
     assert sum(r["failed"] for r in data["table"]) == 0
-    assert data["table"][-1]["elapsed_s"] >= 60
+    assert data["table"][-1]["elapsed_s"] >= 30
     kinds = {r.kind for r in read_records(out / "records.jsonl")}
     assert kinds == {"text", "image"}
     targets = {t["target"]: t for t in data["targets"]}
