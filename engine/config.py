@@ -144,6 +144,34 @@ class UrlPolicy(_Strict):
                                "re-checked).")
 
 
+# The shipped chat template: Qwen2-VL's own, plus the Qwen2 family's tool-use format.
+TOOL_USE_TEMPLATE = Path(__file__).parent / "chat_templates" / "qwen2_vl_tool_use.jinja"
+
+
+class ToolsSettings(_Strict):
+    """Function calling (OpenAI ``tools``/``tool_choice``).
+
+    The model writes each call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+    (the Qwen2 family's format, which the chat template teaches it in the system turn); vLLM's
+    tool-call parser turns that into ``tool_calls``. ``required`` and a named function are
+    served by constrained decoding and need no parser."""
+
+    auto: bool = Field(
+        True, description="Serve tool_choice 'auto' (the default when a request sends tools): "
+        "the model decides, the parser reads its calls. Off: 'auto' is a 400; 'none', "
+        "'required' and a named function still work.")
+    parser: str = Field("hermes", min_length=1, description="vLLM tool-call parser for 'auto' "
+                        "(hermes reads the <tool_call> format).")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template file for every chat (tools or not); None: the "
+        "shipped engine/chat_templates/qwen2_vl_tool_use.jinja, which renders chats without "
+        "tools exactly as Qwen2-VL's own template.")
+
+    def template_path(self) -> str:
+        return str(Path(self.chat_template).expanduser() if self.chat_template
+                   else TOOL_USE_TEMPLATE)
+
+
 class LimitsSettings(_Strict):
     """What the front door enforces before a request reaches an engine."""
 
@@ -158,6 +186,8 @@ class LimitsSettings(_Strict):
     max_video_seconds: float = Field(
         300, gt=0, description="Duration per video file, from its container header.")
     max_n: int = Field(4, ge=1, description="Choices per request.")
+    max_tools: int = Field(128, ge=1, description="Tool definitions per request (each one is "
+                           "rendered into the prompt).")
     max_tokens: int | None = Field(
         None, ge=1, description="Output tokens per request; None: engine.max_model_len.")
     url: UrlPolicy = Field(UrlPolicy(), description="How image and video URLs are fetched.")
@@ -297,6 +327,8 @@ class ServingConfig(_Strict):
     limits: LimitsSettings = Field(
         LimitsSettings(), description="What the front door enforces on every request.")
     access: AccessSettings = Field(AccessSettings(), description="API keys and /metrics access.")
+    tools: ToolsSettings = Field(ToolsSettings(), description="Function calling: tool_choice "
+                                 "'auto', the tool-call parser, the chat template.")
     # The checkpoint's quantization as the validator read it (``quantization_of``), once.
     _checkpoint_quant: CheckpointQuant | None | str = PrivateAttr("unknown")
 
@@ -425,6 +457,12 @@ class ServingConfig(_Strict):
             # Requests may send mm_processor_kwargs: the front door (launch/front_door.py) lets
             # them only lower min/max_pixels, so vLLM may trust what reaches it.
             "trust_request_mm_kwargs": True,
+            "chat_template": self.tools.template_path(),
+            # The template renders content parts itself (images, videos, text), so vLLM passes
+            # them as parts rather than flattening them to a string.
+            "chat_template_content_format": "openai",
+            "enable_auto_tool_choice": self.tools.auto,
+            "tool_call_parser": self.tools.parser if self.tools.auto else None,
         }
         if d.device == "gpu":
             kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization

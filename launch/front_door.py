@@ -2,7 +2,8 @@
 
 ``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
 ``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
-shapes and text (``launch.messages``), media counts, and each content part. Every image and
+shapes and text (``launch.messages``), tool definitions and ``tool_choice`` (``launch.tools``),
+media counts, and each content part. Every image and
 video is loaded here (``data:`` URL, http(s) under the URL policy, or a file inside
 ``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
 URL of the validated bytes, and every video file by its sampled frames (``launch.video``): the
@@ -25,6 +26,7 @@ from . import media, video
 from .fetch import fetch
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt
 from .rejections import RequestRejected
+from .tools import check_tools
 
 MM_KWARGS = {"min_pixels", "max_pixels"}
 
@@ -89,6 +91,7 @@ class FrontDoor:
         self.check_sampling(body)
         self.check_mm_kwargs(body)
         parts = check_messages(body.messages)
+        check_tools(body, self.cfg)
         counts = {"image": 0, "video": 0}
         for _, ptype, _ in parts:
             counts[MEDIA_PARTS[ptype]] += 1

@@ -32,6 +32,7 @@ MODEL = "qwen2-vl-tiny"
 MAX_BODY, MAX_IMAGE, MAX_PIXELS_IMG = 1 << 20, 256 << 10, 1_000_000
 MAX_VIDEO, MAX_SECONDS, MAX_TOKENS, MAX_FRAMES = 512 << 10, 30, 64, 8
 FETCH_TIMEOUT, MAX_REDIRECTS = 2, 2
+MAX_TOOLS = 4
 CONTEXT = 4096
 EXAMPLES = int(os.environ.get("QWEN_VL_FUZZ_EXAMPLES", "25"))
 TIME_BOUND_S = 60  # any single fuzzed request; the slowest valid one generates 64 tokens
@@ -54,6 +55,7 @@ def server(tmp_path_factory, media):
         "limits": {"max_body_bytes": MAX_BODY, "max_image_bytes": MAX_IMAGE,
                    "max_image_pixels": MAX_PIXELS_IMG, "max_video_bytes": MAX_VIDEO,
                    "max_video_seconds": MAX_SECONDS, "max_tokens": MAX_TOKENS,
+                   "max_tools": MAX_TOOLS,
                    "url": {"schemes": ["https", "http", "data"],
                            "allowed_networks": ["127.0.0.2/32"],
                            "fetch_timeout_s": FETCH_TIMEOUT, "max_redirects": MAX_REDIRECTS}},
@@ -79,6 +81,13 @@ def padded(data: bytes, size: int) -> bytes:
     the image or the container's index)."""
     assert len(data) <= size
     return data + b"\0" * (size - len(data))
+
+
+def tools(n: int, name: str = "tool_{}", parameters: dict | None = None) -> list[dict]:
+    return [{"type": "function", "function": {
+        "name": name.format(i), "description": "A tool.",
+        "parameters": parameters or {"type": "object", "properties": {"x": {"type": "string"}}}}}
+        for i in range(n)]
 
 
 def body_of_size(size: int) -> bytes:
@@ -116,6 +125,9 @@ def limit_cases(media_url: str):
         ("limits.max_n", dict(body=chat(n=4, temperature=1)),
          dict(body=chat(n=5, temperature=1)), 400, "n",
          "n is 5; the limit is 4"),
+        ("limits.max_tools", dict(body=chat(tools=tools(MAX_TOOLS))),
+         dict(body=chat(tools=tools(MAX_TOOLS + 1))), 400, "tools",
+         f"{MAX_TOOLS + 1} tools in the request; the limit is {MAX_TOOLS}"),
         ("limits.max_tokens", dict(body=chat(max_tokens=MAX_TOKENS)),
          dict(body=chat(max_tokens=MAX_TOKENS + 1)), 400, "max_tokens",
          f"max_tokens is {MAX_TOKENS + 1}; the limit is {MAX_TOKENS}"),
@@ -271,6 +283,18 @@ HOSTILE = [  # (name, raw body, status, param)
     ("seed_over_int64", _body(seed=2 ** 70), 400, "seed"),
     ("logit_bias_out_of_vocab", _body(logit_bias={"999999999": 5}), 400, "logit_bias"),
     ("tools_not_a_list", _body(tools=5), 400, "tools"),
+    ("tool_not_an_object", _body(tools=[5]), 400, "tools[0]"),
+    ("tool_without_function", _body(tools=[{"type": "function"}]), 400, "tools[0].function"),
+    ("tool_schema_not_a_schema", _body(tools=tools(1, parameters={
+        "type": "object", "properties": {"x": {"type": 7}}})), 400, "tools[0].function.parameters"),
+    ("tool_schema_not_an_object", _body(tools=tools(1, parameters={"type": "array"})), 400,
+     "tools[0].function.parameters.type"),
+    ("tool_name_with_spaces", _body(tools=tools(1, name="get weather {}")), 400,
+     "tools[0].function.name"),
+    ("tool_choice_names_absent_tool", _body(tools=tools(1), tool_choice={
+        "type": "function", "function": {"name": "no_such_tool"}}), 400, "tool_choice"),
+    ("tool_choice_without_tools", _body(tool_choice="required"), 400, "tool_choice"),
+    ("ten_thousand_tools", _body(tools=tools(10_000)), 400, "tools"),
     ("tool_call_id_not_a_string", _body(messages=[
         {"role": "user", "content": "hi"},
         {"role": "assistant", "tool_calls": [{"id": 1}]}]), 400, None),

@@ -346,6 +346,144 @@ def test_greedy_output_depends_on_image(server):
 
 
 # ------------------------------------------------------------------------------ drain
+# ------------------------------------------------------------------------------ tools
+FLIGHT = {"type": "function", "function": {
+    "name": "get_flight_status", "description": "Status of the flight shown on a boarding pass.",
+    "parameters": {"type": "object", "additionalProperties": False,
+                   "required": ["flight", "day"],
+                   "properties": {"flight": {"type": "string", "enum": ["CA981", "LH720"]},
+                                  "day": {"type": "string", "enum": ["today", "tomorrow"]}}}}}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}}}}
+TOOLS = [FLIGHT, WEATHER]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+NAMED = {"type": "function", "function": {"name": "get_flight_status"}}
+
+
+def tool_turn(server, **kw) -> dict:
+    """A boarding pass (an image) and a question; the model answers with a tool call."""
+    content = [image_part(png_url(96, 64, seed=7)),
+               {"type": "text", "text": "Is this flight on time?"}]
+    return chat_body(server, content, tools=TOOLS, max_tokens=200, **kw)
+
+
+def calls_of(server, body: dict, stream: bool) -> list[tuple[str, dict]]:
+    """The tool calls of a response, (name, parsed arguments) each, streamed or not; each
+    call's arguments must validate against its function's parameter schema."""
+    import jsonschema
+
+    if stream:
+        events = stream_events(server["base"], "/v1/chat/completions",
+                               {**body, "stream": True}, timeout=300)
+        assert events[-1] == "[DONE]", events[-3:]
+        calls: dict[int, dict] = {}
+        for e in events[:-1]:
+            chunk = json.loads(e)
+            for choice in chunk["choices"]:
+                for d in choice["delta"].get("tool_calls") or ():
+                    entry = calls.setdefault(d["index"], {"name": "", "arguments": "", "ids": set()})
+                    if d.get("id"):
+                        entry["ids"].add(d["id"])
+                    fn = d.get("function") or {}
+                    entry["name"] += fn.get("name") or ""
+                    entry["arguments"] += fn.get("arguments") or ""
+        assert all(len(c["ids"]) == 1 for c in calls.values()), calls  # one id per call
+        raw = [(c["name"], c["arguments"]) for _, c in sorted(calls.items())]
+    else:
+        code, out = request(server["base"], "/v1/chat/completions", body, timeout=300)
+        assert code == 200, out
+        message = out["choices"][0]["message"]
+        assert all(c["type"] == "function" and c["id"] for c in message["tool_calls"])
+        raw = [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
+    parsed = [(name, json.loads(args)) for name, args in raw]
+    for name, args in parsed:
+        jsonschema.validate(args, SCHEMAS[name])
+    return parsed
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_named_tool_choice_calls_that_function_with_valid_arguments(server, stream):
+    calls = calls_of(server, tool_turn(server, tool_choice=NAMED), stream)
+    assert [name for name, _ in calls] == ["get_flight_status"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_required_tool_choice_calls_one_of_the_tools(server, stream):
+    calls = calls_of(server, tool_turn(server, tool_choice="required",
+                                       parallel_tool_calls=False), stream)
+    assert len(calls) == 1 and calls[0][0] in SCHEMAS, calls
+
+
+def test_auto_tool_choice_is_served(server):
+    """The model decides (random weights: it may answer in text); the request is served."""
+    code, out = request(server["base"], "/v1/chat/completions",
+                        tool_turn(server, tool_choice="auto", max_tokens=MAX_NEW))
+    assert code == 200, out
+    message = out["choices"][0]["message"]
+    assert message["content"] is not None or message["tool_calls"]
+
+
+def test_tool_result_turn_is_served_with_the_openai_client(server):
+    """The README's function-calling example: the official client, a named call, the tool's
+    result sent back, and the model's answer."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server["base"] + "/v1", api_key="unused")
+    messages = tool_turn(server)["messages"]
+    first = client.chat.completions.create(model=server["model"], messages=messages,
+                                           tools=TOOLS, tool_choice=NAMED, max_tokens=200,
+                                           temperature=0)
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_flight_status"
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id,
+                  "content": json.dumps({"status": "on time", "gate": "B12"})}]
+    second = client.chat.completions.create(model=server["model"], messages=messages,
+                                            tools=TOOLS, max_tokens=8, temperature=0,
+                                            tool_choice="none")
+    assert second.choices[0].message.content and second.usage.completion_tokens == 8
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_prompt_with_tools_equals_transformers_rendering(server, tokenizer):
+    """What the engine sees for a conversation with tools, tool calls and tool results (token
+    ids from /tokenize) equals transformers' apply_chat_template(..., tools=...) with the
+    shipped template."""
+    from engine.config import TOOL_USE_TEMPLATE
+
+    args = {"flight": "CA981", "day": "today"}
+    conversation = [
+        {"role": "system", "content": "You help travellers."},
+        {"role": "user", "content": "Is CA981 on time today? And the weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_flight_status", "arguments": json.dumps(args)}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "on time"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "snow"},
+        {"role": "assistant", "content": "It is on time; Oslo has snow."},
+        {"role": "user", "content": "Thanks. Tomorrow?"},
+    ]
+    code, out = request(server["base"], "/tokenize", {
+        "model": server["model"], "messages": conversation, "tools": TOOLS,
+        "add_generation_prompt": True})
+    assert code == 200, out
+    hf_messages = json.loads(json.dumps(conversation))
+    for m in hf_messages:  # transformers' convention: arguments as objects, not JSON text
+        for c in m.get("tool_calls") or ():
+            c["function"]["arguments"] = json.loads(c["function"]["arguments"])
+    expected = tokenizer.apply_chat_template(
+        hf_messages, tools=TOOLS, chat_template=TOOL_USE_TEMPLATE.read_text(), tokenize=True,
+        add_generation_prompt=True, return_dict=False)
+    assert out["tokens"] == list(expected)
+    text = tokenizer.decode(out["tokens"])
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' \
+        in text and "<tool_response>\nsnow\n</tool_response>" in text
+
+
 def test_stop_drains_running_stream(stack):
     """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
     once, the stream ends with all its tokens, then the cluster is gone. It ends the module's

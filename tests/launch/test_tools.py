@@ -1,0 +1,157 @@
+"""Tool definitions checked by the front door (``launch.tools``), and vLLM's hermes parser (the
+one the config names) on fixed model outputs in the format the chat template teaches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.config import parse_config
+from launch.rejections import RequestRejected
+from launch.request_models import ChatRequest
+from launch.tools import check_tools
+
+
+def tool(name="get_weather", parameters=None, **fn):
+    return {"type": "function", "function": {
+        "name": name, "parameters": parameters if parameters is not None else {
+            "type": "object", "properties": {"city": {"type": "string"}}}, **fn}}
+
+
+def cfg(**tools):
+    return parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                         "limits": {"max_tools": 8}, "tools": tools})
+
+
+def check(tools, tool_choice=None, config=None):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    check_tools(ChatRequest.model_validate(body), config or cfg())
+
+
+def rejected(tools, param, match, **kw):
+    with pytest.raises(RequestRejected, match=match) as exc:
+        check(tools, **kw)
+    assert exc.value.status == 400 and exc.value.param == param, exc.value.param
+
+
+def test_good_definitions_pass():
+    check([tool(), tool("track_parcel", {"type": "object", "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"}}, "required": ["id"]})])
+    check([tool(parameters={})])  # no parameters: an empty object schema
+    check([tool()], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+
+
+def test_too_many_tools_name_the_limit_and_the_count():
+    rejected([tool(f"f{i}") for i in range(9)], "tools", "9 tools in the request; the limit is 8")
+
+
+@pytest.mark.parametrize("name", ["get weather", "x" * 65, "météo", "a.b"])
+def test_function_names_follow_openais_rule(name):
+    rejected([tool(name)], "tools[0].function.name", "is not 1 to 64 letters")
+
+
+def test_a_name_defined_twice_is_refused():
+    rejected([tool(), tool()], "tools[1].function.name", r"defined twice \(tools\[0\] and tools\[1\]\)")
+
+
+@pytest.mark.parametrize("schema, param, match", [
+    ({"type": "object", "properties": 5}, "tools[0].function.parameters",
+     "not a valid JSON Schema"),
+    ({"type": "objekt"}, "tools[0].function.parameters", "not a valid JSON Schema"),
+    ({"type": "object", "required": "city"}, "tools[0].function.parameters",
+     "not a valid JSON Schema"),
+    ({"type": "string"}, "tools[0].function.parameters.type", "of an object"),
+])
+def test_parameters_must_be_a_json_schema_of_an_object(schema, param, match):
+    rejected([tool(parameters=schema)], param, match)
+
+
+def test_auto_is_refused_where_the_config_turns_it_off():
+    off = cfg(auto=False)
+    with pytest.raises(RequestRejected, match="tool_choice 'auto'") as exc:
+        check([tool()], config=off)  # no tool_choice: OpenAI's default, auto
+    assert exc.value.param == "tool_choice"
+    check([tool()], tool_choice="required", config=off)
+    check([tool()], tool_choice="none", config=off)
+
+
+def test_engine_arguments_follow_the_tools_settings():
+    on = cfg().to_engine_kwargs("/ckpt")
+    assert on["enable_auto_tool_choice"] is True and on["tool_call_parser"] == "hermes"
+    assert on["chat_template"].endswith("qwen2_vl_tool_use.jinja")
+    assert on["chat_template_content_format"] == "openai"
+    off = cfg(auto=False).to_engine_kwargs("/ckpt")
+    assert off["enable_auto_tool_choice"] is False and "tool_call_parser" not in off
+
+
+# ------------------------------------------------------------------ the parser
+@pytest.fixture(scope="module")
+def parser_cls():
+    from vllm.tool_parsers import ToolParserManager
+
+    return ToolParserManager.get_tool_parser(cfg().tools.parser)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from engine.embedded_model import ensure_checkpoint
+
+    return AutoTokenizer.from_pretrained(ensure_checkpoint("embedded:qwen2-vl-tiny"))
+
+
+def request_with_tools():
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                 tools=[tool(), tool("track_parcel")])
+
+
+def call(name, **arguments) -> str:
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+
+
+@pytest.mark.parametrize("output, content, calls", [
+    (call("get_weather", city="Paris"), None, [("get_weather", {"city": "Paris"})]),
+    ("Let me check.\n" + call("get_weather", city="Oslo") + "\n" + call("track_parcel", id="7"),
+     "Let me check.\n", [("get_weather", {"city": "Oslo"}), ("track_parcel", {"id": "7"})]),
+    ("No tool needed: it is sunny.", "No tool needed: it is sunny.", []),
+    # Malformed: the text comes back as content, nothing is called.
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>',
+     '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>', []),
+])
+def test_parser_reads_fixed_outputs(parser_cls, tokenizer, output, content, calls):
+    parser = parser_cls(tokenizer)
+    info = parser.extract_tool_calls(output, request_with_tools())
+    assert info.tools_called == bool(calls)
+    assert info.content == content
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in info.tool_calls] == calls
+
+
+def test_parser_streams_calls_as_deltas(parser_cls, tokenizer):
+    output = "Checking.\n" + call("get_weather", city="Paris") + call("track_parcel", id="42")
+    parser = parser_cls(tokenizer)
+    request = request_with_tools()
+    ids = tokenizer(output)["input_ids"]
+    text, content, calls = "", "", {}
+    for k in range(len(ids)):
+        new = tokenizer.decode(ids[:k + 1])
+        delta = parser.extract_tool_calls_streaming(text, new, new[len(text):], ids[:k],
+                                                    ids[:k + 1], ids[k:k + 1], request)
+        text = new
+        if delta is None:
+            continue
+        content += delta.content or ""
+        for d in delta.tool_calls:
+            entry = calls.setdefault(d.index, {"name": "", "arguments": ""})
+            fn = d.function or {}
+            fn = fn if isinstance(fn, dict) else fn.model_dump(exclude_none=True)
+            entry["name"] += fn.get("name") or ""
+            entry["arguments"] += fn.get("arguments") or ""
+    assert content == "Checking.\n"
+    assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == \
+        [("get_weather", {"city": "Paris"}), ("track_parcel", {"id": "42"})]
