@@ -224,6 +224,10 @@ class Workload:
     output_tokens: int = 128
     images: float = 1  # per request (an average: the load tests send images on a share)
     image_size: tuple[int, int] = (1024, 768)  # width, height
+    videos: int = 0  # video files per request
+    video_seconds: float = 60
+    video_fps: float = 30  # the file's own frame rate
+    video_size: tuple[int, int] = (640, 360)  # width, height
     requests_per_s: float | None = None
     concurrency: int | None = None
     slo_ttft_ms: float | None = None
@@ -237,6 +241,7 @@ class Plan:
     memory: dict[str, Any]
     kv_cache: dict[str, Any]
     images: dict[str, Any]
+    videos: dict[str, Any]
     speed: dict[str, Any]
     load: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
@@ -331,9 +336,11 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
         warnings.append(f"the workload sends {workload.images} images per request, more than "
                         f"multimodal.max_images_per_prompt {mm.max_images_per_prompt}: refused")
     vflops = vision_flops(arch, per_image["patches"])
+    videos, video_flops = _videos(cfg, arch, workload, warnings)
 
     # Requests
-    prompt = workload.prompt_tokens + math.ceil(workload.images * per_image["prompt_tokens"])
+    prompt = (workload.prompt_tokens + math.ceil(workload.images * per_image["prompt_tokens"])
+              + workload.videos * videos.get("prompt_tokens", 0))
     seq = prompt + workload.output_tokens
     if seq > e.max_model_len:
         warnings.append(f"a request of {seq} tokens (prompt {prompt} + output "
@@ -359,7 +366,7 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
     if device is not None:
         flops = device.bf16_tflops * 1e12 * tp
         lm_params = (sum(language_weight_bytes(arch, 2).values()) / 2)
-        prefill = 2 * lm_params * prompt + workload.images * vflops
+        prefill = 2 * lm_params * prompt + workload.images * vflops + workload.videos * video_flops
         speed["prefill_ms_min"] = 1000 * prefill / flops
         speed["vision_ms_per_image_min"] = 1000 * vflops / flops
         speed["peak_tflops"] = device.bf16_tflops * tp
@@ -402,10 +409,43 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
                   "max_concurrency_at_max_model_len": max_len_concurrency},
         images={"size": f"{w}x{h}", **per_image, "vision_gflops": vflops / 1e9,
                 "largest_prompt_tokens": largest["prompt_tokens"]},
+        videos=videos,
         speed=speed,
         load={"request_tokens": seq, "prompt_tokens": prompt, **load},
         warnings=warnings,
     )
+
+
+def _videos(cfg, arch: Architecture, workload: Workload,
+            warnings: list[str]) -> tuple[dict[str, Any], float]:
+    """What each video of the workload becomes (the front door's own plan: frames, frame size,
+    tokens) and the vision encoder's FLOPs for it; ({}, 0) without videos."""
+    if not workload.videos:
+        return {}, 0.0
+    from .video_plan import plan as video_plan
+
+    mm, budget = cfg.multimodal, cfg.video_budget()
+    if workload.videos > mm.max_videos_per_prompt:
+        warnings.append(f"the workload sends {workload.videos} videos per request, more than "
+                        f"multimodal.max_videos_per_prompt {mm.max_videos_per_prompt}: refused")
+    if workload.video_seconds > cfg.limits.max_video_seconds:
+        warnings.append(f"{workload.video_seconds:g}-second videos exceed "
+                        f"limits.max_video_seconds {cfg.limits.max_video_seconds:g}: refused")
+    w, h = workload.video_size
+    total = max(2, round(workload.video_seconds * workload.video_fps))
+    vp = video_plan(total, workload.video_fps, h, w, budget, min_pixels=mm.min_pixels,
+                    max_pixels=mm.max_pixels)
+    if vp.tokens > budget.max_tokens:
+        warnings.append(f"each video needs {vp.tokens} tokens even at the frame floor, over "
+                        f"multimodal.video_max_tokens {budget.max_tokens}: refused")
+    # Qwen2-VL's vision encoder attends within each temporal patch (two frames).
+    temporal = (vp.frames + 1) // 2
+    flops = temporal * vision_flops(arch, (vp.height // 14) * (vp.width // 14))
+    return ({"duration_s": workload.video_seconds, "fps": workload.video_fps,
+             "size": f"{w}x{h}", "frames": vp.frames, "resized_width": vp.width,
+             "resized_height": vp.height, "video_tokens": vp.tokens,
+             "prompt_tokens": vp.tokens + VISION_EXTRA_TOKENS,
+             "budget_tokens": budget.max_tokens, "vision_gflops": flops / 1e9}, flops)
 
 
 def decode_bound(speed: dict[str, Any], batch: int) -> float:

@@ -9,6 +9,7 @@ deep in engine start-up.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,9 +104,18 @@ class MultimodalSettings(_Strict):
     )
     video_fps: float = Field(
         2.0, gt=0, description="Frames the front door samples per second of a video file.")
-    video_max_frames: int = Field(
-        16, ge=2, description="Frames per video at most: a video file is sampled down to it, a "
-        "frame list over it is refused.")
+    video_max_frames: int | None = Field(
+        None, ge=2, description="Frames per video at most: a video file is sampled down to it, a "
+        "frame list over it is refused. None: half as many as would fit video_max_tokens at "
+        "video_min_pixels a frame, at most 768 (qwen-vl-utils' cap).")
+    video_max_tokens: int | None = Field(
+        None, ge=4, description="Token budget per video file: its frames are made smaller "
+        "(down to video_min_pixels) until frames x pixels fit it, as qwen-vl-utils fits a video "
+        "into its total pixels; a video that cannot fit at the floor is refused. None: half of "
+        "engine.max_model_len.")
+    video_min_pixels: int | None = Field(
+        None, ge=28 * 28, description="Per-frame pixel floor of a video file (never below "
+        "min_pixels: the engine's processor would enlarge smaller frames). None: min_pixels.")
 
     @model_validator(mode="after")
     def _pixels_ordered(self):
@@ -113,7 +123,34 @@ class MultimodalSettings(_Strict):
             raise ValueError(
                 f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})"
             )
+        floor = self.video_min_pixels
+        if floor is not None and not self.min_pixels <= floor <= self.max_pixels:
+            raise ValueError(f"video_min_pixels ({floor}) must be between min_pixels "
+                             f"({self.min_pixels}) and max_pixels ({self.max_pixels})")
         return self
+
+
+# qwen-vl-utils' cap on frames per video (FPS_MAX_FRAMES).
+VIDEO_FRAME_CAP = 768
+
+
+@dataclass(frozen=True)
+class VideoBudget:
+    """How a video file becomes frames (``launch.video`` applies it): ``fps`` frames per second
+    of video, at most ``max_frames``, each at least ``min_pixels`` and at most ``max_pixels``,
+    all of them within ``max_tokens``."""
+
+    fps: float
+    max_frames: int
+    max_tokens: int
+    min_pixels: int
+    max_pixels: int
+
+    @property
+    def total_pixels(self) -> int:
+        """qwen-vl-utils' ``total_pixels``: frames x pixels a video may have (one token per
+        28x28 pixels of two frames, so this holds ``max_tokens``)."""
+        return self.max_tokens * 28 * 28
 
 
 class UrlPolicy(_Strict):
@@ -182,9 +219,10 @@ class LimitsSettings(_Strict):
         "before decoding (decompression bombs are refused in milliseconds).")
     min_image_side: int = Field(28, ge=1, description="Smallest width/height accepted.")
     max_aspect_ratio: float = Field(200, ge=1, description="Qwen2-VL's processor limit.")
-    max_video_bytes: int = Field(50 << 20, ge=1, description="Encoded bytes per video file.")
+    max_video_bytes: int = Field(128 << 20, ge=1, description="Encoded bytes per video file.")
     max_video_seconds: float = Field(
-        300, gt=0, description="Duration per video file, from its container header.")
+        3600, gt=0, description="Duration per video file, from its container header (a long "
+        "video is sampled into multimodal.video_max_tokens whatever its length).")
     max_n: int = Field(4, ge=1, description="Choices per request.")
     max_tools: int = Field(128, ge=1, description="Tool definitions per request (each one is "
                            "rendered into the prompt).")
@@ -338,6 +376,11 @@ class ServingConfig(_Strict):
         if mt is not None and mt > self.engine.max_model_len:
             raise ValueError(f"limits.max_tokens ({mt}) must be <= engine.max_model_len "
                              f"({self.engine.max_model_len})")
+        vt = self.multimodal.video_max_tokens
+        if vt is not None and vt >= self.engine.max_model_len:
+            raise ValueError(f"multimodal.video_max_tokens ({vt}) must be < engine.max_model_len "
+                             f"({self.engine.max_model_len}): the prompt's text and the output "
+                             "need room too")
         return self
 
     def max_output_tokens(self) -> int:
@@ -423,6 +466,20 @@ class ServingConfig(_Strict):
         found = self._checkpoint_quant
         return None if found == "unknown" else found is not None
 
+    def video_budget(self) -> VideoBudget:
+        """The video settings in force, the defaults derived from ``engine.max_model_len``."""
+        mm = self.multimodal
+        tokens = mm.video_max_tokens or self.engine.max_model_len // 2
+        floor = mm.video_min_pixels or mm.min_pixels
+        frames = mm.video_max_frames
+        if frames is None:
+            # Two frames at the floor make floor / 784 tokens; half as many frames as would
+            # fit there leaves each frame about twice the floor, so that frames of any usual
+            # aspect ratio, rounded to whole 28-pixel patches, stay above it.
+            frames = min(VIDEO_FRAME_CAP, tokens // max(1, floor // (28 * 28)))
+            frames = max(2, frames - frames % 2)
+        return VideoBudget(mm.video_fps, frames, tokens, floor, mm.max_pixels)
+
     def mm_processor_kwargs(self) -> dict[str, Any]:
         mm = self.multimodal
         return {"min_pixels": mm.min_pixels, "max_pixels": mm.max_pixels}
@@ -453,7 +510,8 @@ class ServingConfig(_Strict):
                 "video": mm.max_videos_per_prompt,
             },
             "mm_processor_kwargs": self.mm_processor_kwargs(),
-            "media_io_kwargs": {"video": {"num_frames": mm.video_max_frames, "fps": mm.video_fps}},
+            "media_io_kwargs": {"video": {"num_frames": self.video_budget().max_frames,
+                                          "fps": mm.video_fps}},
             # Requests may send mm_processor_kwargs: the front door (launch/front_door.py) lets
             # them only lower min/max_pixels, so vLLM may trust what reaches it.
             "trust_request_mm_kwargs": True,

@@ -36,6 +36,7 @@ class FrontDoor:
         self.cfg = cfg
         self.limits = cfg.limits
         self.mm = cfg.multimodal
+        self.video = cfg.video_budget()
         self.vocab_size = _vocab_size(cfg)
 
     # ------------------------------------------------------------------ request-level
@@ -167,14 +168,13 @@ class FrontDoor:
     def _video(self, url: str, param: str, pixels: tuple[int, int]) -> str:
         if url.startswith("data:video/jpeg;base64,"):
             _, payload = media.decode_data_url(url, param)
-            media.check_frames(payload, self.limits, self.mm.video_max_frames, param)
+            media.check_frames(payload, self.limits, self.video.max_frames, param)
             return url
         mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
         if mime is not None and not mime.startswith("video/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
                                   param=param, reason="bad_video")
-        frames, _ = video.sample(data, self.limits, video_fps=self.mm.video_fps,
-                                 max_frames=self.mm.video_max_frames, min_pixels=pixels[0],
+        frames, _ = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
                                  max_pixels=pixels[1], param=param)
         return "data:video/jpeg;base64," + ",".join(frames)
 

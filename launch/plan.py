@@ -22,6 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--output-tokens", type=int, default=128, help="default 128")
     w.add_argument("--images", type=int, default=1, help="images per request (default 1)")
     w.add_argument("--image-size", default="1024x768", help="WIDTHxHEIGHT (default 1024x768)")
+    w.add_argument("--videos", type=int, default=0, help="video files per request (default 0)")
+    w.add_argument("--video-seconds", type=float, default=60,
+                   help="duration of each video (default 60)")
+    w.add_argument("--video-fps", type=float, default=30,
+                   help="the video files' own frame rate (default 30)")
+    w.add_argument("--video-size", default="640x360", help="WIDTHxHEIGHT (default 640x360)")
     w.add_argument("--rps", type=float, default=None, help="target requests/s")
     w.add_argument("--concurrency", type=int, default=None, help="target requests in flight")
     w.add_argument("--slo-ttft-ms", type=float, default=None)
@@ -33,15 +39,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def workload_from(args) -> Workload:
-    try:
-        width, height = parse_size(args.image_size)
-    except ValueError as err:
-        raise PlanError(f"--image-size {err}") from None
-    for name in ("prompt_tokens", "output_tokens", "images"):
+    sizes = {}
+    for flag in ("image_size", "video_size"):
+        try:
+            sizes[flag] = parse_size(getattr(args, flag))
+        except ValueError as err:
+            raise PlanError(f"--{flag.replace('_', '-')} {err}") from None
+    for name in ("prompt_tokens", "output_tokens", "images", "videos"):
         if getattr(args, name) < 0:
             raise PlanError(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("video_seconds", "video_fps"):
+        if getattr(args, name) <= 0:
+            raise PlanError(f"--{name.replace('_', '-')} must be > 0")
     return Workload(prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                    images=args.images, image_size=(width, height), requests_per_s=args.rps,
+                    images=args.images, image_size=sizes["image_size"], videos=args.videos,
+                    video_seconds=args.video_seconds, video_fps=args.video_fps,
+                    video_size=sizes["video_size"], requests_per_s=args.rps,
                     concurrency=args.concurrency, slo_ttft_ms=args.slo_ttft_ms,
                     slo_tpot_ms=args.slo_tpot_ms)
 
@@ -97,8 +110,17 @@ def format_plan(plan: dict) -> str:
         ("image", f"{img['size']} -> {img['resized_width']}x{img['resized_height']}: "
                   f"{img['prompt_tokens']} prompt tokens ({img['image_tokens']} image + 2); "
                   f"vision encoder {img['vision_gflops']:.1f} GFLOP"),
+    ]
+    vid = plan.get("videos") or {}
+    if vid:
+        rows.append(("video", f"{vid['duration_s']:g} s {vid['size']} at {vid['fps']:g} fps -> "
+                     f"{vid['frames']} frames of {vid['resized_width']}x{vid['resized_height']}: "
+                     f"{vid['prompt_tokens']:,} prompt tokens (budget {vid['budget_tokens']:,}); "
+                     f"vision encoder {vid['vision_gflops']:.1f} GFLOP"))
+    rows += [
         ("request", f"{ld['request_tokens']:,} tokens (prompt {ld['prompt_tokens']:,} incl. "
-                    f"images, output {ld['request_tokens'] - ld['prompt_tokens']:,})"),
+                    f"images{' and videos' if vid else ''}, output "
+                    f"{ld['request_tokens'] - ld['prompt_tokens']:,})"),
         ("concurrency that fits", f"{ld['fit_concurrency']} (limited by {ld['fit_limited_by']})"),
     ]
     if "decode_tokens_per_s_batch1_max" in sp:

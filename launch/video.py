@@ -1,28 +1,31 @@
 """Video files become the frames the engine sees: sampled, resized and counted here.
 
-The front door decides the frames of every video file, so that ``multimodal.video_fps`` and
-``multimodal.video_max_frames`` hold whatever the engine's own video loader would do, and a
+The front door decides the frames of every video file, so that the video settings
+(``ServingConfig.video_budget``) hold whatever the engine's own video loader would do, and a
 video's tokens are known before it reaches the engine. The rules are the model toolkit's
-(qwen-vl-utils): ``smart_nframes`` picks the frame count (``video_fps`` frames per second of
-video, at least 4, at most ``video_max_frames``, always even), frames are taken evenly spaced
-from first to last, and each is resized with ``smart_resize`` to the pixel bounds in force
-(``multimodal.min_pixels``/``max_pixels``, or the lower ones a request sets). The engine gets
-the frames as a JPEG frame list (``data:video/jpeg;base64,f1,f2,...``), whose size its processor
-keeps as it is, so a video costs ``frames / 2 * (height / 28) * (width / 28)`` tokens plus its
-two markers.
+(qwen-vl-utils ``fetch_video``): ``smart_nframes`` picks the frame count (``fps`` frames per
+second of video, at least 4, at most ``max_frames``, always even), frames are taken evenly
+spaced from first to last, and each is resized with ``smart_resize`` to at most
+``total_pixels / frames * 2`` pixels (so that frames x pixels fit the video's token budget),
+never below the per-frame floor, and within the pixel bounds a request sets. A video that does
+not fit its budget even at the floor is refused, naming the budget. The engine gets the frames
+as a JPEG frame list (``data:video/jpeg;base64,f1,f2,...``), whose size its processor keeps as
+it is, so a video costs ``frames / 2 * (height / 28) * (width / 28)`` tokens plus its two
+markers.
+
+Decoding streams: frames are decoded one at a time and only the sampled ones are kept (as JPEG),
+so a long video never sits decoded in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
 
-from engine.capacity import PATCH_FACTOR as PATCH  # one token per 28x28 pixels (2x2 merge)
-from engine.config import LimitsSettings
+from engine.config import LimitsSettings, VideoBudget
+from engine.video_plan import VideoPlan, plan
 
 from .media import check_geometry
 from .rejections import RequestRejected
@@ -30,37 +33,8 @@ from .rejections import RequestRejected
 JPEG_QUALITY = 95
 
 
-@dataclass(frozen=True)
-class VideoPlan:
-    """What a video file becomes: ``frames`` frames of ``height`` x ``width``."""
-
-    total_frames: int
-    fps: float
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def tokens(self) -> int:
-        """Video pad tokens: two frames make one temporal patch."""
-        return (self.frames + 1) // 2 * (self.height // PATCH) * (self.width // PATCH)
-
-
-def plan(total_frames: int, fps: float, height: int, width: int, *, video_fps: float,
-         max_frames: int, min_pixels: int, max_pixels: int) -> VideoPlan:
-    """The frame count and frame size for a video (qwen-vl-utils' rules); ValueError when the
-    video has too few frames."""
-    from qwen_vl_utils.vision_process import smart_nframes, smart_resize
-
-    n = smart_nframes({"fps": video_fps, "max_frames": max_frames}, total_frames=total_frames,
-                      video_fps=fps)
-    h, w = smart_resize(height, width, factor=PATCH, min_pixels=min_pixels,
-                        max_pixels=max_pixels)
-    return VideoPlan(total_frames, fps, n, h, w)
-
-
-def sample(data: bytes, limits: LimitsSettings, *, video_fps: float, max_frames: int,
-           min_pixels: int, max_pixels: int, param: str) -> tuple[list[str], VideoPlan]:
+def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixels: int,
+           max_pixels: int, param: str) -> tuple[list[str], VideoPlan]:
     """Decode a video file; returns its sampled frames (base64 JPEG) and the plan."""
     import av
 
@@ -88,11 +62,16 @@ def sample(data: bytes, limits: LimitsSettings, *, video_fps: float, max_frames:
         if total < 2 or fps <= 0:
             raise bad(f"video has {total} frame(s); at least 2 are needed", "video_frames")
         try:
-            p = plan(total, fps, height, width, video_fps=video_fps, max_frames=max_frames,
-                     min_pixels=min_pixels, max_pixels=max_pixels)
+            p = plan(total, fps, height, width, budget, min_pixels=min_pixels,
+                     max_pixels=max_pixels)
         except ValueError as err:
             raise bad(f"video of {total} frames at {fps:g} fps cannot be sampled: {err}",
                       "video_frames") from None
+        if p.tokens > budget.max_tokens:
+            raise bad(f"video needs {p.tokens} tokens ({p.frames} frames of {p.width}x"
+                      f"{p.height}, the smallest the per-frame floor multimodal.video_min_pixels"
+                      f" = {budget.min_pixels} allows); the per-video budget "
+                      f"multimodal.video_max_tokens is {budget.max_tokens}", "video_budget")
         wanted = np.linspace(0, total - 1, p.frames).round().astype(int).tolist()
         frames = _decode(container, stream, wanted, (p.width, p.height))
     if not frames:

@@ -99,15 +99,33 @@ def is_openai_error(body: Any) -> bool:
         (body["error"]["param"] is None or isinstance(body["error"]["param"], str))
 
 
-def video_tokens(total_frames: int, fps: float, height: int, width: int, *, video_fps: float,
-                 max_frames: int, min_pixels: int, max_pixels: int) -> int:
-    """A video's pad tokens by qwen-vl-utils' own functions (independent of launch.video):
-    frames by ``smart_nframes``, frame size by ``smart_resize``, two frames a temporal patch."""
-    from qwen_vl_utils.vision_process import smart_nframes, smart_resize
+def qwen_video_frames(total_frames: int, fps: float, height: int, width: int, *,
+                      video_fps: float, max_frames: int, min_pixels: int, max_pixels: int,
+                      total_pixels: float | None = None) -> tuple[int, int, int]:
+    """(frames, height, width) of a video by qwen-vl-utils' ``fetch_video`` rules, with its own
+    functions and constants (independent of launch.video): frames by ``smart_nframes``, the
+    per-frame bound from ``total_pixels``, the frame size by ``smart_resize``."""
+    from qwen_vl_utils.vision_process import (
+        FRAME_FACTOR,
+        VIDEO_MAX_TOKEN_NUM,
+        smart_nframes,
+        smart_resize,
+    )
 
     n = smart_nframes({"fps": video_fps, "max_frames": max_frames}, total_frames=total_frames,
                       video_fps=fps)
+    if total_pixels is not None:
+        bound = max(min(VIDEO_MAX_TOKEN_NUM * 28 * 28, total_pixels / n * FRAME_FACTOR),
+                    int(min_pixels * 1.05))
+        max_pixels = min(max_pixels, bound)
     h, w = smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+    return n, h, w
+
+
+def video_tokens(total_frames: int, fps: float, height: int, width: int, **settings) -> int:
+    """A video's pad tokens by qwen-vl-utils (``qwen_video_frames``): two frames a temporal
+    patch, one token per 28x28 pixels."""
+    n, h, w = qwen_video_frames(total_frames, fps, height, width, **settings)
     return (n + 1) // 2 * (h // 28) * (w // 28)
 
 

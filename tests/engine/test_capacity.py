@@ -124,6 +124,38 @@ def test_too_many_image_tokens_for_max_model_len_warns():
     assert any("max_images_per_prompt (8)" in w for w in p.warnings), p.warnings
 
 
+@pytest.mark.parametrize("seconds, size", [(60, (640, 360)), (1200, (320, 240)),
+                                           (1500, (360, 640))])
+def test_videos_count_as_the_front_door_samples_them(seconds, size):
+    """A workload's videos cost the tokens the front door's own plan gives them (frames at the
+    configured fps up to the cap, fitted into the per-video budget), in the prompt and the KV
+    estimate alike."""
+    from engine.video_plan import plan as video_plan
+
+    cfg = config(multimodal={"video_max_frames": None})
+    arch, origin = architecture_for(cfg)
+    base = make_plan(cfg, arch, origin, None, Workload(images=0), cpu_bandwidth_gbs=10)
+    p = make_plan(cfg, arch, origin, None, Workload(images=0, videos=1, video_seconds=seconds,
+                                                    video_fps=25, video_size=size),
+                  cpu_bandwidth_gbs=10)
+    vp = video_plan(seconds * 25, 25, size[1], size[0], cfg.video_budget(),
+                    min_pixels=cfg.multimodal.min_pixels, max_pixels=cfg.multimodal.max_pixels)
+    assert p.videos["frames"] == vp.frames and p.videos["video_tokens"] == vp.tokens
+    assert p.videos["video_tokens"] <= cfg.video_budget().max_tokens == 2048
+    assert p.load["prompt_tokens"] == base.load["prompt_tokens"] + vp.tokens + 2
+    assert not p.warnings, p.warnings
+
+
+def test_videos_over_the_limits_warn():
+    cfg = config(multimodal={"video_max_frames": 64, "video_max_tokens": 100})
+    arch, origin = architecture_for(cfg)
+    p = make_plan(cfg, arch, origin, None, Workload(videos=2, video_seconds=7200),
+                  cpu_bandwidth_gbs=10)
+    text = " ".join(p.warnings)
+    assert "max_videos_per_prompt 1" in text and "limits.max_video_seconds 3600" in text
+    assert "over multimodal.video_max_tokens 100" in text
+
+
 SIZES = [(28, 28), (30, 40), (200, 300), (1000, 800), (56, 1400), (1400, 56), (28, 5000),
          (5000, 28), (3000, 2000), (57, 57), (768, 1024), (333, 777)]
 
@@ -161,12 +193,18 @@ def test_cli_plan_table_and_json():
     plan = json.loads(r.stdout)
     assert plan["device"]["name"] == "cpu" and plan["images"]["size"] == "640x480"
     assert plan["kv_cache"]["tokens_reported_by_vllm"] == 524288
+    r = run_cli("plan", "--config", str(CONFIGS / "default.yaml"), "--bandwidth-gbs", "10",
+                "--videos", "1", "--video-seconds", "1200", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "1200 s 640x360 at 30 fps -> 16 frames" in r.stdout and "budget 2,048" in r.stdout
 
 
 @pytest.mark.parametrize("args,message", [
     (["--device", "B200"], "unknown GPU 'B200'"),
     (["--image-size", "big"], "expected WIDTHxHEIGHT"),
     (["--image-size", "0x768"], "width and height must be >= 1"),
+    (["--video-size", "wide"], "--video-size 'wide': expected WIDTHxHEIGHT"),
+    (["--videos", "1", "--video-seconds", "0"], "--video-seconds must be > 0"),
 ])
 def test_cli_plan_bad_input(args, message):
     r = run_cli("plan", "--config", str(CONFIGS / "default.yaml"), "--bandwidth-gbs", "10",

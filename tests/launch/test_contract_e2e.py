@@ -33,6 +33,7 @@ MAX_BODY, MAX_IMAGE, MAX_PIXELS_IMG = 1 << 20, 256 << 10, 1_000_000
 MAX_VIDEO, MAX_SECONDS, MAX_TOKENS, MAX_FRAMES = 512 << 10, 30, 64, 8
 FETCH_TIMEOUT, MAX_REDIRECTS = 2, 2
 MAX_TOOLS = 4
+VIDEO_TOKENS = 300
 CONTEXT = 4096
 EXAMPLES = int(os.environ.get("QWEN_VL_FUZZ_EXAMPLES", "25"))
 TIME_BOUND_S = 60  # any single fuzzed request; the slowest valid one generates 64 tokens
@@ -60,7 +61,7 @@ def server(tmp_path_factory, media):
                            "allowed_networks": ["127.0.0.2/32"],
                            "fetch_timeout_s": FETCH_TIMEOUT, "max_redirects": MAX_REDIRECTS}},
         "multimodal": {"max_images_per_prompt": 2, "max_videos_per_prompt": 1,
-                       "video_max_frames": MAX_FRAMES},
+                       "video_max_frames": MAX_FRAMES, "video_max_tokens": VIDEO_TOKENS},
     })
     yield info
     stop_stack(info)
@@ -150,6 +151,13 @@ def limit_cases(media_url: str):
         ("multimodal.video_max_frames", dict(body=chat(frames(MAX_FRAMES))),
          dict(body=chat(frames(MAX_FRAMES + 1))), 400, "messages[0].content[0].video_url",
          f"video has {MAX_FRAMES + 1} frames; the limit is {MAX_FRAMES}"),
+        # 2800x28 frames keep their one-patch short side: 4 frames fit the budget of 300
+        # (200 tokens), 8 do not (344, their long side already shrunk to fit).
+        ("multimodal.video_max_tokens",
+         dict(body=chat(vid(utils.mp4(2, 2, width=2800, height=28, pattern=True)))),
+         dict(body=chat(vid(utils.mp4(4, 2, width=2800, height=28, pattern=True)))), 400,
+         "messages[0].content[0].video_url",
+         f"the per-video budget multimodal.video_max_tokens is {VIDEO_TOKENS}"),
         ("multimodal.max_pixels (per request)",
          dict(body=chat(img(flat_png(28, 28)), mm_processor_kwargs={"max_pixels": 200704})),
          dict(body=chat(img(flat_png(28, 28)), mm_processor_kwargs={"max_pixels": 200705})),
@@ -195,10 +203,11 @@ def test_every_config_limit_is_in_the_table(media):
     numeric = {f"limits.{k}" for k, f in LimitsSettings.model_fields.items()
                if f.annotation in (int, float, int | None)}
     numeric |= {f"multimodal.{k}" for k, f in MultimodalSettings.model_fields.items()
-                if k not in ("video_fps",)}
+                if k not in ("video_fps", "video_min_pixels")}
     numeric |= {f"limits.url.{k}" for k, f in UrlPolicy.model_fields.items()
                 if f.annotation in (int, float)}
-    # video_fps is a rate, not a cap: its effect is the frame count, tested below.
+    # video_fps is a rate and video_min_pixels a floor, not caps: their effects (the frame
+    # count, the frame size) are tested below and in tests/launch/test_video.py.
     assert numeric - named == set(), numeric - named
 
 
@@ -207,8 +216,9 @@ def test_every_config_limit_is_in_the_table(media):
     (2, 4, 64, 64), (5, 10, 320, 240), (20, 10, 320, 240), (12, 24, 200, 360), (29, 30, 160, 90),
 ])
 def test_video_file_tokens_equal_qwen_vl_utils_count(server, seconds, fps, w, h):
-    """A video file's frames follow video_fps up to video_max_frames, whatever its length, and
-    usage.prompt_tokens equals the count qwen-vl-utils gives for the same file and settings."""
+    """A video file's frames follow video_fps up to video_max_frames, whatever its length, each
+    fitted into video_max_tokens, and usage.prompt_tokens equals the count qwen-vl-utils gives
+    for the same file and settings."""
     cfg = server["cfg"]
     mm = cfg.multimodal
     data = utils.mp4(seconds, fps, width=w, height=h, pattern=True)
@@ -216,12 +226,13 @@ def test_video_file_tokens_equal_qwen_vl_utils_count(server, seconds, fps, w, h)
     assert code == 200, text_only
     code, out = request(server["base"], "/v1/chat/completions", chat(vid(data)))
     assert code == 200, out
-    expected = video_tokens(round(seconds * fps), fps, h, w, video_fps=mm.video_fps,
-                            max_frames=mm.video_max_frames, min_pixels=mm.min_pixels,
-                            max_pixels=mm.max_pixels)
+    b = cfg.video_budget()
+    expected = video_tokens(round(seconds * fps), fps, h, w, video_fps=b.fps,
+                            max_frames=b.max_frames, min_pixels=b.min_pixels,
+                            max_pixels=mm.max_pixels, total_pixels=b.total_pixels)
     # <|vision_start|><|video_pad|>...<|vision_end|>: the pads plus the two markers.
     assert out["usage"]["prompt_tokens"] == text_only["usage"]["prompt_tokens"] + 2 + expected
-    assert expected <= (MAX_FRAMES // 2) * (mm.max_pixels // (28 * 28))
+    assert expected <= VIDEO_TOKENS
 
 
 def test_video_url_is_sampled_like_a_data_url(server, media):

@@ -239,6 +239,87 @@ def test_image_over_http_when_allowed(server, media_servers):
     assert code == 200, out
 
 
+LONG_MINUTES, LONG_FPS, LONG_SIZE = 20, 2, (320, 240)
+
+
+@pytest.fixture(scope="module")
+def long_video():
+    """A 20-minute file of realistic size (noise frames compress poorly: tens of MB)."""
+    w, h = LONG_SIZE
+    return utils.mp4(LONG_MINUTES * 60, LONG_FPS, width=w, height=h)
+
+
+def ingress_pids(server) -> list[int]:
+    """The API ingress replicas' processes (Ray titles them after the deployment)."""
+    from pathlib import Path
+
+    import psutil
+
+    from launch.app import INGRESS_DEPLOYMENT
+    from launch.local_cluster import cluster_processes, read_state
+
+    pids = []
+    for pid in cluster_processes(read_state(Path(server["env"]["QWEN_VL_RUN_DIR"]))):
+        try:
+            if INGRESS_DEPLOYMENT in " ".join(psutil.Process(pid).cmdline()):
+                pids.append(pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def test_twenty_minute_video_by_url_within_the_caps(server, media_servers, long_video):
+    """A 20-minute video fetched over http is accepted within the byte cap, sampled into its
+    token budget, and counted as qwen-vl-utils counts it; the front door's memory stays far
+    below the decoded video's size (it decodes one frame at a time)."""
+    import psutil
+
+    ok, _ = media_servers
+    ok.files["/long.mp4"] = long_video
+    cfg = server["cfg"]
+    assert len(long_video) <= cfg.limits.max_video_bytes
+    code, text_only = request(server, "/v1/chat/completions", chat())
+    assert code == 200, text_only
+    pids = ingress_pids(server)
+    assert pids, "no ingress process found"
+    procs = [psutil.Process(pid) for pid in pids]
+    before = sum(p.memory_info().rss for p in procs)
+    peak, done = before, threading.Event()
+
+    def watch():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
+    try:
+        code, out = request(server, "/v1/chat/completions", chat(
+            {"type": "video_url", "video_url": {"url": ok.url + "/long.mp4"}}), timeout=600)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert code == 200, out
+    b = cfg.video_budget()
+    w, h = LONG_SIZE
+    expected = utils.video_tokens(LONG_MINUTES * 60 * LONG_FPS, LONG_FPS, h, w, video_fps=b.fps,
+                                  max_frames=b.max_frames, min_pixels=b.min_pixels,
+                                  max_pixels=cfg.multimodal.max_pixels,
+                                  total_pixels=b.total_pixels)
+    assert out["usage"]["prompt_tokens"] == text_only["usage"]["prompt_tokens"] + 2 + expected
+    decoded = LONG_MINUTES * 60 * LONG_FPS * w * h * 3
+    growth = peak - before
+    print(f"20-minute video: {len(long_video) / 1e6:.1f} MB file, {expected} video tokens, "
+          f"{elapsed:.1f} s for the request; front door resident memory {before / 2**20:.0f} MiB"
+          f" before, peak +{growth / 2**20:.0f} MiB (the decoded video: "
+          f"{decoded / 2**20:.0f} MiB)")
+    # The file itself is held (fetched bytes); decoded frames are not.
+    assert growth < len(long_video) * 3 + decoded // 4, growth
+
+
 def test_client_may_lower_max_pixels(server):
     from PIL import Image
 

@@ -76,7 +76,10 @@ def test_video_file_duration_and_bytes():
     from launch import video
 
     clip = utils.mp4(seconds=3)
-    kw = dict(video_fps=2.0, max_frames=16, min_pixels=3136, max_pixels=200704, param="p")
+    from engine.config import VideoBudget
+
+    kw = dict(budget=VideoBudget(fps=2.0, max_frames=16, max_tokens=2048, min_pixels=3136,
+                                 max_pixels=200704), min_pixels=3136, max_pixels=200704, param="p")
     video.sample(clip, LIMITS, **kw)  # 3 s is fine
     with pytest.raises(RequestRejected, match=r"video is 3s long; the limit is 2s"):
         video.sample(clip, LimitsSettings(max_video_seconds=2), **kw)
