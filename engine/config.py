@@ -199,6 +199,11 @@ class ToolsSettings(_Strict):
         "'required' and a named function still work.")
     parser: str = Field("hermes", min_length=1, description="vLLM tool-call parser for 'auto' "
                         "(hermes reads the <tool_call> format).")
+    strict_arguments: bool = Field(
+        True, description="Decode every call's arguments under its function's parameter "
+        "schema, as if each tool were sent with strict: true (vLLM's tool_strict_level "
+        "'parameter'); off: only the call's envelope is constrained, and only for 'required' "
+        "and a named function.")
     chat_template: str | None = Field(
         None, description="Jinja chat template file for every chat (tools or not); None: the "
         "shipped engine/chat_templates/qwen2_vl_tool_use.jinja, which renders chats without "
@@ -521,6 +526,7 @@ class ServingConfig(_Strict):
             "chat_template_content_format": "openai",
             "enable_auto_tool_choice": self.tools.auto,
             "tool_call_parser": self.tools.parser if self.tools.auto else None,
+            "tool_strict_level": "parameter" if self.tools.strict_arguments else "auto",
         }
         if d.device == "gpu":
             kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization

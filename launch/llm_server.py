@@ -70,7 +70,18 @@ class PacedBatcher(Batcher):
 
 
 class QwenVLServer(LLMServer):
-    """One vLLM engine per replica (Ray's ``LLMServer``), streaming through ``PacedBatcher``."""
+    """One vLLM engine per replica (Ray's ``LLMServer``), streaming through ``PacedBatcher``,
+    with vLLM's tokenizer routes wired up."""
+
+    async def _start_engine(self):
+        await super()._start_engine()
+        # Ray's engine looks for vLLM's tokenization server under the app-state name vLLM used
+        # to give it (``openai_serving_tokenization``); vLLM 0.32 names it
+        # ``serving_tokenization``, so /tokenize and /detokenize would answer "not supported".
+        engine = self.engine
+        if getattr(engine, "_oai_serving_tokenization", None) is None:
+            state = getattr(engine, "_app_state", None)
+            engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]
                              ) -> AsyncGenerator[List[T], None]:

@@ -8,8 +8,15 @@ any such slip into a validation error, so FastAPI answers it as a 400 naming the
 
 from __future__ import annotations
 
+from typing import Union
+
 from pydantic import ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+# The tokenize request models have no public name in ray.serve.llm.
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 
@@ -49,3 +56,22 @@ class CompletionsRequest(CompletionRequest):
     @classmethod
     def _total(cls, data, handler):
         return _validated(cls, data, handler)
+
+
+class TokenizeChat(TokenizeChatRequest):
+    @model_validator(mode="wrap")
+    @classmethod
+    def _total(cls, data, handler):
+        return _validated(cls, data, handler, required=("messages",), lists=("tools",))
+
+
+class TokenizeText(TokenizeCompletionRequest):
+    @model_validator(mode="wrap")
+    @classmethod
+    def _total(cls, data, handler):
+        return _validated(cls, data, handler)
+
+
+# /tokenize takes a prompt (vLLM's completion form) or messages (rendered by the chat template,
+# tools included), as vLLM's own server does.
+TokenizeBody = Union[TokenizeText, TokenizeChat]

@@ -83,8 +83,10 @@ def test_engine_arguments_follow_the_tools_settings():
     assert on["enable_auto_tool_choice"] is True and on["tool_call_parser"] == "hermes"
     assert on["chat_template"].endswith("qwen2_vl_tool_use.jinja")
     assert on["chat_template_content_format"] == "openai"
-    off = cfg(auto=False).to_engine_kwargs("/ckpt")
+    assert on["tool_strict_level"] == "parameter"
+    off = cfg(auto=False, strict_arguments=False).to_engine_kwargs("/ckpt")
     assert off["enable_auto_tool_choice"] is False and "tool_call_parser" not in off
+    assert off["tool_strict_level"] == "auto"
 
 
 # ------------------------------------------------------------------ the parser
