@@ -24,7 +24,7 @@ from engine.config import ServingConfig
 
 from . import media, video
 from .fetch import fetch
-from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt
+from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
 from .rejections import RequestRejected
 from .tools import check_tools
 
@@ -189,6 +189,9 @@ class FrontDoor:
     def check_completion(self, body: Any) -> None:
         self.check_sampling(body)
         check_prompt(getattr(body, "prompt", None), vocab_size=self.vocab_size)
+
+    def check_detokenize(self, body: Any) -> None:
+        check_token_ids(body.tokens, "tokens", vocab_size=self.vocab_size)
 
 
 def _vocab_size(cfg: ServingConfig) -> int:

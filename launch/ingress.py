@@ -29,7 +29,7 @@ from .access import AccessGate
 from .errors import OpenAIErrors, error_body
 from .front_door import FrontDoor
 from .rejections import RequestRejected, count_rejection
-from .request_models import ChatRequest, CompletionsRequest, TokenizeBody
+from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
 from .replicas import healthy, replica_report
 
 HEALTH_TIMEOUT_S = 10.0
@@ -108,14 +108,22 @@ class QwenVLIngress(OpenAiIngress):
         return await self._serve(body, request, super().completions, check)
 
     async def tokenize(self, body: TokenizeBody, request: Request):
-        """A prompt as Ray serves it; a chat is checked by the front door first, like a chat
-        completion (its images and videos loaded under the same policy), then rendered by the
-        engine's chat template."""
+        """A prompt or a chat, checked by the front door as a completion's prompt or a chat
+        completion's messages are (a chat's images and videos loaded under the same policy),
+        then tokenized (a chat rendered by the engine's chat template)."""
         async def check(b):
             if hasattr(b, "messages"):
                 await self.front_door.check_chat(b)
+            else:
+                self.front_door.check_completion(b)
 
         return await self._serve(body, request, super().tokenize, check)
+
+    async def detokenize(self, body: DetokenizeBody, request: Request):
+        async def check(b):
+            self.front_door.check_detokenize(b)
+
+        return await self._serve(body, request, super().detokenize, check)
 
     async def _serve(self, body, request, call, check):
         """Checks, then the engine call, counted in flight until the last byte is sent.

@@ -210,3 +210,11 @@ def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZ
                               "videos", f"{param}[{k}]", "control_token")
             if isinstance(item, (str, list)):
                 check_prompt(item, f"{param}[{k}]", vocab_size)
+
+
+def check_token_ids(ids: list, param: str, vocab_size: int = VOCAB_SIZE) -> None:
+    """Token ids to detokenize: each one a row of the served model's embedding."""
+    for k, item in enumerate(ids):
+        if not 0 <= item < vocab_size:
+            raise _reject(f"token id {item} is outside the vocabulary (0 to {vocab_size - 1})",
+                          f"{param}[{k}]", "token_id")

@@ -14,6 +14,7 @@ from pydantic import ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 # The tokenize request models have no public name in ray.serve.llm.
 from ray.llm._internal.serve.core.configs.openai_api_models import (
+    DetokenizeRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
@@ -75,3 +76,10 @@ class TokenizeText(TokenizeCompletionRequest):
 # /tokenize takes a prompt (vLLM's completion form) or messages (rendered by the chat template,
 # tools included), as vLLM's own server does.
 TokenizeBody = Union[TokenizeText, TokenizeChat]
+
+
+class DetokenizeBody(DetokenizeRequest):
+    @model_validator(mode="wrap")
+    @classmethod
+    def _total(cls, data, handler):
+        return _validated(cls, data, handler, required=("tokens",))

@@ -305,7 +305,8 @@ HOSTILE = [  # (name, raw body, status, param)
     ("tool_choice_names_absent_tool", _body(tools=tools(1), tool_choice={
         "type": "function", "function": {"name": "no_such_tool"}}), 400, "tool_choice"),
     ("tool_choice_without_tools", _body(tool_choice="required"), 400, "tool_choice"),
-    ("ten_thousand_tools", _body(tools=tools(10_000)), 400, "tools"),
+    ("ten_thousand_tools", _body(tools=[{"type": "function", "function": {"name": f"t{i}"}}
+                                        for i in range(10_000)]), 400, "tools"),  # under 1 MiB
     ("tool_call_id_not_a_string", _body(messages=[
         {"role": "user", "content": "hi"},
         {"role": "assistant", "tool_calls": [{"id": 1}]}]), 400, None),

@@ -160,3 +160,11 @@ def test_request_models_accept_what_vllm_accepts():
                                        "tools": None})
     assert body.messages[0]["role"] == "user"
     assert CompletionsRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
+
+
+def test_token_ids_to_detokenize_are_rows_of_the_embedding():
+    messages.check_token_ids([0, 151935], "tokens")
+    for bad, k in (([5, -1], 1), ([151936], 0), ([2 ** 60], 0)):
+        with pytest.raises(RequestRejected, match="outside the vocabulary") as exc:
+            messages.check_token_ids(bad, "tokens")
+        assert exc.value.param == f"tokens[{k}]"

@@ -228,6 +228,10 @@ def test_tokenize_and_detokenize(server, tokenizer):
     code, back = request(server["base"], "/detokenize", {"model": server["model"],
                                                          "tokens": out["tokens"]})
     assert code == 200 and back["prompt"] == "The quick brown fox", back
+    code, out = request(server["base"], "/detokenize", {"model": server["model"],
+                                                        "tokens": [14990, 2 ** 40]})
+    assert code == 400 and out["error"]["param"] == "tokens[1]", out
+    assert "outside the vocabulary" in out["error"]["message"]
     messages = [{"role": "user", "content": "Hello"}]
     code, out = request(server["base"], "/tokenize", {"model": server["model"],
                                                       "messages": messages})
