@@ -112,6 +112,8 @@ def config_data(args) -> dict:
     data = yaml.safe_load(Path(args.config).read_text())
     if args.model == "2b":
         data = derive(data, source="embedded:qwen2-vl-2b-random")
+    # Every request prefills its whole video: a cached prefix (the warm-up's) would hide it.
+    data.setdefault("engine", {})["enable_prefix_caching"] = False
     mm, limits = data.setdefault("multimodal", {}), data.setdefault("limits", {})
     if args.max_frames == "auto":
         mm.pop("video_max_frames", None)
