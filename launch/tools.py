@@ -4,8 +4,9 @@ vLLM's request model has already checked their shape (each tool a function with 
 named ``tool_choice`` naming one of them). What it leaves to the engine is checked here, where a
 bad definition is a 400 naming the field rather than an error in the middle of rendering or of
 building the decoding grammar: how many tools (each is rendered into the prompt), function
-names, duplicate names, parameter schemas that are not JSON Schemas of an object, and
-``tool_choice: auto`` on a server that does not serve it (``tools.auto``).
+names, duplicate names, parameter schemas that are not JSON Schemas of an object or that the
+decoding grammar cannot be built from, and ``tool_choice: auto`` on a server that does not serve
+it (``tools.auto``).
 """
 
 from __future__ import annotations
@@ -66,3 +67,20 @@ def _check_schema(schema: dict, param: str) -> None:
     if kind != "object":
         raise _reject(f"a function's parameters are a JSON Schema of an object (type 'object'), "
                       f"not {kind!r}", f"{param}.type", "tool_schema")
+    _check_grammar(schema, param)
+
+
+def _check_grammar(schema: dict, param: str) -> None:
+    """The engine decodes arguments under a grammar that xgrammar builds from the schema; a
+    schema it cannot build (an unsupported regex, a dangling $ref, an empty range) is refused
+    here with xgrammar's reason, not by the engine with a generic one."""
+    import json
+
+    import xgrammar  # vLLM's structured-output backend, installed with it
+
+    try:
+        xgrammar.Grammar.from_json_schema(json.dumps(schema))
+    except Exception as err:  # xgrammar's errors are RuntimeErrors; any failure is the schema's
+        reason = re.sub(r"^\[[^\]]*\]\s+\S+:\d+:\s*", "", str(err)).strip()
+        raise _reject(f"the decoding grammar cannot be built from this schema: {reason[:200]}",
+                      param, "tool_schema") from None

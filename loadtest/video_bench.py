@@ -149,6 +149,7 @@ def main(argv=None) -> int:
         files[m] = make_video(work / f"video-{m:g}min.mp4", m)
         print(f"made a {m:g}-minute video: {files[m] / 1e6:.1f} MB in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
+    make_video(work / "warm-up.mp4", 1 / 6)
     from .deploy import stack
 
     rows = []
@@ -159,8 +160,9 @@ def main(argv=None) -> int:
                  for m in minutes}
         print("starting the stack (minutes)...", flush=True)
         target = running.enter_context(stack(data, work / "stack"))
-        first_token(target.base_url, body(cfg.model.served_name,  # warm-up
-                                          f"{media}/video-{minutes[0]:g}min.mp4"))
+        # Warm-up on a video of its own: vLLM caches a video's processed frames and encoder
+        # output by content, so reusing a measured one would skip the vision tower.
+        first_token(target.base_url, body(cfg.model.served_name, f"{media}/warm-up.mp4"))
         for m in minutes:
             ttft, prompt = first_token(target.base_url, body(cfg.model.served_name,
                                                              f"{media}/video-{m:g}min.mp4"))

@@ -300,6 +300,9 @@ HOSTILE = [  # (name, raw body, status, param)
         "type": "object", "properties": {"x": {"type": 7}}})), 400, "tools[0].function.parameters"),
     ("tool_schema_not_an_object", _body(tools=tools(1, parameters={"type": "array"})), 400,
      "tools[0].function.parameters.type"),
+    ("tool_schema_without_a_grammar", _body(tools=tools(1, parameters={
+        "type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}})), 400,
+     "tools[0].function.parameters"),
     ("tool_name_with_spaces", _body(tools=tools(1, name="get weather {}")), 400,
      "tools[0].function.name"),
     ("tool_choice_names_absent_tool", _body(tools=tools(1), tool_choice={

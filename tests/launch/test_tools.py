@@ -64,6 +64,13 @@ def test_a_name_defined_twice_is_refused():
     ({"type": "object", "required": "city"}, "tools[0].function.parameters",
      "not a valid JSON Schema"),
     ({"type": "string"}, "tools[0].function.parameters.type", "of an object"),
+    ({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}},
+     "tools[0].function.parameters", "grammar cannot be built from this schema: Regex parsing "
+     "error at position 3: Lookbehind is not supported"),
+    ({"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}},
+     "tools[0].function.parameters", "Cannot find field \\$defs"),
+    ({"type": "object", "properties": {"x": {"type": "integer", "minimum": 10, "maximum": 1}}},
+     "tools[0].function.parameters", "minimum greater than maximum"),
 ])
 def test_parameters_must_be_a_json_schema_of_an_object(schema, param, match):
     rejected([tool(parameters=schema)], param, match)
