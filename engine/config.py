@@ -9,6 +9,7 @@ deep in engine start-up.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +241,39 @@ class LimitsSettings(_Strict):
         False, description="Let requests send their own Jinja chat template.")
 
 
+KEY_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # a Prometheus label value and a log field as it is
+UNNAMED_KEYS = "default"  # the name of every key read from api_keys_env / api_keys_file
+NO_KEY = "anonymous"  # the name requests get when no key is configured (an open API)
+
+
+class NamedKey(_Strict):
+    """Where one named key's secret is read from: exactly one of ``env`` and ``file``."""
+
+    env: str | None = Field(None, description="Environment variable holding the key "
+                            "(comma-separated: several valid at once, for rotation).")
+    file: str | None = Field(None, description="File with the key, one per line (re-read when "
+                             "it changes: rotation).")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of env and file")
+        return self
+
+
+class Quota(_Strict):
+    """A key's limits; each counts over the last 60 seconds (a sliding window), or at once."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests admitted in any "
+                                            "60 seconds; None: no limit.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens in any 60 seconds. A request "
+        "reserves an upper bound of its prompt plus max_tokens x n when admitted; the "
+        "reservation becomes its actual usage when it ends. None: no limit.")
+    concurrent_requests: int | None = Field(None, ge=1, description="Requests in flight at "
+                                            "once; None: no limit.")
+
+
 class AccessSettings(_Strict):
     """API keys: never in the config, only where to read them from."""
 
@@ -250,6 +284,34 @@ class AccessSettings(_Strict):
     metrics: Literal["off", "key", "open"] = Field(
         "off", description="/metrics on the API port (the node's Ray and vLLM metrics): off, "
         "behind the API key, or open. Prometheus can always scrape server.metrics_port.")
+    keys: dict[str, NamedKey] = Field(
+        default_factory=dict, description="Named keys: name -> where its secret is read from. "
+        "Requests are counted per name (metrics, access log) and quotas apply per name. Keys "
+        f"from api_keys_env/api_keys_file are named '{UNNAMED_KEYS}'.")
+    quotas: dict[str, Quota] = Field(
+        default_factory=dict, description="Quotas per key name (a name of keys, or "
+        f"'{UNNAMED_KEYS}', or '{NO_KEY}' for an API without keys). Over a quota: 429 with "
+        "Retry-After before any engine work. Counted in one Ray actor that every ingress "
+        "replica on every node shares.")
+    quota_store_timeout_s: float = Field(
+        2, gt=0, description="How long a request waits for the quota actor's answer.")
+    quota_store_unavailable: Literal["open", "closed"] = Field(
+        "open", description="When the quota actor does not answer in time: open admits the "
+        "request uncounted (a quota outage is not an API outage); closed refuses it with 503 "
+        "and Retry-After.")
+
+    @model_validator(mode="after")
+    def _names(self):
+        for name in self.keys:
+            if not re.match(KEY_NAME, name) or name in (UNNAMED_KEYS, NO_KEY):
+                raise ValueError(f"access.keys: {name!r} is not a usable key name (lower-case "
+                                 f"letters, digits, '_.-', at most 63; not '{UNNAMED_KEYS}' or "
+                                 f"'{NO_KEY}')")
+        unknown = sorted(set(self.quotas) - set(self.keys) - {UNNAMED_KEYS, NO_KEY})
+        if unknown:
+            raise ValueError(f"access.quotas: {unknown} name no key in access.keys (nor "
+                             f"'{UNNAMED_KEYS}' / '{NO_KEY}')")
+        return self
 
 
 class Autoscaling(_Strict):
@@ -359,6 +421,21 @@ class ServerSettings(_Strict):
         "or the head only).")
 
 
+class AlertSettings(_Strict):
+    """Thresholds of the Prometheus alert rules (``qwen-vl rules``, the chart's PrometheusRule)."""
+
+    ttft_p99_s: float = Field(2.0, gt=0, description="Time-to-first-token SLO: alert when the "
+                              "p99 over 5 minutes exceeds it.")
+    error_ratio: float = Field(0.05, gt=0, le=1, description="Alert when this share of the "
+                               "API's responses over 5 minutes are 5xx.")
+    kv_cache_usage: float = Field(0.9, gt=0, le=1, description="Alert when an engine's KV cache "
+                                  "is fuller than this while requests wait.")
+    rejections_per_s: float = Field(1.0, gt=0, description="Alert when the front door refuses "
+                                    "more requests per second than this (any reason but auth).")
+    for_minutes: int = Field(5, ge=0, description="How long a condition holds before its alert "
+                             "fires (down and overload alerts: a fifth of it, at least 1).")
+
+
 class ServingConfig(_Strict):
     model: ModelSource = Field(description="The checkpoint and the name clients use.")
     engine: EngineSettings = Field(EngineSettings(), description="vLLM engine settings.")
@@ -372,6 +449,7 @@ class ServingConfig(_Strict):
     access: AccessSettings = Field(AccessSettings(), description="API keys and /metrics access.")
     tools: ToolsSettings = Field(ToolsSettings(), description="Function calling: tool_choice "
                                  "'auto', the tool-call parser, the chat template.")
+    alerts: AlertSettings = Field(AlertSettings(), description="Alert-rule thresholds (SLOs).")
     # The checkpoint's quantization as the validator read it (``quantization_of``), once.
     _checkpoint_quant: CheckpointQuant | None | str = PrivateAttr("unknown")
 

@@ -2,8 +2,10 @@
 
 Keys are never in the config: ``access.api_keys_env`` names an environment variable
 (comma-separated keys) and ``access.api_keys_file`` a file (one key per line, re-read when it
-changes, so keys rotate without a restart; two keys can be valid at once). With no key
-configured the API is open (local development). Keys are compared in constant time. ``/health``
+changes, so keys rotate without a restart; two keys can be valid at once); ``access.keys``
+names further keys, each read from its own variable or file. A request carries the name of the
+key it came with (``key_name``, for usage counting and quotas; never the key itself). With no
+key configured the API is open (local development). Keys are compared in constant time. ``/health``
 is always open. The body cap answers 413 from Content-Length, or while the body streams in.
 Before a 413 the rest of the body is read and dropped (up to ``DRAIN_FACTOR`` times the cap), so
 a client that sends the whole body before reading the answer gets the 413, not a broken pipe.
@@ -15,10 +17,13 @@ import hmac
 import os
 from pathlib import Path
 
+from engine.config import NO_KEY, UNNAMED_KEYS, AccessSettings
+
 from .errors import error_body, send_json
 from .rejections import count_rejection
 
 OPEN_PATHS = {"/health", "/-/healthz", "/-/routes"}
+KEY_NAME_STATE = "qwen_vl_key_name"  # request.state field: the authenticated key's name
 DRAIN_FACTOR = 4  # bodies larger than this many caps are not read; the connection just closes
 
 
@@ -60,24 +65,55 @@ def key_matches(token: str, keys: list[str]) -> bool:
     return ok
 
 
+class KeyRing:
+    """Every key source by name: the unnamed keys (``default``) and ``access.keys``."""
+
+    def __init__(self, access: AccessSettings):
+        self.sources = {UNNAMED_KEYS: KeySource(access.api_keys_env, access.api_keys_file)}
+        for name, ref in access.keys.items():
+            self.sources[name] = KeySource(ref.env, ref.file)
+
+    def keys(self) -> dict[str, list[str]] | None:
+        """Valid keys by name; None when no source is configured (an open API)."""
+        found = {name: src.keys() for name, src in self.sources.items()}
+        if all(keys is None for keys in found.values()):
+            return None
+        return {name: keys for name, keys in found.items() if keys}
+
+    def name_of(self, token: str, keys: dict[str, list[str]]) -> str | None:
+        """The name of the key ``token`` is, or None. Every key is compared, matched or not."""
+        match = None
+        for name, named in keys.items():
+            if key_matches(token, named) and match is None:
+                match = name
+        return match
+
+
+def key_name(scope) -> str:
+    """The name of the key a request was authenticated with (``AccessGate`` sets it)."""
+    return scope.get("state", {}).get(KEY_NAME_STATE, NO_KEY)
+
+
 class AccessGate:
-    def __init__(self, app, *, max_body_bytes: int, api_keys_env: str | None,
-                 api_keys_file: str | None, open_paths: frozenset[str] = frozenset()):
+    def __init__(self, app, *, max_body_bytes: int, access: AccessSettings,
+                 open_paths: frozenset[str] = frozenset()):
         self.app = app
         self.open_paths = OPEN_PATHS | set(open_paths)
         self.max_body_bytes = max_body_bytes
-        self.keys = KeySource(api_keys_env, api_keys_file)
+        self.ring = KeyRing(access)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
         if scope["path"] not in self.open_paths:
-            keys = self.keys.keys()
+            keys = self.ring.keys()
             if keys is not None:
                 auth = headers.get("authorization", "")
                 token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-                if not token or not key_matches(token, keys):
+                name = self.ring.name_of(token, keys) if token else None
+                scope.setdefault("state", {})[KEY_NAME_STATE] = name
+                if name is None:
                     count_rejection("auth")
                     msg = "missing API key (Authorization: Bearer <key>)" if not token \
                         else "invalid API key"

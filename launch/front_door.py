@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from engine.capacity import VISION_EXTRA_TOKENS, image_tokens
 from engine.config import ServingConfig
 
 from . import media, video
@@ -27,6 +28,7 @@ from .fetch import fetch
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
 from .rejections import RequestRejected
 from .tools import check_tools
+from .usage import MediaTally
 
 MM_KWARGS = {"min_pixels", "max_pixels"}
 
@@ -87,8 +89,10 @@ class FrontDoor:
                                   param="chat_template", reason="chat_template")
 
     # ------------------------------------------------------------------ chat
-    async def check_chat(self, body: Any) -> None:
-        """Validate a ChatCompletionRequest in place (media URLs become data: URLs)."""
+    async def check_chat(self, body: Any, tally: MediaTally | None = None) -> None:
+        """Validate a ChatCompletionRequest in place (media URLs become data: URLs); each
+        image's and video's bytes and tokens are added to ``tally``."""
+        tally = tally if tally is not None else MediaTally()
         self.check_sampling(body)
         self.check_mm_kwargs(body)
         parts = check_messages(body.messages)
@@ -109,9 +113,9 @@ class FrontDoor:
                 raise RequestRejected(400, f"{ptype}.url is missing", param=param,
                                       reason="bad_url")
             if ptype == "image_url":
-                new = await asyncio.to_thread(self._image, url, param)
+                new = await asyncio.to_thread(self._image, url, param, pixels, tally)
             else:
-                new = await asyncio.to_thread(self._video, url, param, pixels)
+                new = await asyncio.to_thread(self._video, url, param, pixels, tally)
             if isinstance(holder, dict):
                 holder["url"] = new
             else:
@@ -155,27 +159,36 @@ class FrontDoor:
             raise RequestRejected(400, "file not found in media_dir", param=param,
                                   reason="local_file") from None
 
-    def _image(self, url: str, param: str) -> str:
+    def _image(self, url: str, param: str, pixels: tuple[int, int] | None = None,
+               tally: MediaTally | None = None) -> str:
         mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
         if mime is not None and not mime.startswith("image/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
                                   param=param, reason="bad_image")
         checked, mime = media.check_image(data, self.limits, param)
+        if tally is not None:
+            tally.add_image(data, media.image_size(checked),
+                            pixels or (self.mm.min_pixels, self.mm.max_pixels))
         if checked is data and url.startswith("data:"):
             return url  # untouched: no need to re-encode
         return media.to_data_url(checked, mime)
 
-    def _video(self, url: str, param: str, pixels: tuple[int, int]) -> str:
+    def _video(self, url: str, param: str, pixels: tuple[int, int], tally: MediaTally) -> str:
         if url.startswith("data:video/jpeg;base64,"):
             _, payload = media.decode_data_url(url, param)
-            media.check_frames(payload, self.limits, self.video.max_frames, param)
+            size = media.check_frames(payload, self.limits, self.video.max_frames, param)
+            frames = payload.count(",") + 1
+            per_pair = image_tokens(size[1], size[0], *pixels)["image_tokens"]
+            tally.add_video(len(payload) * 3 // 4, (frames + 1) // 2 * per_pair
+                            + VISION_EXTRA_TOKENS)
             return url
         mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
         if mime is not None and not mime.startswith("video/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
                                   param=param, reason="bad_video")
-        frames, _ = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
+        frames, p = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
                                  max_pixels=pixels[1], param=param)
+        tally.add_video(len(data), p.tokens + VISION_EXTRA_TOKENS)
         return "data:video/jpeg;base64," + ",".join(frames)
 
     def pixel_bounds(self, body: Any) -> tuple[int, int]:

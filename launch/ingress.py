@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 from fastapi import Request, status
@@ -21,16 +22,19 @@ from ray.serve.exceptions import BackPressureError
 # Ray's route table and app factory have no public name in ray.serve.llm.
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, init
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from engine.config import ServingConfig
 
 from . import drain
-from .access import AccessGate
+from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body
 from .front_door import FrontDoor
+from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
-from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
 from .replicas import healthy, replica_report
+from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
+from .usage import MediaTally, StreamUsage, record, response_usage, token_reservation
 
 HEALTH_TIMEOUT_S = 10.0
 NO_ROOM_FOR_OUTPUT = "max_tokens must be at least 1, got 0"
@@ -57,6 +61,7 @@ class QwenVLIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.cfg = ServingConfig.model_validate(serving_config)
         self.front_door = FrontDoor(self.cfg)
+        self.quotas = Quotas(self.cfg.access, self.cfg.server.app_name)
         self._inflight = 0
         self._draining = False
         self._replica = _replica_name()
@@ -102,7 +107,7 @@ class QwenVLIngress(OpenAiIngress):
         return await self._serve(body, request, super().chat, self.front_door.check_chat)
 
     async def completions(self, body: CompletionsRequest, request: Request):
-        async def check(b):
+        async def check(b, tally):
             self.front_door.check_completion(b)
 
         return await self._serve(body, request, super().completions, check)
@@ -111,37 +116,46 @@ class QwenVLIngress(OpenAiIngress):
         """A prompt or a chat, checked by the front door as a completion's prompt or a chat
         completion's messages are (a chat's images and videos loaded under the same policy),
         then tokenized (a chat rendered by the engine's chat template)."""
-        async def check(b):
+        async def check(b, tally):
             if hasattr(b, "messages"):
-                await self.front_door.check_chat(b)
+                await self.front_door.check_chat(b, tally)
             else:
                 self.front_door.check_completion(b)
 
         return await self._serve(body, request, super().tokenize, check)
 
     async def detokenize(self, body: DetokenizeBody, request: Request):
-        async def check(b):
+        async def check(b, tally):
             self.front_door.check_detokenize(b)
 
         return await self._serve(body, request, super().detokenize, check)
 
     async def _serve(self, body, request, call, check):
-        """Checks, then the engine call, counted in flight until the last byte is sent.
+        """Checks, the key's quota, then the engine call, counted in flight until the last byte
+        is sent; every request, refused or served, is counted under its key's name.
 
         Refusals that say "come back later" (draining, overloaded, engine replica lost) are
         503 with Retry-After. A stream whose engine fails after it started ends with an OpenAI
         error event and ``[DONE]``: the client always sees an end, never a hang."""
+        done = _Accounting(key_name(request.scope), request.scope["path"], self.quotas)
         try:
             if self._draining:
                 raise self._unavailable("the server is shutting down; retry on another "
                                         "instance or after the restart", "draining")
             await self._check_model(body)
-            await check(body)
+            await check(body, done.tally)
+            if self.quotas.applies_to(done.key):
+                done.lease = await self.quotas.acquire(
+                    done.key, token_reservation(body, self.cfg, done.tally),
+                    self.cfg.deployment.retry_after_s)
         except RequestRejected as err:
+            done.finish(err.status)
             return rejection_response(err)
         self._inflight += 1
         streaming = False
+        status_code = 500
         try:
+            stream_usage = self._ask_stream_usage(body)
             try:
                 response = await call(body, request)
             except BackPressureError:
@@ -162,19 +176,37 @@ class QwenVLIngress(OpenAiIngress):
                 raise self._unavailable("the model replica serving this request failed; "
                                         "retry", "replica_failed") from None
             if isinstance(response, StreamingResponse):
-                response.body_iterator = self._guarded_stream(response.body_iterator)
+                response.body_iterator = self._guarded_stream(response.body_iterator, done,
+                                                              stream_usage)
                 streaming = True
+            else:
+                status_code = response.status_code
+                if status_code == 200:
+                    done.usage = response_usage(response.body)
             return response
         except RequestRejected as err:
+            status_code = err.status
             return rejection_response(err)
         finally:
             if not streaming:
                 self._inflight -= 1
+                done.finish(status_code)
 
-    async def _guarded_stream(self, chunks):
+    @staticmethod
+    def _ask_stream_usage(body) -> StreamUsage | None:
+        """A stream's usage is asked of the engine whether or not the client asked for it
+        (quotas and per-key counters need it); the client gets the usage event only if it did."""
+        if not getattr(body, "stream", False) or not hasattr(body, "stream_options"):
+            return None
+        asked = bool(body.stream_options and body.stream_options.include_usage)
+        if not asked:
+            body.stream_options = StreamOptions(include_usage=True)
+        return StreamUsage(keep=asked)
+
+    async def _guarded_stream(self, chunks, done: "_Accounting", usage: StreamUsage | None):
         try:
             async for chunk in chunks:
-                yield chunk
+                yield usage.feed(chunk) if usage is not None else chunk
         except Exception as err:
             if not engine_lost(err):
                 raise
@@ -184,6 +216,8 @@ class QwenVLIngress(OpenAiIngress):
             yield f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n"
         finally:
             self._inflight -= 1
+            done.usage = usage.usage if usage is not None else None
+            done.finish(200)
 
     async def _check_model(self, body) -> None:
         model = getattr(body, "model", None)
@@ -216,6 +250,26 @@ class QwenVLIngress(OpenAiIngress):
         )
 
 
+class _Accounting:
+    """One request's key name, media, usage and quota lease, closed exactly once."""
+
+    def __init__(self, key: str, route: str, quotas: Quotas):
+        self.key, self.route, self.quotas = key, route, quotas
+        self.tally = MediaTally()
+        self.lease: int | None = None
+        self.usage: tuple[int, int] | None = None
+        self.started = time.monotonic()
+        self._open = True
+
+    def finish(self, status: int) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.quotas.settle(self.lease, sum(self.usage) if self.usage else None)
+        record(self.key, self.route, status, self.usage, self.tally,
+               time.monotonic() - self.started)
+
+
 def _replica_name() -> str:
     try:
         from ray import serve
@@ -238,6 +292,6 @@ def make_ingress_class(cfg: ServingConfig):
     app.add_middleware(OpenAIErrors)  # every error leaves in one shape
     app.add_middleware(  # outermost: keys and body size before anything is parsed
         AccessGate, max_body_bytes=cfg.limits.max_body_bytes,
-        api_keys_env=cfg.access.api_keys_env, api_keys_file=cfg.access.api_keys_file,
+        access=cfg.access,
         open_paths=frozenset({"/metrics"} if cfg.access.metrics == "open" else ()))
     return make_fastapi_ingress(QwenVLIngress, endpoint_map=ENDPOINTS, app=app)

@@ -103,19 +103,28 @@ def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes,
     return buf.getvalue(), "image/png"
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image ``check_image`` accepted, from its header."""
+    return Image.open(io.BytesIO(data)).size
+
+
 def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
-                 param: str) -> str:
-    """``data:video/jpeg;base64,f1,f2,...``: frame count and every frame; returns the payload."""
+                 param: str) -> tuple[int, int]:
+    """``data:video/jpeg;base64,f1,f2,...``: frame count and every frame; returns the first
+    frame's (width, height)."""
     frames = payload.split(",")
     if len(frames) > max_frames:
         raise RequestRejected(400, f"video has {len(frames)} frames; the limit is {max_frames}",
                               param=param, reason="video_frames")
     if len(frames) < 1 or not frames[0]:
         raise RequestRejected(400, "video has no frames", param=param, reason="bad_video")
+    size = (0, 0)
     for i, f in enumerate(frames):
-        check_image(b64decode(f, limits.max_image_bytes, f"{param}[frame {i}]"),
-                    limits, f"{param}[frame {i}]")
-    return payload
+        checked, _ = check_image(b64decode(f, limits.max_image_bytes, f"{param}[frame {i}]"),
+                                 limits, f"{param}[frame {i}]")
+        if i == 0:
+            size = image_size(checked)
+    return size
 
 
 def to_data_url(data: bytes, mime: str) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.config import parse_config
+from engine.config import AccessSettings, parse_config
 from launch.access import KeySource, key_matches
 from launch.front_door import FrontDoor
 from launch.rejections import RequestRejected
@@ -99,7 +99,7 @@ def run_gate(chunks, *, cap, content_length=None):
     if content_length is not None:
         headers.append((b"content-length", str(content_length).encode()))
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
-    gate = AccessGate(app, max_body_bytes=cap, api_keys_env=None, api_keys_file=None)
+    gate = AccessGate(app, max_body_bytes=cap, access=AccessSettings(api_keys_env=None))
     asyncio.run(gate(scope, receive, send))
     return reads, sent, app_saw, pending
 
