@@ -34,7 +34,8 @@ from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
 from .replicas import healthy, replica_report
 from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
-from .usage import MediaTally, StreamUsage, record, response_usage, token_reservation
+from .usage import (MediaTally, StreamUsage, record, response_usage, set_gauge,
+                    token_reservation)
 
 HEALTH_TIMEOUT_S = 10.0
 NO_ROOM_FOR_OUTPUT = "max_tokens must be at least 1, got 0"
@@ -76,6 +77,10 @@ class QwenVLIngress(OpenAiIngress):
         while True:
             try:
                 self._draining = await asyncio.to_thread(drain.is_draining, app)
+                set_gauge("qwen_vl_draining", "1 while the application drains (qwen-vl stop, "
+                          "SIGTERM): new requests get 503.", float(self._draining))
+                set_gauge("qwen_vl_ingress_requests_in_flight", "Requests this ingress "
+                          "replica holds (checked, at an engine, or streaming).", self._inflight)
                 if self._draining:
                     await asyncio.to_thread(drain.report_inflight, app, self._replica,
                                             self._inflight)

@@ -5,7 +5,8 @@ labelled by the key's *name* (``access.keys``; ``default`` for the unnamed keys,
 on an open API), never by the key:
 ``qwen_vl_key_requests{key, code}``, ``qwen_vl_key_tokens{key, kind=prompt|completion|image|video}``,
 ``qwen_vl_key_media{key, kind=image|video}`` (items) and ``qwen_vl_key_media_bytes{key, kind}``
-(encoded bytes received). Image and video tokens are the front door's count (Qwen2-VL's resize
+(encoded bytes received); gauges per ingress replica: ``qwen_vl_draining`` (1 while the drain
+flag is up) and ``qwen_vl_ingress_requests_in_flight``. Image and video tokens are the front door's count (Qwen2-VL's resize
 rules); prompt and completion tokens are the engine's ``usage``.
 """
 
@@ -80,23 +81,26 @@ def prompt_bound(body: Any, tally: MediaTally) -> int:
             bound += TOOLS_TEMPLATE_TOKENS + _text_bytes([t.model_dump() if hasattr(
                 t, "model_dump") else t for t in body.tools])
         return bound
-    prompt = getattr(body, "prompt", None)
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-        return len(prompt)
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        return sum(len(p) for p in prompt)
-    return _text_bytes(prompt) + 1
+    return sum(len(p) if isinstance(p, list) else _text_bytes(p) + 1
+               for p in _prompts(getattr(body, "prompt", None)))
+
+
+def _prompts(prompt: Any) -> list:
+    """A completion's prompts: a string, token ids, or a batch of either."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return prompt
+    return [prompt]
 
 
 def token_reservation(body: Any, cfg: ServingConfig, tally: MediaTally) -> int:
-    """Tokens a request may use: its prompt's bound and its output, each within the context."""
+    """Tokens a request may use: its prompts' bound and n outputs per prompt, each within the
+    context."""
     ctx = cfg.engine.max_model_len
-    prompt = min(prompt_bound(body, tally), ctx)
+    prompts = 1 if hasattr(body, "messages") else len(_prompts(body.prompt))
     out = getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None) \
         or cfg.max_output_tokens()
-    prompts = len(body.prompt) if isinstance(getattr(body, "prompt", None), list) and \
-        body.prompt and not isinstance(body.prompt[0], int) else 1
-    return prompts * (prompt + (getattr(body, "n", None) or 1) * min(out, ctx))
+    return min(prompt_bound(body, tally), prompts * ctx) + \
+        prompts * (getattr(body, "n", None) or 1) * min(out, ctx)
 
 
 def usage_of(payload: Any) -> tuple[int, int] | None:
@@ -157,6 +161,19 @@ def _inc(name: str, description: str, tags: dict[str, str], value: float = 1) ->
             counter = _counters[name] = Counter(name, description=description,
                                                 tag_keys=tuple(tags))
         counter.inc(value, tags=tags)
+    except Exception:  # metrics must never break request handling
+        pass
+
+
+def set_gauge(name: str, description: str, value: float) -> None:
+    """Set one of the ingress replica's own gauges (Ray labels it with the replica)."""
+    try:
+        gauge = _counters.get(name)
+        if gauge is None:
+            from ray.serve.metrics import Gauge
+
+            gauge = _counters[name] = Gauge(name, description=description)
+        gauge.set(value)
     except Exception:  # metrics must never break request handling
         pass
 

@@ -1,0 +1,110 @@
+"""The quota ledger's arithmetic (``launch.quotas.QuotaWindow``) on a clock the test moves, and
+the config rules for key names and quotas. The live stack's quotas: test_monitoring_e2e."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import AccessSettings, ConfigError, parse_config
+from launch.quotas import STALE_LEASE_S, QuotaWindow
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def test_requests_per_minute_is_a_sliding_window(clock):
+    w = QuotaWindow(clock)
+    quota = {"requests_per_minute": 3}
+    for step in (0, 10, 20):
+        clock.now += step and 10
+        assert "lease" in w.acquire("a", quota, 1)
+    refused = w.acquire("a", quota, 1)
+    assert refused["limit"] == "requests_per_minute" and refused["value"] == 3
+    # the first request was admitted at 1000; it leaves the window at 1060 (now 1020)
+    assert refused["retry_after"] == 40
+    clock.now = 1060.0
+    assert "lease" in w.acquire("a", quota, 1)
+    assert "lease" in w.acquire("b", quota, 1)  # another key has its own window
+
+
+def test_tokens_per_minute_reserves_then_settles_to_the_actual_usage(clock):
+    w = QuotaWindow(clock)
+    quota = {"tokens_per_minute": 1000}
+    first = w.acquire("a", quota, 600)["lease"]
+    refused = w.acquire("a", quota, 600)
+    assert refused["limit"] == "tokens_per_minute" and "used 600" in refused["message"]
+    assert refused["retry_after"] == 60
+    w.settle(first, 150)  # it used less than it reserved: the room comes back at once
+    assert "lease" in w.acquire("a", quota, 600)
+    clock.now += 30
+    refused = w.acquire("a", quota, 600)  # 750 used: the first request's 150 go at 1060
+    assert refused["retry_after"] == 30
+
+
+def test_settling_without_usage_keeps_the_reservation(clock):
+    w = QuotaWindow(clock)
+    quota = {"tokens_per_minute": 100}
+    w.settle(w.acquire("a", quota, 80)["lease"], None)
+    assert w.acquire("a", quota, 30)["limit"] == "tokens_per_minute"
+
+
+def test_concurrency_counts_leases_until_they_end(clock):
+    w = QuotaWindow(clock)
+    quota = {"concurrent_requests": 2}
+    leases = [w.acquire("a", quota, 1)["lease"] for _ in range(2)]
+    refused = w.acquire("a", quota, 1)
+    assert refused["limit"] == "concurrent_requests" and refused["retry_after"] == 1
+    w.settle(leases[0], 1)
+    assert "lease" in w.acquire("a", quota, 1)
+
+
+def test_a_lease_never_settled_stops_counting_after_the_stale_limit(clock):
+    w = QuotaWindow(clock)
+    quota = {"concurrent_requests": 1}
+    w.acquire("a", quota, 1)  # its ingress replica died: never settled
+    assert "limit" in w.acquire("a", quota, 1)
+    clock.now += STALE_LEASE_S
+    assert "lease" in w.acquire("a", quota, 1)
+
+
+def test_every_limit_at_once_reports_the_first_that_refuses(clock):
+    w = QuotaWindow(clock)
+    quota = {"requests_per_minute": 10, "tokens_per_minute": 50, "concurrent_requests": 5}
+    assert "lease" in w.acquire("a", quota, 40)
+    assert w.acquire("a", quota, 40)["limit"] == "tokens_per_minute"
+
+
+def test_key_names_and_quota_names_are_checked():
+    ok = AccessSettings(keys={"team-a": {"env": "TEAM_A_KEY"}, "team.b_2": {"file": "/k"}},
+                        quotas={"team-a": {"requests_per_minute": 5}, "default": {},
+                                "anonymous": {"concurrent_requests": 1}})
+    assert set(ok.quotas) == {"team-a", "default", "anonymous"}
+    with pytest.raises(ValueError, match="name no key"):
+        AccessSettings(quotas={"team-z": {"requests_per_minute": 5}})
+    for bad in ("Team", "default", "anonymous", "-x", "a" * 64, "a b"):
+        with pytest.raises(ValueError, match="not a usable key name"):
+            AccessSettings(keys={bad: {"env": "X"}})
+    with pytest.raises(ValueError, match="exactly one of env and file"):
+        AccessSettings(keys={"a": {"env": "X", "file": "/k"}})
+    with pytest.raises(ValueError, match="exactly one of env and file"):
+        AccessSettings(keys={"a": {}})
+
+
+def test_a_quota_typo_names_the_key():
+    base = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
+    with pytest.raises(ConfigError, match="requests_per_minut"):
+        parse_config({**base, "access": {"keys": {"a": {"env": "A"}},
+                                         "quotas": {"a": {"requests_per_minut": 5}}}}, "t")
+    with pytest.raises(ConfigError, match="greater than or equal to 1"):
+        parse_config({**base, "access": {"keys": {"a": {"env": "A"}},
+                                         "quotas": {"a": {"tokens_per_minute": 0}}}}, "t")
