@@ -58,11 +58,13 @@ loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline: install
 loadtest-soak: install  # the config's own model (the embedded default), 10 minutes
 	$(PY) -m loadtest soak --config $(CONFIG) $(ARGS)
 
-# Helm chart: regenerate values.schema.json's serving part (from engine/config.py) and the
-# README's values table (from the schema); tests/helm and tests/launch/test_chart.py check both.
+# Helm chart: regenerate values.schema.json's serving part (from engine/config.py), the
+# README's values table (from the schema) and the dashboard and rules (launch/monitoring.py);
+# tests/helm and tests/launch/test_chart.py check each.
 chart: install
 	$(PY) -m launch.chart schema
 	$(PY) -m launch.chart readme
+	$(PY) -m launch.chart monitoring
 
 clean:
 	rm -rf $(VENV) *.egg-info

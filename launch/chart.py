@@ -6,7 +6,8 @@ values block. Its ``values.schema.json`` checks that block with the JSON schema 
 pydantic model (``$defs``, regenerated here), so ``helm install`` rejects what ``qwen-vl serve``
 would; the chart-level keys are written by hand in the same file. ``python -m launch.chart
 schema`` rewrites the ``$defs``; ``python -m launch.chart reference`` prints the values table and
-``python -m launch.chart readme`` puts it into the README. Tests fail when either is stale.
+``python -m launch.chart readme`` puts it into the README; ``python -m launch.chart monitoring``
+writes the chart's dashboard and rules (``launch.monitoring``). Tests fail when any is stale.
 """
 
 from __future__ import annotations
@@ -113,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(values_reference())
     elif argv == ["readme"]:
         print(f"wrote {update_readme()}")
+    elif argv == ["monitoring"]:
+        from .monitoring import write_chart_files
+
+        for path in write_chart_files():
+            print(f"wrote {path}")
     else:
-        print("usage: python -m launch.chart schema|reference|readme", file=sys.stderr)
+        print("usage: python -m launch.chart schema|reference|readme|monitoring", file=sys.stderr)
         return 2
     return 0
 

@@ -171,6 +171,18 @@ def cmd_chart_values(args) -> int:
     return 0
 
 
+def cmd_monitoring(args) -> int:
+    from pathlib import Path
+
+    from engine.config import load_config
+
+    from .monitoring import write_files
+
+    for path in write_files(load_config(args.config), Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen-vl", description=__doc__.split("\n")[0])
@@ -203,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print a config as the Helm chart's serving: values block")
     c.add_argument("--config", required=True, help="YAML config")
     c.set_defaults(func=cmd_chart_values)
+    m = sub.add_parser("monitoring", help="write the Prometheus rules (alert thresholds from "
+                       "the config) and the Grafana dashboard")
+    m.add_argument("--config", required=True, help="YAML config")
+    m.add_argument("--out", default=".", help="directory to write them to (default: here)")
+    m.set_defaults(func=cmd_monitoring)
     from .plan import add_arguments
 
     pl = sub.add_parser("plan", help="capacity plan: memory, KV cache, tokens per image, speed "

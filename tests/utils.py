@@ -153,6 +153,23 @@ def write_config(tmp: Path, overrides: dict | None = None) -> tuple[Path, dict]:
     return path, data
 
 
+def ensure_prometheus() -> str:
+    """The directory of Debian's ``prometheus`` and ``promtool``, installed on first use (a fresh
+    CI machine has neither; the package registries are reachable). Fails the test, with apt's
+    last words, when they cannot be installed."""
+    import shutil
+
+    if shutil.which("promtool") and shutil.which("prometheus"):
+        return str(Path(shutil.which("promtool")).parent)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]):
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+        if r.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed:\n{(r.stdout + r.stderr)[-2000:]}")
+    return str(Path(shutil.which("promtool")).parent)
+
+
 def start_stack(tmp: Path, overrides: dict | None = None, env: dict | None = None) -> dict:
     """`qwen-vl serve --detach` with the default config (plus overrides) on free ports."""
     from engine.config import parse_config

@@ -35,7 +35,10 @@ PROFILES = {  # profile -> the configs/ file its serving block is
 ALL_ON = {
     "ingress": {"enabled": True, "className": "nginx",
                 "tls": [{"hosts": ["qwen-vl.example.com"], "secretName": "qwen-vl-tls"}]},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+                "grafanaDashboard": {"enabled": True,
+                                     "annotations": {"grafana_folder": "Serving"}}},
     "secrets": {"hfToken": {"existingSecret": "hf-token"},
                 "apiKeys": {"value": "sk-chart-created-key-1,sk-chart-created-key-2"}},
     "modelCache": {"persistence": {"enabled": True, "existingClaim": "qwen-weights"}},
@@ -127,7 +130,12 @@ def validate_all(objs: list[dict]) -> list[str]:
     checked = []
     for obj in objs:
         kind = obj["kind"]
-        if kind in CRDS:
+        if kind == "PrometheusRule":
+            # No PrometheusRule CRD schema is in shared/k8s-schemas: its envelope is checked
+            # here and its rules by promtool (test_prometheus_rule_is_the_configs_rules).
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1" and set(obj["spec"]) == \
+                {"groups"} and obj["metadata"]["name"], obj["metadata"]
+        elif kind in CRDS:
             errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
                       for e in CRDS[kind]().iter_errors(obj)]
             assert not errors, f"{kind} {obj['metadata']['name']}: {errors}"
@@ -165,7 +173,8 @@ def test_every_object_validates(chart, name):
 def test_every_optional_object_validates(chart):
     objs = objects(render(chart, ALL_ON))
     kinds = validate_all(objs)
-    for kind in ("RayService", "Ingress", "ServiceMonitor", "Service", "Secret", "Pod"):
+    for kind in ("RayService", "Ingress", "ServiceMonitor", "PrometheusRule", "Service",
+                 "Secret", "Pod"):
         assert kind in kinds
     rs = one(objs, "RayService")
     assert rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
@@ -470,3 +479,42 @@ def test_notes_tell_how_to_reach_and_call_the_api(chart):
     assert "helm test qwen -n ml" in notes
     open_notes = render(chart)["qwen-vl-serving/templates/NOTES.txt"]
     assert "No API key is configured" in open_notes
+
+
+# ------------------------------------------------------------------ rules and dashboard
+@pytest.mark.parametrize("alerts", [{}, {"ttft_p99_s": 0.75, "error_ratio": 0.02,
+                                         "kv_cache_usage": 0.85, "for_minutes": 12}])
+def test_prometheus_rule_is_the_configs_rules(chart, tmp_path, alerts):
+    """The chart's PrometheusRule is ``qwen-vl monitoring``'s rules file for the same serving
+    config, thresholds included, and promtool accepts it."""
+    import subprocess
+
+    from launch.monitoring import rules
+    from tests.utils import ensure_prometheus
+
+    values = {"metrics": {"prometheusRule": {"enabled": True}}}
+    if alerts:
+        values["serving"] = {"alerts": alerts}
+    objs = objects(render(chart, values))
+    spec = one(objs, "PrometheusRule")["spec"]
+    serving = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["serving"]
+    assert spec == rules(parse_config({**serving, "alerts": alerts}))
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    promtool = Path(ensure_prometheus()) / "promtool"
+    r = subprocess.run([str(promtool), "check", "rules", str(path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
+    from launch.monitoring import dashboard
+
+    objs = objects(render(chart, {"metrics": {"grafanaDashboard": {"enabled": True}}}))
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and
+              o["metadata"]["name"].endswith("-dashboard"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["qwen-vl-serving.json"]) == dashboard()
+    off = objects(render(chart))
+    assert not any(o["kind"] == "PrometheusRule" or o["metadata"]["name"].endswith(
+        "-dashboard") for o in off)
