@@ -270,7 +270,10 @@ class _Accounting:
         if not self._open:
             return
         self._open = False
-        self.quotas.settle(self.lease, sum(self.usage) if self.usage else None)
+        # A request refused after admission (503: no engine capacity, engine lost) used
+        # nothing: its quota is given back.
+        self.quotas.settle(self.lease, sum(self.usage) if self.usage else None,
+                           refund=status == 503 and self.usage is None)
         record(self.key, self.route, status, self.usage, self.tally,
                time.monotonic() - self.started)
 

@@ -38,9 +38,10 @@ RECORDING: list[tuple[str, str]] = [
      f"sum by (application, status_code) (rate(ray_serve_num_http_requests_total"
      f"{{{API_ROUTES}}}[1m]))"),
     # 503 is capacity or drain, each with its own alert; this ratio is the server failing
+    # (or vector(0): a ratio of 0, not "no data", while nothing has failed)
     ("qwen_vl:http_5xx_ratio:rate5m",
-     f'sum(rate(ray_serve_num_http_requests_total{{{API_ROUTES},status_code=~"5..",'
-     f'status_code!="503"}}[5m])) / sum(rate(ray_serve_num_http_requests_total'
+     f'(sum(rate(ray_serve_num_http_requests_total{{{API_ROUTES},status_code=~"5..",'
+     f'status_code!="503"}}[5m])) or vector(0)) / sum(rate(ray_serve_num_http_requests_total'
      f"{{{API_ROUTES}}}[5m]))"),
     *[(f"qwen_vl:{name}_seconds:p{int(q * 100)}_5m", _quantile(q, metric, "5m"))
       for name, metric in (("ttft", "ray_vllm_time_to_first_token_seconds"),
@@ -52,7 +53,7 @@ RECORDING: list[tuple[str, str]] = [
     ("qwen_vl:generation_tokens:rate1m",
      "sum by (model_name) (rate(ray_vllm_generation_tokens_total[1m]))"),
     ("qwen_vl:overload_refusals:rate1m",
-     'sum(rate(ray_qwen_vl_rejected_requests_total{reason="overloaded"}[1m]))'),
+     'sum(rate(ray_qwen_vl_rejected_requests_total{reason="overloaded"}[1m])) or vector(0)'),
     ("qwen_vl:rejections:rate5m",
      'sum by (reason) (rate(ray_qwen_vl_rejected_requests_total{reason!="auth"}[5m]))'),
     ("qwen_vl:ray_nodes:sum", "sum(ray_cluster_active_nodes)"),

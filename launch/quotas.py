@@ -25,6 +25,8 @@ import time
 from collections import deque
 from typing import Any
 
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
 from engine.config import AccessSettings
 
 from .rejections import RequestRejected
@@ -36,6 +38,8 @@ STALE_LEASE_S = 3600.0
 NAMESPACE = "qwen_vl_serving"
 
 log = logging.getLogger("ray.serve")
+# The ledger did not answer: it is being restarted, its node is gone, or it is too slow.
+UNAVAILABLE = (asyncio.TimeoutError, RayActorError, ActorUnavailableError, GetTimeoutError)
 
 
 class QuotaWindow:
@@ -44,7 +48,8 @@ class QuotaWindow:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.events: dict[str, deque[list[float]]] = {}  # name -> [[admitted_at, tokens], ...]
+        # name -> [[admitted_at, tokens, requests (1, or 0 once refunded)], ...]
+        self.events: dict[str, deque[list[float]]] = {}
         self.leases: dict[int, tuple[str, float, list[float]]] = {}
         self._ids = itertools.count(1)
 
@@ -67,17 +72,18 @@ class QuotaWindow:
                                 f"{running} requests of this key are in flight; its quota is "
                                 f"{limit} at once")
         limit = quota.get("requests_per_minute")
-        if limit is not None and len(events) >= limit:
-            wait = events[len(events) - limit][0] + WINDOW_S - now
+        admitted = [e for e in events if e[2]]
+        if limit is not None and len(admitted) >= limit:
+            wait = admitted[len(admitted) - limit][0] + WINDOW_S - now
             return _refused("requests_per_minute", limit, wait,
-                            f"{len(events)} requests of this key in the last 60 s; its quota "
-                            f"is {limit} requests per minute")
+                            f"{len(admitted)} requests of this key in the last 60 s; its "
+                            f"quota is {limit} requests per minute")
         limit = quota.get("tokens_per_minute")
         if limit is not None:
             used = sum(e[1] for e in events)
             if used + tokens > limit:
                 freed, wait = 0.0, WINDOW_S
-                for at, spent in events:
+                for at, spent, _ in events:
                     freed += spent
                     if used - freed + tokens <= limit:
                         wait = at + WINDOW_S - now
@@ -86,17 +92,22 @@ class QuotaWindow:
                                 f"this request may use {tokens} tokens (its prompt's upper "
                                 f"bound plus max_tokens x n) and the key has used {used:.0f} "
                                 f"in the last 60 s; its quota is {limit} tokens per minute")
-        event = [now, float(tokens)]
+        event = [now, float(tokens), 1]
         events.append(event)
         lease = next(self._ids)
         self.leases[lease] = (name, now, event)
         return {"lease": lease}
 
-    def settle(self, lease: int, tokens: int | None) -> None:
+    def settle(self, lease: int, tokens: int | None, refund: bool = False) -> None:
         """The request ended: its reservation becomes ``tokens`` (None: keep the reservation,
-        the usage is not known), and it no longer counts as in flight."""
+        the usage is not known), and it no longer counts as in flight. ``refund``: it was
+        refused after admission (no engine capacity, engine lost): it counts for nothing."""
         held = self.leases.pop(lease, None)
-        if held is not None and tokens is not None:
+        if held is None:
+            return
+        if refund:
+            held[2][1], held[2][2] = 0.0, 0
+        elif tokens is not None:
             held[2][1] = float(tokens)
 
 
@@ -155,7 +166,7 @@ class Quotas:
         try:
             answer = await asyncio.wait_for(
                 self._handle().acquire.remote(key, quota, tokens), self.timeout_s)
-        except Exception as err:  # timeout, actor lost: the configured failure mode
+        except UNAVAILABLE as err:  # the configured failure mode (a bug in the ledger raises)
             self._ledger = None
             log.warning("quota ledger unavailable (%s): request %s", type(err).__name__,
                         "refused" if self.fail_closed else "admitted uncounted")
@@ -172,10 +183,10 @@ class Quotas:
             code="rate_limit_exceeded", reason=f"quota_{answer['limit']}",
             retry_after=answer["retry_after"])
 
-    def settle(self, lease: int | None, tokens: int | None) -> None:
+    def settle(self, lease: int | None, tokens: int | None, refund: bool = False) -> None:
         if lease is None or self._ledger is None:
             return
         try:
-            self._ledger.settle.remote(lease, tokens)  # fire and forget
+            self._ledger.settle.remote(lease, tokens, refund)  # fire and forget
         except Exception:  # the ledger is gone: its leases went with it
             self._ledger = None

@@ -3,10 +3,13 @@ the config rules for key names and quotas. The live stack's quotas: test_monitor
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from engine.config import AccessSettings, ConfigError, parse_config
-from launch.quotas import STALE_LEASE_S, QuotaWindow
+from launch.quotas import STALE_LEASE_S, Quotas, QuotaWindow
+from launch.rejections import RequestRejected
 
 
 class Clock:
@@ -56,6 +59,14 @@ def test_settling_without_usage_keeps_the_reservation(clock):
     quota = {"tokens_per_minute": 100}
     w.settle(w.acquire("a", quota, 80)["lease"], None)
     assert w.acquire("a", quota, 30)["limit"] == "tokens_per_minute"
+
+
+def test_a_refunded_request_counts_for_nothing(clock):
+    w = QuotaWindow(clock)
+    quota = {"requests_per_minute": 1, "tokens_per_minute": 100}
+    w.settle(w.acquire("a", quota, 80)["lease"], None, refund=True)  # 503 after admission
+    assert "lease" in w.acquire("a", quota, 90)
+    assert w.acquire("a", quota, 1)["limit"] == "requests_per_minute"
 
 
 def test_concurrency_counts_leases_until_they_end(clock):
@@ -108,3 +119,46 @@ def test_a_quota_typo_names_the_key():
     with pytest.raises(ConfigError, match="greater than or equal to 1"):
         parse_config({**base, "access": {"keys": {"a": {"env": "A"}},
                                          "quotas": {"a": {"tokens_per_minute": 0}}}}, "t")
+
+
+class _SilentLedger:
+    """A ledger that never answers (its node is gone): every call waits forever."""
+
+    class _Method:
+        def remote(self, *args):
+            return asyncio.get_running_loop().create_future()
+
+    acquire = settle = _Method()
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_an_unreachable_ledger_admits_or_refuses_as_configured(mode):
+    quotas = Quotas(AccessSettings(keys={"a": {"env": "A"}}, quotas={
+        "a": {"requests_per_minute": 1}}, quota_store_timeout_s=0.05,
+        quota_store_unavailable=mode), "app")
+
+    async def ask():
+        quotas._ledger = _SilentLedger()
+        return await quotas.acquire("a", 10, retry_after_s=7)
+
+    if mode == "open":
+        assert asyncio.run(ask()) is None  # admitted, uncounted
+    else:
+        with pytest.raises(RequestRejected) as err:
+            asyncio.run(ask())
+        assert (err.value.status, err.value.retry_after, err.value.code) == \
+            (503, 7, "quota_unavailable")
+    assert asyncio.run(_no_quota(quotas)) is None
+
+
+async def _no_quota(quotas):
+    return await quotas.acquire("someone-else", 10, retry_after_s=7)  # no quota: no call
+
+
+def test_a_request_larger_than_the_token_quota_is_a_400_naming_max_tokens():
+    quotas = Quotas(AccessSettings(keys={"a": {"env": "A"}}, quotas={
+        "a": {"tokens_per_minute": 100}}), "app")
+    with pytest.raises(RequestRejected) as err:
+        asyncio.run(quotas.acquire("a", 101, retry_after_s=5))
+    assert err.value.status == 400 and err.value.param == "max_tokens"
+    assert "tokens_per_minute = 100" in err.value.message and "101" in err.value.message
