@@ -157,7 +157,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [  # (title, unit, [(lege
     ("KV-cache usage per engine", "percentunit",
      [("{{ReplicaId}}", "max by (ReplicaId) (ray_vllm_kv_cache_usage_perc)")]),
     ("Preemptions per second", "short",
-     [("preempted", f"sum(rate(ray_vllm_request_num_preemptions_sum[{RATE}]))")]),
+     # (Ray exports the counter from an engine's first preemption on: 0 until then)
+     [("preempted", f"sum(rate(ray_vllm_num_preemptions_total[{RATE}])) or vector(0)")]),
     ("Replicas by health", "short",
      [("healthy {{deployment}}",
        "sum by (deployment) (ray_serve_deployment_replica_healthy == 1)"),

@@ -94,7 +94,10 @@ def _prompts(prompt: Any) -> list:
 
 def token_reservation(body: Any, cfg: ServingConfig, tally: MediaTally) -> int:
     """Tokens a request may use: its prompts' bound and n outputs per prompt, each within the
-    context."""
+    context. 0 for a request that generates nothing (/tokenize, /detokenize): it counts
+    toward requests and concurrency only."""
+    if not hasattr(body, "max_tokens"):
+        return 0
     ctx = cfg.engine.max_model_len
     prompts = 1 if hasattr(body, "messages") else len(_prompts(body.prompt))
     out = getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None) \

@@ -72,7 +72,7 @@ def render_png(prom: LocalPrometheus, out: Path, start: float, end: float,
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=70)
     plt.close(fig)
@@ -135,8 +135,9 @@ def mixed_load(base: str, model: str, seconds: float, keys: dict[str, str] = KEY
             if kind == "bad":
                 body["max_tokens"] = 0
                 time.sleep(3)
-            note(key, _post(base, keys[key], body))
-            if kind != "text":
+            status = _post(base, keys[key], body)
+            note(key, status)
+            if kind != "text" or status in (429, 503):
                 time.sleep(0.5)
 
     threads = [threading.Thread(target=worker, args=(k, kind), daemon=True)

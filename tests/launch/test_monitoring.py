@@ -197,3 +197,15 @@ def test_the_cli_writes_the_rules_and_the_dashboard(tmp_path, capsys):
     assert json.loads((tmp_path / "qwen-vl-serving.dashboard.json").read_text()) == \
         monitoring.dashboard()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_every_alert_has_its_runbook_paragraph():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for name in monitoring.ALERT_NAMES:
+        assert f"\n### {name}\n" in doc, name
+    for rule in monitoring.rules()["groups"][1]["rules"]:
+        assert rule["annotations"]["runbook_url"] == \
+            f"docs/operations.md#{rule['alert'].lower()}"
+    for field in ("ttft_p99_s", "error_ratio", "kv_cache_usage", "rejections_per_s",
+                  "for_minutes"):
+        assert f"`{field}`" in doc, field

@@ -73,6 +73,9 @@ def test_reservation_is_prompt_plus_output_times_n():
     assert token_reservation(prompts, cfg, MediaTally()) == 2 * (3 + 10)
     ids = SimpleNamespace(prompt=[1, 2, 3], max_tokens=10, n=1)
     assert token_reservation(ids, cfg, MediaTally()) == 13
+    for generates_nothing in (SimpleNamespace(tokens=[1, 2]), SimpleNamespace(prompt="ab"),
+                              SimpleNamespace(messages=[{"role": "user", "content": "x"}])):
+        assert token_reservation(generates_nothing, cfg, MediaTally()) == 0  # /(de)tokenize
 
 
 def event(payload) -> str:
