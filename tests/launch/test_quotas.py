@@ -4,12 +4,14 @@ the config rules for key names and quotas. The live stack's quotas: test_monitor
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from engine.config import AccessSettings, ConfigError, parse_config
 from launch.quotas import STALE_LEASE_S, Quotas, QuotaWindow
 from launch.rejections import RequestRejected
+from tests.utils import wait_until
 
 
 class Clock:
@@ -162,3 +164,47 @@ def test_a_request_larger_than_the_token_quota_is_a_400_naming_max_tokens():
         asyncio.run(quotas.acquire("a", 101, retry_after_s=5))
     assert err.value.status == 400 and err.value.param == "max_tokens"
     assert "tokens_per_minute = 100" in err.value.message and "101" in err.value.message
+
+
+class _IngressReplica:
+    """Stands in for an ingress replica: its own process, its own ``Quotas`` client."""
+
+    def __init__(self, access: dict):
+        self.quotas = Quotas(AccessSettings.model_validate(access), "shared-app")
+
+    async def acquire(self, key: str) -> str:
+        try:
+            lease = await self.quotas.acquire(key, 1, retry_after_s=5)
+        except RequestRejected as err:
+            return f"{err.status} {err.reason}"
+        return "admitted" if lease is not None else "uncounted"
+
+    def kill_ledger(self) -> None:
+        import ray
+
+        ray.kill(self.quotas._handle(), no_restart=False)
+
+
+@pytest.mark.slow
+def test_ingress_replicas_in_other_processes_share_one_ledger_which_restarts_empty():
+    """Two processes, one quota: the ledger actor counts for both. Killed, Ray restarts it
+    (max_restarts=-1) with empty windows, as docs/operations.md says."""
+    import ray
+
+    root = str(Path(__file__).resolve().parents[2])
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
+    try:
+        access = {"keys": {"a": {"env": "A"}}, "quotas": {"a": {"requests_per_minute": 3}}}
+        replica = ray.remote(num_cpus=0)(_IngressReplica)
+        one, two = replica.remote(access), replica.remote(access)
+        answers = [ray.get(r.acquire.remote("a")) for r in (one, two, one, two, one)]
+        assert answers == ["admitted"] * 3 + ["429 quota_requests_per_minute"] * 2
+        ray.get(one.kill_ledger.remote())
+
+        def after_restart():
+            answer = ray.get(two.acquire.remote("a"))
+            return answer if answer != "uncounted" else None  # restarting: admitted open
+
+        assert wait_until(after_restart, 60, interval=0.5) == "admitted"
+    finally:
+        ray.shutdown()
