@@ -3,8 +3,8 @@
 The counts live in one Ray actor, ``QuotaLedger``, named per application and pinned to the head
 node: every ingress replica on every node asks it before a request reaches an engine, so a quota
 holds however many ingress replicas and nodes serve the API. A Ray actor needs nothing the
-cluster does not already run (no Redis to deploy, secure and monitor); one call per request is
-well under a millisecond on the node, and the ledger's state is a few numbers per key.
+cluster does not already run (no Redis to deploy, secure and monitor); it costs one actor call
+per request, and its state is a few numbers per key.
 
 Each limit counts over the last 60 seconds (a sliding window: in any 60 seconds at most the
 quota), or, for concurrency, at the moment. A request reserves tokens when admitted (an upper
