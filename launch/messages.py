@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from .rejections import RequestRejected
+from .rejections import RequestRejected, bad_request
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Content part types each role may send (OpenAI: images and video in user messages only).
@@ -40,12 +40,8 @@ VISION_TOKEN_IDS = {151652: "<|vision_start|>", 151653: "<|vision_end|>",
                     151654: "<|vision_pad|>", 151655: "<|image_pad|>", 151656: "<|video_pad|>"}
 
 
-def _reject(message: str, param: str, reason: str) -> RequestRejected:
-    return RequestRejected(400, message, param=param, reason=reason)
-
-
 def _unsupported_type(ptype: Any, param: str) -> RequestRejected:
-    return _reject(f"unsupported content part type {ptype!r}; supported: "
+    return bad_request(f"unsupported content part type {ptype!r}; supported: "
                    f"{', '.join(PART_TYPE_NAMES)}", f"{param}.type", "content_type")
 
 
@@ -70,29 +66,29 @@ def _invalid_item(err: Exception, param: str, what: str) -> RequestRejected:
         raw = err.errors()[0].get("input")
     if what == "content part":
         if not isinstance(raw, dict):
-            return _reject(f"a content part must be an object with a 'type', got "
+            return bad_request(f"a content part must be an object with a 'type', got "
                            f"{type(raw).__name__}", param, "content_type")
         ptype = raw.get("type")
         if ptype not in PART_TYPE_NAMES:
             return _unsupported_type(ptype, param)
-        return _reject(f"malformed {ptype} content part (expected "
+        return bad_request(f"malformed {ptype} content part (expected "
                        f"{{'type': '{ptype}', '{ptype}': ...}})", param, "content_part")
-    return _reject(f"malformed {what}", param, "messages")
+    return bad_request(f"malformed {what}", param, "messages")
 
 
 def check_messages(messages: list) -> list[tuple[dict, str, str]]:
     """Check every message in place; returns the media parts as (part, type, param)."""
     if not messages:
-        raise _reject("messages must not be empty", "messages", "messages")
+        raise bad_request("messages must not be empty", "messages", "messages")
     media: list[tuple[dict, str, str]] = []
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
-            raise _reject("a message must be an object", param, "messages")
+            raise bad_request("a message must be an object", param, "messages")
         role = msg.get("role")
         if role not in ROLES:
             shown = role if isinstance(role, str) and len(role) <= 40 else f"{str(role)[:40]}..."
-            raise _reject(f"role {shown!r} is not one of {', '.join(ROLES)}", f"{param}.role",
+            raise bad_request(f"role {shown!r} is not one of {', '.join(ROLES)}", f"{param}.role",
                           "role")
         content = msg.get("content")
         if content is not None and not isinstance(content, str):
@@ -111,17 +107,17 @@ def check_messages(messages: list) -> list[tuple[dict, str, str]]:
 def _check_shape(msg: dict, role: str, content: Any, param: str) -> None:
     if role == "assistant":
         if content is None and not msg.get("tool_calls") and not msg.get("function_call"):
-            raise _reject("an assistant message needs content or tool_calls",
+            raise bad_request("an assistant message needs content or tool_calls",
                           f"{param}.content", "messages")
     elif role == "function":
         if not isinstance(msg.get("name"), str) or not msg.get("name"):
-            raise _reject("a function message needs the function's name", f"{param}.name",
+            raise bad_request("a function message needs the function's name", f"{param}.name",
                           "messages")
     elif content is None:
-        raise _reject(f"a {role} message needs content", f"{param}.content", "messages")
+        raise bad_request(f"a {role} message needs content", f"{param}.content", "messages")
     if role == "tool" and (not isinstance(msg.get("tool_call_id"), str)
                            or not msg["tool_call_id"]):
-        raise _reject("a tool message needs the tool_call_id it answers",
+        raise bad_request("a tool message needs the tool_call_id it answers",
                       f"{param}.tool_call_id", "messages")
 
 
@@ -133,14 +129,14 @@ def _check_parts(parts: list, role: str, param: str) -> list[tuple[dict, str, st
         if ptype not in PART_TYPE_NAMES:
             raise _unsupported_type(ptype, where)
         if ptype not in PART_TYPES[role]:
-            raise _reject(f"{ptype} parts are allowed in user messages only, not in a {role} "
+            raise bad_request(f"{ptype} parts are allowed in user messages only, not in a {role} "
                           "message", f"{where}.type", "content_type")
         extra = sorted(set(part) - {"type", ptype, "uuid"})
         if extra:
-            raise _reject(f"a {ptype} part has only 'type' and '{ptype}'; unexpected: "
+            raise bad_request(f"a {ptype} part has only 'type' and '{ptype}'; unexpected: "
                           f"{', '.join(map(str, extra))}", f"{where}.{extra[0]}", "content_part")
         if ptype == "text" and not isinstance(part.get("text"), str):
-            raise _reject("a text part needs 'text' (a string)", f"{where}.text", "content_part")
+            raise bad_request("a text part needs 'text' (a string)", f"{where}.text", "content_part")
         if ptype in MEDIA_PARTS:
             media.append((part, ptype, f"{where}.{ptype}"))
     return media
@@ -172,7 +168,7 @@ def _check_text(text: str, param: str) -> None:
     found = [(text.find(token), token) for token in CONTROL_TOKENS if token in text]
     if found:
         token = min(found)[1]  # the first one in the text
-        raise _reject(f"text contains the model's control token {token}; turn and vision "
+        raise bad_request(f"text contains the model's control token {token}; turn and vision "
                       "markers cannot be sent as text (send images and videos as "
                       "image_url/video_url parts)", param, "control_token")
 
@@ -184,7 +180,7 @@ def _check_unicode(text: str, param: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise _reject(f"text is not valid Unicode: a lone surrogate at character {err.start}",
+        raise bad_request(f"text is not valid Unicode: a lone surrogate at character {err.start}",
                       param, "bad_text") from None
 
 
@@ -196,16 +192,15 @@ def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZ
         _check_unicode(prompt, param)
         for token in VISION_TOKENS:
             if token in prompt:
-                raise _reject(f"prompt contains the vision token {token}; /v1/completions takes "
+                raise bad_request(f"prompt contains the vision token {token}; /v1/completions takes "
                               "no images or videos (use /v1/chat/completions)", param,
                               "control_token")
     elif isinstance(prompt, list):
         for k, item in enumerate(prompt):
-            if isinstance(item, int) and not 0 <= item < vocab_size:
-                raise _reject(f"prompt token id {item} is outside the vocabulary (0 to "
-                              f"{vocab_size - 1})", f"{param}[{k}]", "token_id")
+            if isinstance(item, int):
+                check_token_id(item, f"{param}[{k}]", vocab_size, "prompt token id")
             if isinstance(item, int) and item in VISION_TOKEN_IDS:
-                raise _reject(f"prompt contains the vision token id {item} "
+                raise bad_request(f"prompt contains the vision token id {item} "
                               f"({VISION_TOKEN_IDS[item]}); /v1/completions takes no images or "
                               "videos", f"{param}[{k}]", "control_token")
             if isinstance(item, (str, list)):
@@ -215,6 +210,10 @@ def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZ
 def check_token_ids(ids: list, param: str, vocab_size: int = VOCAB_SIZE) -> None:
     """Token ids to detokenize: each one a row of the served model's embedding."""
     for k, item in enumerate(ids):
-        if not 0 <= item < vocab_size:
-            raise _reject(f"token id {item} is outside the vocabulary (0 to {vocab_size - 1})",
-                          f"{param}[{k}]", "token_id")
+        check_token_id(item, f"{param}[{k}]", vocab_size)
+
+
+def check_token_id(item: int, param: str, vocab_size: int, what: str = "token id") -> None:
+    if not 0 <= item < vocab_size:
+        raise bad_request(f"{what} {item} is outside the vocabulary (0 to {vocab_size - 1})", param,
+                      "token_id")

@@ -24,6 +24,11 @@ class RequestRejected(Exception):
         self.retry_after = retry_after
 
 
+def bad_request(message: str, param: str, reason: str) -> RequestRejected:
+    """A 400 for a field of the request."""
+    return RequestRejected(400, message, param=param, reason=reason)
+
+
 _counter = None
 
 

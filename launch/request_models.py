@@ -45,41 +45,24 @@ def _validated(cls, data, handler, *, required: tuple[str, ...] = (),
         raise ValueError(f"malformed request ({type(err).__name__}: {err})") from None
 
 
-class ChatRequest(ChatCompletionRequest):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _total(cls, data, handler):
-        return _validated(cls, data, handler, required=("messages",), lists=("tools",))
+def _total(base: type, name: str, *, required: tuple[str, ...] = (),
+           lists: tuple[str, ...] = ()) -> type:
+    """``base`` with its shape checked first (``_validated``)."""
+    def check(cls, data, handler):
+        return _validated(cls, data, handler, required=required, lists=lists)
+
+    return type(name, (base,), {"__module__": __name__, "__doc__": base.__doc__,
+                                "_total": model_validator(mode="wrap")(classmethod(check))})
 
 
-class CompletionsRequest(CompletionRequest):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _total(cls, data, handler):
-        return _validated(cls, data, handler)
-
-
-class TokenizeChat(TokenizeChatRequest):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _total(cls, data, handler):
-        return _validated(cls, data, handler, required=("messages",), lists=("tools",))
-
-
-class TokenizeText(TokenizeCompletionRequest):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _total(cls, data, handler):
-        return _validated(cls, data, handler)
-
+ChatRequest = _total(ChatCompletionRequest, "ChatRequest", required=("messages",),
+                     lists=("tools",))
+CompletionsRequest = _total(CompletionRequest, "CompletionsRequest")
+TokenizeChat = _total(TokenizeChatRequest, "TokenizeChat", required=("messages",),
+                      lists=("tools",))
+TokenizeText = _total(TokenizeCompletionRequest, "TokenizeText")
+DetokenizeBody = _total(DetokenizeRequest, "DetokenizeBody", required=("tokens",))
 
 # /tokenize takes a prompt (vLLM's completion form) or messages (rendered by the chat template,
 # tools included), as vLLM's own server does.
 TokenizeBody = Union[TokenizeText, TokenizeChat]
-
-
-class DetokenizeBody(DetokenizeRequest):
-    @model_validator(mode="wrap")
-    @classmethod
-    def _total(cls, data, handler):
-        return _validated(cls, data, handler, required=("tokens",))

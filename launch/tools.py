@@ -16,21 +16,17 @@ from typing import Any
 
 from engine.config import ServingConfig
 
-from .rejections import RequestRejected
+from .rejections import bad_request
 
 # OpenAI's rule for function names; the name is also what the model writes back.
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _reject(message: str, param: str, reason: str) -> RequestRejected:
-    return RequestRejected(400, message, param=param, reason=reason)
 
 
 def check_tools(body: Any, cfg: ServingConfig) -> None:
     tools = getattr(body, "tools", None) or []
     limit = cfg.limits.max_tools
     if len(tools) > limit:
-        raise _reject(f"{len(tools)} tools in the request; the limit is {limit}", "tools",
+        raise bad_request(f"{len(tools)} tools in the request; the limit is {limit}", "tools",
                       "too_many_tools")
     seen: dict[str, int] = {}
     for i, tool in enumerate(tools):
@@ -38,17 +34,17 @@ def check_tools(body: Any, cfg: ServingConfig) -> None:
         param = f"tools[{i}].function"
         if not NAME.match(fn.name):
             shown = fn.name if len(fn.name) <= 80 else f"{fn.name[:80]}..."
-            raise _reject(f"function name {shown!r} is not 1 to 64 letters, digits, underscores "
+            raise bad_request(f"function name {shown!r} is not 1 to 64 letters, digits, underscores "
                           "or dashes", f"{param}.name", "tool_name")
         if fn.name in seen:
-            raise _reject(f"function name {fn.name!r} is defined twice (tools[{seen[fn.name]}] "
+            raise bad_request(f"function name {fn.name!r} is defined twice (tools[{seen[fn.name]}] "
                           f"and tools[{i}])", f"{param}.name", "tool_name")
         seen[fn.name] = i
         if fn.parameters is not None:
             _check_schema(fn.parameters, f"{param}.parameters")
     choice = getattr(body, "tool_choice", None)
     if tools and choice == "auto" and not cfg.tools.auto:
-        raise _reject("tool_choice 'auto' (the default when tools are sent) is off on this "
+        raise bad_request("tool_choice 'auto' (the default when tools are sent) is off on this "
                       "server; send tool_choice 'required', 'none' or a named function",
                       "tool_choice", "tool_choice")
 
@@ -61,11 +57,11 @@ def _check_schema(schema: dict, param: str) -> None:
         validator_for(schema).check_schema(schema)
     except SchemaError as err:
         where = "/".join(str(p) for p in err.path)
-        raise _reject(f"not a valid JSON Schema{f' (at {where})' if where else ''}: "
+        raise bad_request(f"not a valid JSON Schema{f' (at {where})' if where else ''}: "
                       f"{err.message[:200]}", param, "tool_schema") from None
     kind = schema.get("type", "object")
     if kind != "object":
-        raise _reject(f"a function's parameters are a JSON Schema of an object (type 'object'), "
+        raise bad_request(f"a function's parameters are a JSON Schema of an object (type 'object'), "
                       f"not {kind!r}", f"{param}.type", "tool_schema")
     _check_grammar(schema, param)
 
@@ -82,5 +78,5 @@ def _check_grammar(schema: dict, param: str) -> None:
         xgrammar.Grammar.from_json_schema(json.dumps(schema))
     except Exception as err:  # xgrammar's errors are RuntimeErrors; any failure is the schema's
         reason = re.sub(r"^\[[^\]]*\]\s+\S+:\d+:\s*", "", str(err)).strip()
-        raise _reject(f"the decoding grammar cannot be built from this schema: {reason[:200]}",
+        raise bad_request(f"the decoding grammar cannot be built from this schema: {reason[:200]}",
                       param, "tool_schema") from None
