@@ -42,7 +42,7 @@ VISION_TOKEN_IDS = {151652: "<|vision_start|>", 151653: "<|vision_end|>",
 
 def _unsupported_type(ptype: Any, param: str) -> RequestRejected:
     return bad_request(f"unsupported content part type {ptype!r}; supported: "
-                   f"{', '.join(PART_TYPE_NAMES)}", f"{param}.type", "content_type")
+                       f"{', '.join(PART_TYPE_NAMES)}", f"{param}.type", "content_type")
 
 
 def _materialise(value: Any, param: str, what: str) -> list:
@@ -67,12 +67,12 @@ def _invalid_item(err: Exception, param: str, what: str) -> RequestRejected:
     if what == "content part":
         if not isinstance(raw, dict):
             return bad_request(f"a content part must be an object with a 'type', got "
-                           f"{type(raw).__name__}", param, "content_type")
+                               f"{type(raw).__name__}", param, "content_type")
         ptype = raw.get("type")
         if ptype not in PART_TYPE_NAMES:
             return _unsupported_type(ptype, param)
         return bad_request(f"malformed {ptype} content part (expected "
-                       f"{{'type': '{ptype}', '{ptype}': ...}})", param, "content_part")
+                           f"{{'type': '{ptype}', '{ptype}': ...}})", param, "content_part")
     return bad_request(f"malformed {what}", param, "messages")
 
 
@@ -89,7 +89,7 @@ def check_messages(messages: list) -> list[tuple[dict, str, str]]:
         if role not in ROLES:
             shown = role if isinstance(role, str) and len(role) <= 40 else f"{str(role)[:40]}..."
             raise bad_request(f"role {shown!r} is not one of {', '.join(ROLES)}", f"{param}.role",
-                          "role")
+                              "role")
         content = msg.get("content")
         if content is not None and not isinstance(content, str):
             content = msg["content"] = _materialise(content, f"{param}.content", "content part")
@@ -108,17 +108,17 @@ def _check_shape(msg: dict, role: str, content: Any, param: str) -> None:
     if role == "assistant":
         if content is None and not msg.get("tool_calls") and not msg.get("function_call"):
             raise bad_request("an assistant message needs content or tool_calls",
-                          f"{param}.content", "messages")
+                              f"{param}.content", "messages")
     elif role == "function":
         if not isinstance(msg.get("name"), str) or not msg.get("name"):
             raise bad_request("a function message needs the function's name", f"{param}.name",
-                          "messages")
+                              "messages")
     elif content is None:
         raise bad_request(f"a {role} message needs content", f"{param}.content", "messages")
     if role == "tool" and (not isinstance(msg.get("tool_call_id"), str)
                            or not msg["tool_call_id"]):
         raise bad_request("a tool message needs the tool_call_id it answers",
-                      f"{param}.tool_call_id", "messages")
+                          f"{param}.tool_call_id", "messages")
 
 
 def _check_parts(parts: list, role: str, param: str) -> list[tuple[dict, str, str]]:
@@ -130,13 +130,15 @@ def _check_parts(parts: list, role: str, param: str) -> list[tuple[dict, str, st
             raise _unsupported_type(ptype, where)
         if ptype not in PART_TYPES[role]:
             raise bad_request(f"{ptype} parts are allowed in user messages only, not in a {role} "
-                          "message", f"{where}.type", "content_type")
+                              "message", f"{where}.type", "content_type")
         extra = sorted(set(part) - {"type", ptype, "uuid"})
         if extra:
             raise bad_request(f"a {ptype} part has only 'type' and '{ptype}'; unexpected: "
-                          f"{', '.join(map(str, extra))}", f"{where}.{extra[0]}", "content_part")
+                              f"{', '.join(map(str, extra))}", f"{where}.{extra[0]}",
+                              "content_part")
         if ptype == "text" and not isinstance(part.get("text"), str):
-            raise bad_request("a text part needs 'text' (a string)", f"{where}.text", "content_part")
+            raise bad_request("a text part needs 'text' (a string)", f"{where}.text",
+                              "content_part")
         if ptype in MEDIA_PARTS:
             media.append((part, ptype, f"{where}.{ptype}"))
     return media
@@ -169,8 +171,8 @@ def _check_text(text: str, param: str) -> None:
     if found:
         token = min(found)[1]  # the first one in the text
         raise bad_request(f"text contains the model's control token {token}; turn and vision "
-                      "markers cannot be sent as text (send images and videos as "
-                      "image_url/video_url parts)", param, "control_token")
+                          "markers cannot be sent as text (send images and videos as "
+                          "image_url/video_url parts)", param, "control_token")
 
 
 def _check_unicode(text: str, param: str) -> None:
@@ -181,7 +183,7 @@ def _check_unicode(text: str, param: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise bad_request(f"text is not valid Unicode: a lone surrogate at character {err.start}",
-                      param, "bad_text") from None
+                          param, "bad_text") from None
 
 
 def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZE) -> None:
@@ -192,17 +194,17 @@ def check_prompt(prompt: Any, param: str = "prompt", vocab_size: int = VOCAB_SIZ
         _check_unicode(prompt, param)
         for token in VISION_TOKENS:
             if token in prompt:
-                raise bad_request(f"prompt contains the vision token {token}; /v1/completions takes "
-                              "no images or videos (use /v1/chat/completions)", param,
-                              "control_token")
+                raise bad_request(f"prompt contains the vision token {token}; /v1/completions "
+                                  "takes no images or videos (use /v1/chat/completions)", param,
+                                  "control_token")
     elif isinstance(prompt, list):
         for k, item in enumerate(prompt):
             if isinstance(item, int):
                 check_token_id(item, f"{param}[{k}]", vocab_size, "prompt token id")
             if isinstance(item, int) and item in VISION_TOKEN_IDS:
                 raise bad_request(f"prompt contains the vision token id {item} "
-                              f"({VISION_TOKEN_IDS[item]}); /v1/completions takes no images or "
-                              "videos", f"{param}[{k}]", "control_token")
+                                  f"({VISION_TOKEN_IDS[item]}); /v1/completions takes no "
+                                  "images or videos", f"{param}[{k}]", "control_token")
             if isinstance(item, (str, list)):
                 check_prompt(item, f"{param}[{k}]", vocab_size)
 
@@ -216,4 +218,4 @@ def check_token_ids(ids: list, param: str, vocab_size: int = VOCAB_SIZE) -> None
 def check_token_id(item: int, param: str, vocab_size: int, what: str = "token id") -> None:
     if not 0 <= item < vocab_size:
         raise bad_request(f"{what} {item} is outside the vocabulary (0 to {vocab_size - 1})", param,
-                      "token_id")
+                          "token_id")

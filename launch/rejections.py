@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .usage import inc_counter
+
 
 class RequestRejected(Exception):
     """A client request refused before it reaches an engine.
@@ -29,20 +31,8 @@ def bad_request(message: str, param: str, reason: str) -> RequestRejected:
     return RequestRejected(400, message, param=param, reason=reason)
 
 
-_counter = None
-
-
 def count_rejection(reason: str) -> None:
     """Increment ``qwen_vl_rejected_requests`` (exported by Ray as
     ``ray_qwen_vl_rejected_requests_total``) for ``reason``. A no-op outside a Ray worker."""
-    global _counter
-    try:
-        if _counter is None:
-            from ray.serve.metrics import Counter
-
-            _counter = Counter("qwen_vl_rejected_requests",
-                               description="Requests refused by the front door, by reason.",
-                               tag_keys=("reason",))
-        _counter.inc(tags={"reason": reason})
-    except Exception:  # metrics must never break request handling
-        pass
+    inc_counter("qwen_vl_rejected_requests", "Requests refused by the front door, by reason.",
+                {"reason": reason})

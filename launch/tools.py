@@ -27,26 +27,26 @@ def check_tools(body: Any, cfg: ServingConfig) -> None:
     limit = cfg.limits.max_tools
     if len(tools) > limit:
         raise bad_request(f"{len(tools)} tools in the request; the limit is {limit}", "tools",
-                      "too_many_tools")
+                          "too_many_tools")
     seen: dict[str, int] = {}
     for i, tool in enumerate(tools):
         fn = tool.function
         param = f"tools[{i}].function"
         if not NAME.match(fn.name):
             shown = fn.name if len(fn.name) <= 80 else f"{fn.name[:80]}..."
-            raise bad_request(f"function name {shown!r} is not 1 to 64 letters, digits, underscores "
-                          "or dashes", f"{param}.name", "tool_name")
+            raise bad_request(f"function name {shown!r} is not 1 to 64 letters, digits, "
+                              "underscores or dashes", f"{param}.name", "tool_name")
         if fn.name in seen:
             raise bad_request(f"function name {fn.name!r} is defined twice (tools[{seen[fn.name]}] "
-                          f"and tools[{i}])", f"{param}.name", "tool_name")
+                              f"and tools[{i}])", f"{param}.name", "tool_name")
         seen[fn.name] = i
         if fn.parameters is not None:
             _check_schema(fn.parameters, f"{param}.parameters")
     choice = getattr(body, "tool_choice", None)
     if tools and choice == "auto" and not cfg.tools.auto:
         raise bad_request("tool_choice 'auto' (the default when tools are sent) is off on this "
-                      "server; send tool_choice 'required', 'none' or a named function",
-                      "tool_choice", "tool_choice")
+                          "server; send tool_choice 'required', 'none' or a named function",
+                          "tool_choice", "tool_choice")
 
 
 def _check_schema(schema: dict, param: str) -> None:
@@ -58,11 +58,11 @@ def _check_schema(schema: dict, param: str) -> None:
     except SchemaError as err:
         where = "/".join(str(p) for p in err.path)
         raise bad_request(f"not a valid JSON Schema{f' (at {where})' if where else ''}: "
-                      f"{err.message[:200]}", param, "tool_schema") from None
+                          f"{err.message[:200]}", param, "tool_schema") from None
     kind = schema.get("type", "object")
     if kind != "object":
-        raise bad_request(f"a function's parameters are a JSON Schema of an object (type 'object'), "
-                      f"not {kind!r}", f"{param}.type", "tool_schema")
+        raise bad_request(f"a function's parameters are a JSON Schema of an object (type "
+                          f"'object'), not {kind!r}", f"{param}.type", "tool_schema")
     _check_grammar(schema, param)
 
 
@@ -79,4 +79,4 @@ def _check_grammar(schema: dict, param: str) -> None:
     except Exception as err:  # xgrammar's errors are RuntimeErrors; any failure is the schema's
         reason = re.sub(r"^\[[^\]]*\]\s+\S+:\d+:\s*", "", str(err)).strip()
         raise bad_request(f"the decoding grammar cannot be built from this schema: {reason[:200]}",
-                      param, "tool_schema") from None
+                          param, "tool_schema") from None

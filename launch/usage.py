@@ -3,11 +3,13 @@
 Counters (Ray's metrics agent exports them with a ``ray_`` prefix and ``_total`` suffix), each
 labelled by the key's *name* (``access.keys``; ``default`` for the unnamed keys, ``anonymous``
 on an open API), never by the key:
-``qwen_vl_key_requests{key, code}``, ``qwen_vl_key_tokens{key, kind=prompt|completion|image|video}``,
+``qwen_vl_key_requests{key, code}``,
+``qwen_vl_key_tokens{key, kind=prompt|completion|image|video}``,
 ``qwen_vl_key_media{key, kind=image|video}`` (items) and ``qwen_vl_key_media_bytes{key, kind}``
 (encoded bytes received); gauges per ingress replica: ``qwen_vl_draining`` (1 while the drain
-flag is up) and ``qwen_vl_ingress_requests_in_flight``. Image and video tokens are the front door's count (Qwen2-VL's resize
-rules); prompt and completion tokens are the engine's ``usage``.
+flag is up) and ``qwen_vl_ingress_requests_in_flight``. Image and video tokens are the front
+door's count (Qwen2-VL's resize rules); prompt and completion tokens are the engine's
+``usage``.
 """
 
 from __future__ import annotations
@@ -153,7 +155,9 @@ class StreamUsage:
 _counters: dict[str, Any] = {}
 
 
-def _inc(name: str, description: str, tags: dict[str, str], value: float = 1) -> None:
+def inc_counter(name: str, description: str, tags: dict[str, str], value: float = 1) -> None:
+    """Add ``value`` to one of our Ray counters, made on first use; a no-op outside a Ray
+    worker (metrics must never break request handling)."""
     if value <= 0:
         return
     try:
@@ -184,20 +188,20 @@ def set_gauge(name: str, description: str, value: float) -> None:
 def record(key: str, route: str, status: int, usage: tuple[int, int] | None,
            tally: MediaTally, seconds: float) -> None:
     """Count one finished request for key name ``key`` and write its access-log line."""
-    _inc("qwen_vl_key_requests", "API requests by key name and HTTP status.",
-         {"key": key, "code": str(status)})
+    inc_counter("qwen_vl_key_requests", "API requests by key name and HTTP status.",
+                {"key": key, "code": str(status)})
     prompt, completion = usage or (0, 0)
     for kind, value in (("prompt", prompt), ("completion", completion),
                         ("image", tally.image_tokens), ("video", tally.video_tokens)):
-        _inc("qwen_vl_key_tokens", "Tokens by key name and kind (prompt and completion from "
-             "the engine's usage; image and video as the front door counts them).",
-             {"key": key, "kind": kind}, value)
+        inc_counter("qwen_vl_key_tokens", "Tokens by key name and kind (prompt and completion "
+                    "from the engine's usage; image and video as the front door counts them).",
+                    {"key": key, "kind": kind}, value)
     for kind, items, nbytes in (("image", tally.images, tally.image_bytes),
                                 ("video", tally.videos, tally.video_bytes)):
-        _inc("qwen_vl_key_media", "Images and videos by key name.",
-             {"key": key, "kind": kind}, items)
-        _inc("qwen_vl_key_media_bytes", "Encoded image and video bytes received, by key name.",
-             {"key": key, "kind": kind}, nbytes)
+        inc_counter("qwen_vl_key_media", "Images and videos by key name.",
+                    {"key": key, "kind": kind}, items)
+        inc_counter("qwen_vl_key_media_bytes", "Encoded image and video bytes received, by key "
+                    "name.", {"key": key, "kind": kind}, nbytes)
     log.info("access key=%s route=%s status=%d prompt_tokens=%s completion_tokens=%s "
              "images=%d videos=%d duration_ms=%.0f", key, route, status,
              prompt if usage else "-", completion if usage else "-", tally.images,
