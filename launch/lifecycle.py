@@ -153,7 +153,8 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
     num_cpus = srv.ray_num_cpus or (2 * cfg.deployment.most_replicas + 2)
     say(f"starting a local Ray head ({num_cpus} logical CPUs)...")
     address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port,
-                                   node_ip=srv.node_ip_address, port=srv.ray_port)
+                                   node_ip=srv.node_ip_address, port=srv.ray_port,
+                                   env=srv.ray_env())
     state = ClusterState(
         address=address, temp_dir=temp_dir, started_by_us=True,
         metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
@@ -419,7 +420,7 @@ def download_checkpoint(cfg: ServingConfig) -> str:
 
 
 def join_cluster(address: str, *, num_cpus: int, num_gpus: int | None, metrics_port: int,
-                 node_ip: str) -> None:
+                 node_ip: str, env: dict[str, str] | None = None) -> None:
     """Start a Ray worker node that joins the cluster at ``address`` (a head that ``serve``
     started, or any Ray cluster) and record it in the run directory; Serve places replicas
     on it."""
@@ -431,7 +432,7 @@ def join_cluster(address: str, *, num_cpus: int, num_gpus: int | None, metrics_p
                               "QWEN_VL_RUN_DIR to another directory")
         clear_state()
     temp_dir = start_worker(address, num_cpus=num_cpus, num_gpus=num_gpus,
-                            metrics_port=metrics_port, node_ip=node_ip)
+                            metrics_port=metrics_port, node_ip=node_ip, env=env)
     write_state(ClusterState(address=address, temp_dir=temp_dir, started_by_us=True,
                              metrics_port=metrics_port, http_host="", http_port=0,
                              app_name="", role="worker"))

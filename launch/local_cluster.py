@@ -90,8 +90,9 @@ def _ray_bin() -> str:
 
 
 def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
-               port: int | None = None) -> tuple[str, str]:
-    """Start a Ray head (GCS on ``port``, else a free one); returns (address, temp_dir)."""
+               port: int | None = None, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Start a Ray head (GCS on ``port``, else a free one) with ``env`` added to its
+    environment; returns (address, temp_dir)."""
     gcs_port = port or free_port()
     temp_dir = ray_temp_dir()
     ensure_auth_token()
@@ -104,7 +105,7 @@ def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
         "--include-dashboard=false",
         f"--dashboard-port={free_port()}",
     ]
-    _ray_start(cmd)
+    _ray_start(cmd, env)
     return f"{node_ip}:{gcs_port}", temp_dir
 
 
@@ -128,7 +129,7 @@ def ensure_auth_token() -> None:
 
 
 def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port: int,
-                 node_ip: str = "127.0.0.1") -> str:
+                 node_ip: str = "127.0.0.1", env: dict[str, str] | None = None) -> str:
     """Join the cluster at ``address`` as a worker node; returns its temp dir. Its own ports
     and temp dir, so a worker can share a machine with its head (tests, a laptop)."""
     temp_dir = ray_temp_dir()
@@ -138,7 +139,7 @@ def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port
         f"--num-gpus={_gpu_count() if num_gpus is None else num_gpus}",
         *_node_args(metrics_port, temp_dir, node_ip, worker_ports=(25000, 29999)),
     ]
-    _ray_start(cmd)
+    _ray_start(cmd, env)
     return temp_dir
 
 
@@ -163,11 +164,11 @@ def _node_args(metrics_port: int, temp_dir: str, node_ip: str,
     ]
 
 
-def _ray_start(cmd: list[str]) -> None:
+def _ray_start(cmd: list[str], env: dict[str, str] | None = None) -> None:
     # Own session: Ctrl-C in the terminal reaches the CLI (which shuts down in order), not the
-    # Ray daemons directly.
+    # Ray daemons directly. The daemons, and every worker process they start, inherit ``env``.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
-                          start_new_session=True)
+                          start_new_session=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise ClusterError(f"`ray start` failed: {one_line(proc.stderr or proc.stdout)}")
 

@@ -2,7 +2,11 @@
 
 Images: byte cap; the pixel count is read from the header *before* decoding (a 20000x20000 PNG
 is refused in milliseconds); smallest side and aspect ratio (Qwen2-VL's processor raises above
-200:1); then a full decode, so truncated or corrupt files are refused here, not in the engine.
+200:1); then one decode, so truncated or corrupt files are refused here, not in the engine. A
+JPEG is decoded at an eighth of its size (libjpeg's DCT scaling): every byte of its entropy-coded
+data is still read, which is what catches truncation and corruption, at less of the cost. The
+engine decodes the image itself; the front door decodes it once and never re-encodes an
+acceptable one.
 Images that are not plain RGB/grayscale, or carry an EXIF rotation, are normalised (EXIF
 applied, converted to RGB, re-encoded losslessly as PNG); others pass through untouched.
 Animated images (GIF, APNG, WebP): the first frame is used, as by the engine's decoder.
@@ -42,8 +46,8 @@ def b64decode(payload: str, max_bytes: int, param: str, what: str = "image") -> 
     if len(payload) * 3 // 4 > max_bytes + 3:
         raise RequestRejected(400, f"{what} is about {len(payload) * 3 // 4} bytes; the limit is "
                               f"{max_bytes}", param=param, reason="media_too_large")
-    try:
-        data = base64.b64decode(payload, validate=True)
+    try:  # binascii takes the str as it is (base64.b64decode would copy it to bytes first)
+        data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise RequestRejected(400, f"{what} payload is not valid base64", param=param,
                               reason="bad_base64") from None
@@ -70,8 +74,10 @@ def check_geometry(w: int, h: int, limits: LimitsSettings, param: str,
                               reason="image_aspect_ratio")
 
 
-def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes, str]:
-    """Validate an encoded image; returns (bytes, mime) to give the engine."""
+def check_image(data: bytes, limits: LimitsSettings,
+                param: str) -> tuple[bytes, str, tuple[int, int]]:
+    """Validate an encoded image; returns (bytes, mime) to give the engine and its (width,
+    height) as the engine will see it."""
     if len(data) > limits.max_image_bytes:
         raise RequestRejected(400, f"image is {len(data)} bytes; the limit is "
                               f"{limits.max_image_bytes}", param=param, reason="media_too_large")
@@ -80,19 +86,19 @@ def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes,
     except (UnidentifiedImageError, OSError, ValueError):
         raise RequestRejected(400, "not a decodable image (unknown or corrupt format)",
                               param=param, reason="bad_image") from None
-    check_geometry(*img.size, limits, param)
+    size = img.size
+    check_geometry(*size, limits, param)
+    if img.format == "JPEG" and _passes(img):  # a JPEG's mode and EXIF are in its header
+        img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()  # full decode of the first frame: truncated/corrupt files fail here
+            img.load()  # the one decode (of the first frame): truncated/corrupt files fail here
     except Exception:
         raise RequestRejected(400, "image data is truncated or corrupt", param=param,
                               reason="bad_image") from None
-    fmt = img.format or ""
-    rotated = img.getexif().get(0x0112, 1) not in (1, None)
-    if fmt in PASSTHROUGH_FORMATS and img.mode in PASSTHROUGH_MODES and not rotated \
-            and not getattr(img, "is_animated", False):
-        return data, Image.MIME.get(fmt, "image/png")
+    if _passes(img):
+        return data, Image.MIME.get(img.format, "image/png"), size
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale -> 8-bit
         img = img.point(lambda v: v / 256).convert("L")
@@ -100,12 +106,14 @@ def check_image(data: bytes, limits: LimitsSettings, param: str) -> tuple[bytes,
         img.convert("RGB")
     buf = io.BytesIO()
     rgb.save(buf, "PNG")
-    return buf.getvalue(), "image/png"
+    return buf.getvalue(), "image/png", rgb.size
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an image ``check_image`` accepted, from its header."""
-    return Image.open(io.BytesIO(data)).size
+def _passes(img: Image.Image) -> bool:
+    """Whether the engine can take the image's bytes as they are."""
+    return (img.format in PASSTHROUGH_FORMATS and img.mode in PASSTHROUGH_MODES
+            and img.getexif().get(0x0112, 1) in (1, None)
+            and not getattr(img, "is_animated", False))
 
 
 def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
@@ -120,10 +128,11 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
         raise RequestRejected(400, "video has no frames", param=param, reason="bad_video")
     size = (0, 0)
     for i, f in enumerate(frames):
-        checked, _ = check_image(b64decode(f, limits.max_image_bytes, f"{param}[frame {i}]"),
-                                 limits, f"{param}[frame {i}]")
+        _, _, frame_size = check_image(
+            b64decode(f, limits.max_image_bytes, f"{param}[frame {i}]"), limits,
+            f"{param}[frame {i}]")
         if i == 0:
-            size = image_size(checked)
+            size = frame_size
     return size
 
 

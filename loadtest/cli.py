@@ -3,8 +3,9 @@ tears it down, shows progress with an ETA and writes a results folder.
 
     qwen-vl-loadtest card      [--model tiny|2b] [--variants BF16,GPTQ-Int4,AWQ] [--quick]
     qwen-vl-loadtest sweep     [--model tiny|2b] [--slo-ttft-ms 2000 --slo-tpot-ms 200]
-    qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3] [--ray-serve-llm]
+    qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3] [--ray-serve-llm] [--fast-paths]
     qwen-vl-loadtest baseline  [--model tiny|2b]
+    qwen-vl-loadtest ceiling   [--ingress-replicas 2] [--fast-paths]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
 
 Results: ``results/<scenario>-<model>-<time>/`` (``--out`` to choose): ``report.md``,
@@ -123,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also measure Ray Serve LLM's own OpenAI app from the same config "
                            "(no front door, access gate or error mapping): splits the overhead "
                            "into Ray Serve's part and ours; a third deployment's memory")
+    over.add_argument("--fast-paths", action="store_true",
+                      help="also measure the stack with Ray Serve's fast paths on "
+                           "(server.ray_throughput_optimized and server.ray_ha_proxy)")
+    over.add_argument("--direct-streaming", action="store_true",
+                      help="also Ray Serve LLM's app with "
+                           "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING (the engine replica serves "
+                           "HTTP behind HAProxy: no ingress hop), throughput-optimized")
+    over.add_argument("--cpu-requests", type=int,
+                      help="requests per target and kind (text, image) in the CPU-per-request "
+                           "table; 0: no table (default 8 with --quick, else 32)")
+    over.add_argument("--profile", action="store_true",
+                      help="py-spy profiles of the stack's ingress and engine replica during "
+                           "its CPU text block (flame graphs and top functions in the folder)")
 
     soak = one_model(sub.add_parser(
         "soak", help="steady mixed load for --duration: zero failures, bounded memory"))
@@ -132,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--duration", type=float, help="seconds (default 600; --quick: 30)")
     soak.add_argument("--concurrency", type=int)
     mixed_workload_flags(soak)
+
+    ceil = one_model(sub.add_parser(
+        "ceiling", help="requests/s the serving path sustains (max_tokens 1), CPU by process"))
+    ceil.add_argument("--ingress-replicas", type=int,
+                      help="deployment.ingress_replicas (default: the config's)")
+    ceil.add_argument("--fast-paths", action="store_true",
+                      help="server.ray_throughput_optimized and server.ray_ha_proxy on")
+    ceil.add_argument("--levels", type=_ints,
+                      help="concurrency levels, rising (default 1,2,4,...,64; --quick: 1,4)")
+    ceil.add_argument("--requests", type=int,
+                      help="requests per level at least (4 x concurrency at least)")
 
     base = one_model(sub.add_parser("baseline", help="HF transformers batch 1 vs our stack"))
     base.add_argument("--concurrency", type=_ints, help="stack levels (default 1,16)")
@@ -151,14 +176,20 @@ def _size(text: str) -> tuple[int, int]:
 # Defaults per (scenario, kind of run); flags override them.
 DEFAULTS = {
     "quick": {"input_tokens": 16, "output_tokens": 8, "image_size": (112, 112), "duration": 30,
+              "ceiling_levels": [1, 4], "ceiling_requests": 8,
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
-              "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4]},
+              "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4], "cpu_requests": 8,
+              "idle_s": 3},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
+            "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
-            "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16]},
+            "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
+            "idle_s": 5},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
+            "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
-            "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16]},
+            "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
+            "idle_s": 5},
 }
 
 
@@ -274,11 +305,28 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "overhead":
         from .scenarios import overhead
 
-        return overhead.run(data=data, workload=mixed_workload(args, d, n_in, n_out), concurrency=_opt(args, "concurrency", d),
+        return overhead.run(data=data, workload=mixed_workload(args, d, n_in, n_out),
+                            concurrency=_opt(args, "concurrency", d),
                             requests_per_round=_opt(args, "requests", d),
                             rounds=_opt(args, "rounds", d), out=out,
                             title=f"Stack overhead vs bare vllm serve: {what}",
-                            settings=settings, ray_serve_llm=args.ray_serve_llm)
+                            settings=settings, ray_serve_llm=args.ray_serve_llm,
+                            fast_paths=args.fast_paths, direct_streaming=args.direct_streaming,
+                            cpu_requests=_opt(args, "cpu_requests", d), idle_s=d["idle_s"],
+                            profile=args.profile)
+    if args.scenario == "ceiling":
+        from .scenarios import ceiling
+
+        dep = data.setdefault("deployment", {})
+        if args.ingress_replicas:
+            dep["ingress_replicas"] = args.ingress_replicas
+        if args.fast_paths:
+            data.setdefault("server", {}).update(ray_throughput_optimized=True,
+                                                 ray_ha_proxy=True)
+        return ceiling.run(data=data, levels=args.levels or d["ceiling_levels"],
+                           requests_per_level=args.requests or d["ceiling_requests"], out=out,
+                           title=f"Serving-path ceiling: {what}", settings=settings,
+                           idle_s=d["idle_s"])
     from .scenarios import baseline
     from .scenarios.common import hf_dtype
 

@@ -36,6 +36,7 @@ from .plan_check import kv_tokens_from_logs
 from .runner import Target, fmt_s
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_PARALLEL_STARTS = 3
 # An engine replica's process title: ours ("...:LLMServer:<model>"), or Ray's own builder's
 # (named after the server class) in ``ray_serve_llm``.
 ENGINE_MARKS = (f":{ENGINE_PREFIX}", f":{SERVER_CLS.rsplit(':', 1)[1]}:")
@@ -88,16 +89,19 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def ray_serve_llm(data: dict, work: Path, name: str = "ray-serve-llm") -> Iterator[Target]:
+def ray_serve_llm(data: dict, work: Path, name: str = "ray-serve-llm",
+                  env: dict[str, str] | None = None) -> Iterator[Target]:
     """Ray Serve LLM's own OpenAI app from the same config (``loadtest.ray_reference``), on a
-    local cluster like ``stack``'s; stopped with ``qwen-vl stop``."""
-    with _local_cluster(data, work, name, "loadtest.ray_reference", "{config}") as t:
+    local cluster like ``stack``'s (``env`` added to its environment, e.g. Ray Serve LLM's
+    direct streaming); stopped with ``qwen-vl stop``."""
+    with _local_cluster(data, work, name, "loadtest.ray_reference", "{config}",
+                        env=env) as t:
         yield t
 
 
 @contextlib.contextmanager
-def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str
-                   ) -> Iterator[Target]:
+def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
+                   env: dict[str, str] | None = None) -> Iterator[Target]:
     """``python -m module START`` (``{config}``: the written config file) in a private run
     directory, returning once the application runs; ``qwen-vl stop`` there afterwards."""
     from launch.local_cluster import cluster_processes, read_state
@@ -107,7 +111,7 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str
     work.mkdir(parents=True, exist_ok=True)
     config = work / f"{name}-config.yaml"
     cfg = write_config(data, config)
-    env = {**os.environ, "QWEN_VL_RUN_DIR": str(work / f"{name}-run")}
+    env = {**os.environ, **(env or {}), "QWEN_VL_RUN_DIR": str(work / f"{name}-run")}
     print(f"deploying {name}: {cfg.model.source} ({cfg.deployment.device}) ...", flush=True)
     t0 = time.monotonic()
     log = work / f"{name}-serve.log"
@@ -209,8 +213,9 @@ def bare_vllm(data: dict, work: Path, name: str = "vllm-serve",
 def start_all(up: contextlib.ExitStack, deployments: list) -> list[Target]:
     """Enter several deployments' contexts at once and register each one entered on ``up``, so
     all are stopped afterwards, the ones that started even when another fails. Their start-ups
-    overlap: much of a start is one process waiting on another (Ray, an engine's imports and
-    warm-up), which a second start can use. The Ray auth token is made first, once, so
+    overlap, up to ``MAX_PARALLEL_STARTS`` at a time: much of a start is one process waiting on
+    another (Ray, an engine's imports and warm-up), which a second start can use; more at once
+    only thrash a small machine. The Ray auth token is made first, once, so
     concurrent heads cannot each write a different one."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -219,7 +224,7 @@ def start_all(up: contextlib.ExitStack, deployments: list) -> list[Target]:
 
     use_token_auth()
     ensure_auth_token()
-    with ThreadPoolExecutor(max_workers=len(deployments)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(deployments), MAX_PARALLEL_STARTS)) as pool:
         futures = [pool.submit(d.__enter__) for d in deployments]
         outcomes = [(d, f.exception(), None if f.exception() else f.result())
                     for d, f in zip(deployments, futures)]

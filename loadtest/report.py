@@ -64,6 +64,12 @@ class Report:
         print(f"  skipped {what}: {reason}", flush=True)
         self.data["skipped"].append({"what": what, "reason": reason})
 
+    def section(self, title: str, intro: str, rows: list[dict],
+                columns: list[tuple[str, str]]) -> None:
+        """A further Markdown table in the report (and its rows in ``results.json``)."""
+        self.data.setdefault("sections", []).append(
+            {"title": title, "intro": intro, "rows": rows, "columns": columns})
+
     def target(self, name: str, measured: float | None, goal: str, met: bool | None,
                detail: str) -> None:
         self.data["targets"].append({"target": name, "measured": measured, "goal": goal,
@@ -95,6 +101,9 @@ class Report:
             lines += ["## Plan vs measured", "", "`qwen-vl plan` for this config and workload "
                       "(speed rows are upper bounds from memory bandwidth).", "",
                       comparison_table(d["plan_vs_measured"])]
+        for sec in d.get("sections", []):
+            lines += [f"## {sec['title']}", "", sec["intro"], "",
+                      markdown_table(sec["rows"], sec["columns"]), ""]
         if d["skipped"]:
             lines += ["## Skipped", ""] + [f"- {s['what']}: {s['reason']}" for s in d["skipped"]]
             lines.append("")

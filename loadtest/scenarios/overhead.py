@@ -4,6 +4,12 @@ arguments, started together and up at once, measured in alternating rounds (A B 
 Per target, over all its rounds: output tokens/s (total tokens / total round time) and TTFT p50.
 Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bare vLLM's.
 
+Then CPU per request (``loadtest.cpu_usage``): per target, ``cpu_requests`` text-only requests
+and as many with one 1-megapixel JPEG each, every process's CPU counters read around each block
+(an idle window before it subtracted), split by process group. Target: the stack's serving path
+(every process but vLLM's engine core and workers) costs at most 2x the CPU per text request of
+``vllm serve``'s API server. The table shows where the CPU goes, side by side.
+
 With ``ray_serve_llm`` a third target runs between them: Ray Serve LLM's own OpenAI app from the
 same config (``loadtest.ray_reference``), which splits the overhead into Ray Serve's part and
 our layer's part (informational rows, no goal).
@@ -12,10 +18,13 @@ our layer's part (informational rows, no goal).
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from .. import deploy
+from ..cpu_usage import ENGINE_GROUPS, GROUPS, CpuMeter, CpuReading
 from ..metrics import summarize
+from ..profile import LIBRARIES, profiled, shares
 from ..report import Report, plot, step_result
 from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
@@ -28,21 +37,56 @@ COLUMNS = [
 ]
 MIN_RATIO = 0.95
 MAX_TTFT_DIFF_MS = 15.0
+MAX_SERVING_CPU_RATIO = 2.0
+IMAGE_SIZE = (1000, 1000)  # one megapixel
+API_SERVER = "API server (vllm serve)"
+FAST = "stack-fast-paths"  # server.ray_throughput_optimized and server.ray_ha_proxy on
+DIRECT = "ray-serve-llm-direct"  # Ray Serve LLM's app with its direct streaming
+# Ray Serve LLM routes a direct stream with an ingress request router, which needs HAProxy.
+DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+              "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def direct_env(out: Path) -> dict[str, str]:
+    """``DIRECT_ENV`` with HAProxy's own ports and metrics socket moved off their fixed
+    defaults, which the fast-path stack's HAProxy on the same machine holds."""
+    from launch.local_cluster import free_port
+
+    return {**DIRECT_ENV, "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(out / "haproxy-metrics.sock")}
+
+
+def with_fast_paths(data: dict) -> dict:
+    """The scenario's config with Ray Serve's fast paths on."""
+    out = json.loads(json.dumps(data))
+    out.setdefault("server", {}).update(ray_throughput_optimized=True, ray_ha_proxy=True)
+    return out
 
 
 def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round: int,
-        rounds: int, out: Path, title: str, settings: dict, ray_serve_llm: bool = False) -> Report:
+        rounds: int, out: Path, title: str, settings: dict, ray_serve_llm: bool = False,
+        fast_paths: bool = False, direct_streaming: bool = False, cpu_requests: int = 0,
+        idle_s: float = 5.0, profile: bool = False) -> Report:
     report = Report("overhead", out, {**settings, "workload": workload.model_dump(),
                                       "concurrency": concurrency, "rounds": rounds,
                                       "requests_per_round": requests_per_round,
-                                      "ray_serve_llm": ray_serve_llm})
+                                      "ray_serve_llm": ray_serve_llm,
+                                      "fast_paths": fast_paths,
+                                      "direct_streaming": direct_streaming,
+                                      "cpu_requests": cpu_requests})
     print(f"overhead: {workload.describe()}, concurrency {concurrency}, {rounds} round(s) of "
           f"{requests_per_round} requests per target, alternating", flush=True)
     per: dict[str, dict] = {}
     with contextlib.ExitStack() as up:
         targets = deploy.start_all(up, [
             deploy.stack(data, out / "deploy", name="stack"),
+            *([deploy.stack(with_fast_paths(data), out / "deploy", name=FAST)]
+              if fast_paths else []),
             *([deploy.ray_serve_llm(data, out / "deploy")] if ray_serve_llm else []),
+            *([deploy.ray_serve_llm(data, out / "deploy", name=DIRECT,
+                                       env=direct_env(out / "deploy"))]
+              if direct_streaming else []),
             deploy.bare_vllm(data, out / "deploy", name="vllm-serve")])
         progress = Progress("overhead", len(targets) * rounds, every=0, unit="rounds")
         for t in targets:
@@ -62,6 +106,9 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
                 acc["memory"].append(step.memory.get("memory_gib_peak"))
                 done += 1
                 progress.update(done, force=True)
+        if cpu_requests:
+            cpu = cpu_per_request(targets, workload, concurrency, cpu_requests, out, idle_s,
+                                  profile)
     names = [t.name for t in targets]
     rows = {}
     for name in names:
@@ -76,6 +123,14 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
         ray = rows["ray-serve-llm"]
         compare(report, ray, rows["vllm-serve"], "ray-serve-llm", "bare vllm serve")
         compare(report, rows["stack"], ray, "stack", "ray-serve-llm")
+    if fast_paths:
+        compare(report, rows[FAST], rows["vllm-serve"], FAST, "bare vllm serve")
+    if direct_streaming:
+        compare(report, rows[DIRECT], rows["vllm-serve"], DIRECT, "bare vllm serve")
+    if cpu_requests:
+        cpu_report(report, cpu, cpu_requests)
+    if profile:
+        profile_report(report, out / "profiles")
     rounds_of = {n: [st for st in report.data["steps"] if st["target"] == n] for n in names}
     xs = list(range(1, rounds + 1))
     plots = [plot(out / "overhead.png", "Output tokens/s per round", xs,
@@ -99,3 +154,78 @@ def compare(report: Report, a: dict, b: dict, a_name: str, b_name: str,
                   f"<= {MAX_TTFT_DIFF_MS:g} ms" if goals else "(informational)",
                   diff <= MAX_TTFT_DIFF_MS if goals else None,
                   f"{a['median_ttft_ms']:.1f} vs {b['median_ttft_ms']:.1f} ms")
+
+
+def cpu_per_request(targets: list, workload: Workload, concurrency: int, requests: int,
+                    out: Path, idle_s: float,
+                    profile: bool = False) -> dict[tuple[str, str], CpuReading]:
+    """(target, "text" | "image") -> its CPU reading over ``requests`` requests."""
+    kinds = {"text": workload.model_copy(update={"image_fraction": 0.0}),
+             "image": workload.model_copy(update={"image_fraction": 1.0, "images_per_request": 1,
+                                                  "image_size": IMAGE_SIZE})}
+    print(f"overhead: CPU per request, {requests} text and {requests} image requests per target "
+          f"(an idle window of {idle_s:g} s before each)", flush=True)
+    readings = {}
+    for t in targets:
+        meter = CpuMeter(t.stack_pids or t.engine_pids, idle_s=idle_s)
+        for kind, w in kinds.items():
+            with (profiled(t.stack_pids, out / "profiles", f"{t.name}-{kind}")
+                  if profile and t.name == "stack" else contextlib.nullcontext()):
+                reading, _ = meter.measure(lambda: run_step(
+                    t, w, concurrency=concurrency, num_requests=requests, out_dir=out / "steps",
+                    tag=f"cpu-{kind}", index_offset=10**5))
+            readings[(t.name, kind)] = reading
+            print(f"  {t.name} {kind}: serving path {reading.serving_path_ms(requests):.1f} ms CPU "
+                  "per request", flush=True)
+    return readings
+
+
+def cpu_report(report: Report, readings: dict[tuple[str, str], CpuReading],
+               requests: int) -> None:
+    """The CPU table (groups x target/kind, ms per request) and the serving-path target."""
+    cols = [f"{name} {kind}" for name, kind in readings]
+    per = {col: readings[key].per_request_ms(requests) for col, key in zip(cols, readings)}
+    rows = []
+    for g in GROUPS:
+        if any(g in per[c] and per[c][g] >= 0.05 for c in cols):
+            rows.append({"group": g, **{c: per[c].get(g) for c in cols}})
+    rows.append({"group": "serving path (all but engine core, workers)",
+                 **{c: readings[k].serving_path_ms(requests) for c, k in zip(cols, readings)}})
+    rows.append({"group": "engine core + workers", **{
+        c: sum(v for g, v in per[c].items() if g in ENGINE_GROUPS) for c in cols}})
+    report.data["cpu_per_request_ms"] = rows
+    report.section("CPU per request (ms)", f"Net CPU milliseconds per request by process group "
+                   f"({requests} requests per cell; each process's user+system time read before "
+                   "and after, its idle rate just before subtracted). Image requests carry one "
+                   f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG.", rows,
+                   [("group", "process group")] + [(c, c) for c in cols])
+    stack = readings.get(("stack", "text"))
+    bare = readings.get(("vllm-serve", "text"))
+    if stack is None or bare is None:
+        return
+    api = bare.per_request_ms(requests).get(API_SERVER)
+    mine = stack.serving_path_ms(requests)
+    ratio = mine / api if api else None
+    report.target("stack serving-path CPU / vllm serve API server CPU, per text request", ratio,
+                  f"<= {MAX_SERVING_CPU_RATIO:g}",
+                  None if ratio is None else ratio <= MAX_SERVING_CPU_RATIO,
+                  f"{mine:.1f} vs {api or 0:.1f} ms CPU per request")
+
+
+def profile_report(report: Report, folder: Path) -> None:
+    """Which code the profiled processes ran: shares of samples per library."""
+    rows = []
+    for raw in sorted(folder.glob("*.txt")):
+        total, _, libs = shares(raw)
+        if total:
+            rows.append({"process": raw.stem, "samples": total,
+                         **{lib: round(100 * libs[lib] / total, 1)
+                            for lib in (*LIBRARIES, "other")}})
+    report.data["profiles"] = rows
+    report.section("Profiles (py-spy, % of samples)", "Samples of threads holding the GIL in the "
+                   "stack's ingress and engine replica during its CPU blocks, each counted for "
+                   "the library of its innermost frame outside the standard library. The top "
+                   "functions are in "
+                   f"`{folder.name}/*-top.md`, the raw stacks in `{folder.name}/*.txt`.", rows,
+                   [("process", "process"), ("samples", "samples")]
+                   + [(lib, lib) for lib in (*LIBRARIES, "other")])

@@ -518,3 +518,22 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
     off = objects(render(chart))
     assert not any(o["kind"] == "PrometheusRule" or o["metadata"]["name"].endswith(
         "-dashboard") for o in off)
+
+
+@pytest.mark.parametrize("server", [{}, {"ray_throughput_optimized": True},
+                                    {"ray_throughput_optimized": True, "ray_ha_proxy": True}])
+def test_ray_fast_paths_reach_every_ray_pod(chart, server):
+    """server.ray_* become the same environment on the head and every worker pod as
+    `qwen-vl serve` gives every node it starts (ServerSettings.ray_env)."""
+    values = {"serving": {"server": server},
+              "workerGroups": [{"name": n, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+                               for n in ("a", "b")]}
+    rs = one(objects(render(chart, values)), "RayService")
+    want = ServerSettings(**server).ray_env()
+    seen = 0
+    for _, tpl in pod_templates(rs):
+        for c in tpl["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")} == want
+            seen += 1
+    assert seen == 3

@@ -69,10 +69,16 @@ def test_build_app_without_starting():
     from ray.serve.deployment import Application
 
     cfg = load_config(CONFIGS / "default.yaml")
+    three = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                          "deployment": {"ingress_replicas": 3}})
     try:
         app = build_app(cfg)
         assert isinstance(app, Application)
         assert app._bound_deployment.name == "QwenVLIngress"
+        dc = app._bound_deployment._deployment_config
+        assert dc.num_replicas == 1 and dc.autoscaling_config is None
+        dc = build_app(three)._bound_deployment._deployment_config
+        assert dc.num_replicas == 3 and dc.autoscaling_config is None  # deployment.ingress_replicas
         engines = list(app._bound_deployment.init_kwargs["llm_deployments"].values())
         assert [e._bound_deployment.name for e in engines] == ["LLMServer:qwen2-vl-tiny"]
         assert engines[0]._bound_deployment.func_or_class.__name__ == "QwenVLServer"
@@ -128,3 +134,13 @@ def test_cpu_all_cores_config_is_the_default_with_no_core_kept():
     assert all_cores["deployment"].pop("env") == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     default["deployment"].pop("env")
     assert all_cores == default
+
+
+def test_ray_fast_paths_become_node_environment():
+    """server.ray_* are Ray Serve's process-wide flags: environment for every Ray node."""
+    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}).server
+    assert srv.ray_env() == {}
+    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}, "server": {
+        "ray_throughput_optimized": True, "ray_ha_proxy": True}}).server
+    assert srv.ray_env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                             "RAY_SERVE_ENABLE_HA_PROXY": "1"}

@@ -48,19 +48,42 @@ def test_byte_cap():
 @pytest.mark.parametrize("make", [utils.grayscale, utils.rgba, utils.cmyk_jpeg, utils.png16,
                                   utils.webp, utils.animated_gif, lambda: utils.png(28, 28)])
 def test_valid_edge_cases_become_rgb_or_pass(make):
-    data, mime = media.check_image(make(), LIMITS, "p")
+    data, mime, size = media.check_image(make(), LIMITS, "p")
     img = Image.open(io.BytesIO(data))
     assert img.mode in ("RGB", "L") and mime.startswith("image/")
+    assert size == img.size
 
 
 def test_exif_rotation_applied():
-    data, _ = media.check_image(utils.exif_rotated_jpeg(100, 300), LIMITS, "p")
+    data, _, size = media.check_image(utils.exif_rotated_jpeg(100, 300), LIMITS, "p")
     assert Image.open(io.BytesIO(data)).size == (100, 300)  # width 100, height 300 after rotate
+    assert size == (100, 300)  # the size the engine sees, for the token count
 
 
 def test_plain_rgb_passes_untouched():
     raw = utils.jpeg(64, 64)
-    assert media.check_image(raw, LIMITS, "p") == (raw, "image/jpeg")
+    assert media.check_image(raw, LIMITS, "p") == (raw, "image/jpeg", (64, 64))
+
+
+@pytest.mark.parametrize("make", [lambda: utils.jpeg(640, 480), utils.cmyk_jpeg, utils.rgba,
+                                  lambda: utils.exif_rotated_jpeg(100, 300)])
+def test_each_image_decoded_once(make, monkeypatch):
+    """The front door decodes an image once, whether it passes as it is or is normalised."""
+    from PIL import ImageFile
+
+    loads = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: (loads.append(id(self)), real(self))[1])
+    media.check_image(make(), LIMITS, "p")
+    assert len(set(loads)) == 1, loads
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_truncated_jpeg_refused_despite_reduced_decode(cut):
+    """The reduced-size JPEG decode still reads every byte of the entropy-coded data."""
+    raw = utils.jpeg(800, 600)
+    rejected(raw[:int(len(raw) * cut)], "truncated or corrupt")
 
 
 def test_base64_errors():

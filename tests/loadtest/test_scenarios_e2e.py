@@ -142,6 +142,20 @@ def test_overhead_quick(tmp_path):
     assert "--max-model-len" in argv and "--limit-mm-per-prompt" in argv
     for name in ("stack", "ray-serve-llm", "vllm-serve"):
         assert f"{name} stopped" in stdout
+    # CPU per request by process group, side by side (ms): each target's own processes found.
+    cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
+    for group in ("HTTP proxy", "ingress replica", "engine replica (Python)"):
+        assert cpu[group]["stack text"] > 0 and cpu[group]["stack image"] > 0, group
+        assert cpu[group]["vllm-serve text"] is None, group  # vllm serve has no such process
+    assert cpu["API server (vllm serve)"]["vllm-serve text"] > 0
+    assert cpu["API server (vllm serve)"]["stack text"] is None
+    assert cpu["engine core + workers"]["stack text"] > 0
+    assert cpu["engine core + workers"]["vllm-serve text"] > 0
+    # A 1-megapixel JPEG is decoded by the front door: the ingress pays for it, text does not.
+    assert cpu["ingress replica"]["stack image"] > cpu["ingress replica"]["stack text"]
+    ratio = targets["stack serving-path CPU / vllm serve API server CPU, per text request"]
+    assert ratio["measured"] > 0 and ratio["met"] in (True, False)
+    assert "## CPU per request (ms)" in (out / "report.md").read_text()
 
 
 def test_baseline_quick(tmp_path):
@@ -153,3 +167,20 @@ def test_baseline_quick(tmp_path):
     assert hf["output_throughput"] > 0 and hf["memory_gib_peak"] > 0
     assert data["table"][2]["vs_hf"] == pytest.approx(
         data["table"][2]["output_throughput"] / hf["output_throughput"])
+
+
+def test_ceiling_quick_with_fast_paths(tmp_path):
+    """Two ingress replicas behind HAProxy, throughput-optimized Serve: the front door still
+    refuses with its OpenAI error, and the levels report requests/s and CPU by process."""
+    out, data, _ = run_scenario(tmp_path, "ceiling", "--fast-paths", "--ingress-replicas", "2")
+    check_folder(out, data, ["ceiling.png"])
+    targets = {t["target"]: t for t in data["targets"]}
+    assert targets["front door refuses n over limits.max_n (400, param n)"]["met"] is True
+    assert data["processes"]["ingress replica"] == 2  # deployment.ingress_replicas
+    assert data["processes"]["HAProxy"] >= 1  # server.ray_ha_proxy: HAProxy serves HTTP
+    rows = data["table"]
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["request_throughput"] > 0 and r["failed"] == 0
+        assert r["ingress_cores"] > 0 and r["serving_cpu_ms"] > 0
+    assert targets["ceiling, 2 ingress replica(s) (requests/s)"]["measured"] > 0

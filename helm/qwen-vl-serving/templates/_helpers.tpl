@@ -90,6 +90,17 @@ each against the pydantic model, so they cannot drift.
   value: {{ printf "%s/huggingface" .Values.modelCache.mountPath | quote }}
 - name: HF_HUB_DISABLE_TELEMETRY
   value: "1"
+{{- /* Ray Serve's fast paths (serving.server.ray_*): read by every Ray process at start, so
+  they go on every Ray pod, as qwen-vl serve puts them on every node it starts. */}}
+{{- $srv := default dict .Values.serving.server }}
+{{- if $srv.ray_throughput_optimized }}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+{{- end }}
+{{- if $srv.ray_ha_proxy }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+{{- end }}
 {{- with include "qwen-vl-serving.secretRef" (dict "root" . "name" "hfToken") }}
 - name: HF_TOKEN
   valueFrom:
