@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -59,6 +60,25 @@ def front_door_answers(t: Target, max_n: int) -> tuple[bool, str]:
         return err.code == 400 and param == "n", f"{err.code}: {text[:200]}"
 
 
+def http_request_routes(t: Target, wait_s: float = 45) -> list[str]:
+    """The ``route`` labels of Ray's HTTP request counter on the deployment's metrics port
+    (which the dashboard's request panels select on), once it is exported."""
+    import re
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(t.metrics_url, timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ""
+        routes = sorted(set(re.findall(
+            r'^ray_serve_num_http_requests_total\{[^}]*\broute="([^"]*)"', text, re.M)))
+        if routes or time.monotonic() > deadline:
+            return routes
+        time.sleep(3)
+
+
 def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, title: str,
         settings: dict, idle_s: float) -> Report:
     d = data.get("deployment") or {}
@@ -99,7 +119,7 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
                    "engine_core_cores": cores.get("engine core", 0.0),
                    "workers_cores": cores.get("workers", 0.0),
                    "all_cores": sum(cores.values()),
-                   "busiest": f"{group} ({busy:.2f} cores)"}
+                   "busiest": f"{group} ({busy:.2f} cores)", "busiest_cores": busy}
             report.data["table"].append(row)
             print(f"  concurrency {c}: {row['request_throughput']:.1f} requests/s; busiest "
                   f"serving process: {row['busiest']}", flush=True)
@@ -109,6 +129,7 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
                 best, flat = max(best, row["request_throughput"]), flat + 1
                 if flat >= FLAT_LEVELS:
                     break
+        report.data["http_request_routes"] = http_request_routes(t)
     rows = report.data["table"]
     top = max(rows, key=lambda r: r["request_throughput"])
     cpus = os.cpu_count() or 1
@@ -118,6 +139,13 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
                   f"{top['busiest']}; engine core and workers "
                   f"{top['engine_core_cores'] + top['workers_cores']:.2f} cores; all processes "
                   f"{top['all_cores']:.2f} of the machine's {cpus} cores")
+    # Where the machine ran out first (a small one, with the load generator on it), what the
+    # busiest serving process would sustain at one full core: the figure for a bigger node.
+    if top["busiest_cores"] > 0:
+        report.target("projected: busiest serving process at one core (requests/s)",
+                      top["request_throughput"] / top["busiest_cores"], "(informational)", None,
+                      f"{top['busiest']} at {top['request_throughput']:.1f} requests/s, scaled "
+                      "to one core")
     plots = [plot(out / "ceiling.png", "Requests/s by concurrency (max_tokens 1)",
                   [r["concurrency"] for r in rows],
                   {"requests/s": [r["request_throughput"] for r in rows]},

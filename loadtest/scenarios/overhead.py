@@ -47,14 +47,17 @@ DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1", "RAY_SERVE_ENABLE_HA
               "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
-def direct_env(out: Path) -> dict[str, str]:
+def direct_env() -> dict[str, str]:
     """``DIRECT_ENV`` with HAProxy's own ports and metrics socket moved off their fixed
     defaults, which the fast-path stack's HAProxy on the same machine holds."""
     from launch.local_cluster import free_port
 
-    return {**DIRECT_ENV, "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    port = free_port()
+    # Ray puts the socket under a 64-character directory of its own beside this name, and a
+    # Unix socket's path has at most 97 characters here: a short directory.
+    return {**DIRECT_ENV, "RAY_SERVE_HAPROXY_METRICS_PORT": str(port),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(out / "haproxy-metrics.sock")}
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"/tmp/qvl-{port}/m.sock"}
 
 
 def with_fast_paths(data: dict) -> dict:
@@ -85,7 +88,7 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
               if fast_paths else []),
             *([deploy.ray_serve_llm(data, out / "deploy")] if ray_serve_llm else []),
             *([deploy.ray_serve_llm(data, out / "deploy", name=DIRECT,
-                                       env=direct_env(out / "deploy"))]
+                                       env=direct_env())]
               if direct_streaming else []),
             deploy.bare_vllm(data, out / "deploy", name="vllm-serve")])
         progress = Progress("overhead", len(targets) * rounds, every=0, unit="rounds")

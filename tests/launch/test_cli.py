@@ -132,3 +132,27 @@ def test_root_cause_from_worker_logs(tmp_path):
         "INFO fine\nRuntimeError: Worker failed with error 'No common block size for 16 "
         "(CPU_ATTN: [MultipleOf(32)]).', please check the stack trace above for the root cause\n")
     assert "No common block size for 16" in root_cause_from_logs(str(tmp_path))
+
+
+def test_join_takes_the_heads_fast_paths_from_its_config(tmp_path, monkeypatch):
+    """`qwen-vl join --config` starts the worker node with the config's Ray fast-path flags (Ray
+    Serve reads them in every process of every node); without --config, none."""
+    from launch import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "join_cluster", lambda address, **kw: calls.append(kw["env"]))
+    path, _ = write_config(tmp_path, {"server": {"ray_throughput_optimized": True,
+                                                 "ray_ha_proxy": True}})
+    assert cli.main(["join", "--address", "h:1", "--config", str(path)]) == 0
+    assert cli.main(["join", "--address", "h:1"]) == 0
+    assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, {}]
+
+
+def test_ray_start_gets_the_node_environment():
+    """The environment given to a node's `ray start` reaches the process it runs."""
+    from launch.local_cluster import ClusterError, _ray_start
+
+    _ray_start(["sh", "-c", 'test "$RAY_SERVE_THROUGHPUT_OPTIMIZED" = 1'],
+               {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
+    with pytest.raises(ClusterError):
+        _ray_start(["sh", "-c", 'test "$RAY_SERVE_THROUGHPUT_OPTIMIZED" = 1 || exit 3'], {})

@@ -184,3 +184,9 @@ def test_ceiling_quick_with_fast_paths(tmp_path):
         assert r["request_throughput"] > 0 and r["failed"] == 0
         assert r["ingress_cores"] > 0 and r["serving_cpu_ms"] > 0
     assert targets["ceiling, 2 ingress replica(s) (requests/s)"]["measured"] > 0
+    assert targets["projected: busiest serving process at one core (requests/s)"]["measured"] > 0
+    # The cost the docs state for server.ray_ha_proxy: Ray's HTTP request counter, derived from
+    # HAProxy's logs, labels the API's paths with the application's prefix (and HAProxy's own
+    # answers with no route), so no /v1/ route appears for the dashboard to select.
+    routes = data["http_request_routes"]
+    assert "/" in routes and not any(r.startswith("/v1/") for r in routes), routes
