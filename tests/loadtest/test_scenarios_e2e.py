@@ -130,7 +130,8 @@ def test_overhead_quick(tmp_path):
         "stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
         "ray-serve-llm / bare vllm serve output tokens/s",
         "ray-serve-llm - bare vllm serve TTFT p50 (ms)",
-        "stack / ray-serve-llm output tokens/s", "stack - ray-serve-llm TTFT p50 (ms)"]
+        "stack / ray-serve-llm output tokens/s", "stack - ray-serve-llm TTFT p50 (ms)",
+        "stack serving-path CPU / vllm serve API server CPU, per text request"]
     assert targets["stack / bare vllm serve output tokens/s"]["measured"] > 0
     assert targets["stack / bare vllm serve output tokens/s"]["met"] in (True, False)
     assert targets["stack / ray-serve-llm output tokens/s"]["met"] is None  # informational
