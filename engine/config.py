@@ -404,6 +404,11 @@ CPU_QUANT_BITS = 4  # vLLM's CPUWNA16 kernel: 4-bit GPTQ (uint4b8) and AWQ (uint
 CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 
 
+# Ray Serve's fast paths: the ServerSettings field -> the flag Ray reads on every node.
+RAY_FAST_PATH_ENV = {"ray_throughput_optimized": "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+                     "ray_ha_proxy": "RAY_SERVE_ENABLE_HA_PROXY"}
+
+
 class ServerSettings(_Strict):
     host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0: every "
                       "interface).")
@@ -440,12 +445,7 @@ class ServerSettings(_Strict):
     def ray_env(self) -> dict[str, str]:
         """Environment every Ray node of the cluster starts with (``ray start``, the chart's
         pods): Ray Serve reads these flags once, in each process, at import."""
-        env = {}
-        if self.ray_throughput_optimized:
-            env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-        if self.ray_ha_proxy:
-            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        return env
+        return {var: "1" for field, var in RAY_FAST_PATH_ENV.items() if getattr(self, field)}
 
 
 class AlertSettings(_Strict):

@@ -175,15 +175,14 @@ def node_ray_env(state: ClusterState) -> dict[str, str] | None:
     started with, or None where it cannot be read."""
     import psutil
 
-    from engine.config import ServerSettings
+    from engine.config import RAY_FAST_PATH_ENV
 
-    names = ServerSettings(ray_throughput_optimized=True, ray_ha_proxy=True).ray_env()
     for pid in cluster_processes(state):
         try:
             p = psutil.Process(pid)
             if p.name() == "raylet":
                 env = p.environ()
-                return {k: env[k] for k in names if env.get(k) == names[k]}
+                return {k: "1" for k in RAY_FAST_PATH_ENV.values() if env.get(k) == "1"}
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return None

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "table; 0: no table (default 8 with --quick, else 32)")
     over.add_argument("--profile", action="store_true",
                       help="py-spy profiles of the stack's ingress and engine replica during "
-                           "its CPU text block (flame graphs and top functions in the folder)")
+                           "its CPU blocks (raw stacks, top functions and library shares in "
+                           "profiles/)")
 
     soak = one_model(sub.add_parser(
         "soak", help="steady mixed load for --duration: zero failures, bounded memory"))
@@ -317,12 +318,12 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "ceiling":
         from .scenarios import ceiling
 
-        dep = data.setdefault("deployment", {})
+        from .scenarios.common import with_fast_paths
+
         if args.ingress_replicas:
-            dep["ingress_replicas"] = args.ingress_replicas
+            data.setdefault("deployment", {})["ingress_replicas"] = args.ingress_replicas
         if args.fast_paths:
-            data.setdefault("server", {}).update(ray_throughput_optimized=True,
-                                                 ray_ha_proxy=True)
+            data = with_fast_paths(data)
         return ceiling.run(data=data, levels=args.levels or d["ceiling_levels"],
                            requests_per_level=args.requests or d["ceiling_requests"], out=out,
                            title=f"Serving-path ceiling: {what}", settings=settings,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.config import ConfigError, ServingConfig, parse_config
+from engine.config import RAY_FAST_PATH_ENV, ConfigError, ServingConfig, parse_config
 from engine.embedded_model import EMBEDDED_PREFIX, is_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +96,10 @@ def check(data: dict, origin: str) -> tuple[ServingConfig | None, str | None]:
         return parse_config(data, origin), None
     except ConfigError as err:
         return None, str(err).strip().removeprefix(f"invalid config {origin}:").strip()
+
+
+def with_fast_paths(data: dict) -> dict:
+    """A copy of a scenario's config with every Ray Serve fast path on (``server.ray_*``)."""
+    out = copy.deepcopy(data)
+    out.setdefault("server", {}).update(dict.fromkeys(RAY_FAST_PATH_ENV, True))
+    return out

@@ -18,8 +18,9 @@ our layer's part (informational rows, no goal).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
+
+from engine.config import RAY_FAST_PATH_ENV
 
 from .. import deploy
 from ..cpu_usage import ENGINE_GROUPS, GROUPS, CpuMeter, CpuReading
@@ -28,6 +29,7 @@ from ..profile import LIBRARIES, profiled, shares
 from ..report import Report, plot, step_result
 from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
+from .common import with_fast_paths
 
 COLUMNS = [
     ("target", "target"), ("rounds", "rounds"), ("completed", "completed"), ("failed", "failed"),
@@ -42,9 +44,10 @@ IMAGE_SIZE = (1000, 1000)  # one megapixel
 API_SERVER = "API server (vllm serve)"
 FAST = "stack-fast-paths"  # server.ray_throughput_optimized and server.ray_ha_proxy on
 DIRECT = "ray-serve-llm-direct"  # Ray Serve LLM's app with its direct streaming
-# Ray Serve LLM routes a direct stream with an ingress request router, which needs HAProxy.
-DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-              "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Ray Serve LLM routes a direct stream with an ingress request router, which needs HAProxy; the
+# throughput-optimized mode too, as the fast-path stack has it.
+DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+              **dict.fromkeys(RAY_FAST_PATH_ENV.values(), "1")}
 
 
 def direct_env() -> dict[str, str]:
@@ -58,13 +61,6 @@ def direct_env() -> dict[str, str]:
     return {**DIRECT_ENV, "RAY_SERVE_HAPROXY_METRICS_PORT": str(port),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"/tmp/qvl-{port}/m.sock"}
-
-
-def with_fast_paths(data: dict) -> dict:
-    """The scenario's config with Ray Serve's fast paths on."""
-    out = json.loads(json.dumps(data))
-    out.setdefault("server", {}).update(ray_throughput_optimized=True, ray_ha_proxy=True)
-    return out
 
 
 def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round: int,
