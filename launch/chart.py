@@ -5,8 +5,9 @@ The chart (``helm/qwen-vl-serving``) takes the serving config unchanged as its `
 values block. Its ``values.schema.json`` checks that block with the JSON schema of the same
 pydantic model (``$defs``, regenerated here), so ``helm install`` rejects what ``qwen-vl serve``
 would; the chart-level keys are written by hand in the same file. ``python -m launch.chart
-schema`` rewrites the ``$defs``; ``python -m launch.chart reference`` prints the values table and
-``python -m launch.chart readme`` puts it into the README; ``python -m launch.chart monitoring``
+schema`` rewrites the ``$defs``; ``python -m launch.chart reference`` prints the values reference and
+``python -m launch.chart readme`` writes the chart's README.md from README.md.tmpl with it (as
+helm-docs would: its Go binary is not installable here); ``python -m launch.chart monitoring``
 writes the chart's dashboard and rules (``launch.monitoring``). Tests fail when any is stale.
 """
 
@@ -78,31 +79,79 @@ def _rows(node: dict[str, Any], values: Any, prefix: str):
         yield path, _type_of(sub), f"`{default}`" if default else "", sub.get("description", "")
 
 
+def value_comments(text: str) -> dict[str, str]:
+    """helm-docs' convention: a ``# -- description`` comment (continued by the ``#`` lines
+    after it) right above a key of values.yaml describes that key; keys are dotted paths."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#"):
+            if pending is not None:
+                pending.append(stripped[1:].strip())
+            continue
+        if not stripped or ":" not in stripped:
+            pending = None if not stripped else pending
+            continue
+        indent = len(line) - len(line.lstrip(" -"))
+        key = stripped.lstrip("- ").split(":", 1)[0]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        if pending:
+            out[path] = " ".join(pending)
+        pending = None
+    return out
+
+
 def values_reference() -> str:
-    """The README's values table: every chart-level key, its type, default and meaning."""
+    """The chart's values reference: per top-level key its values.yaml comment, then every key
+    under it with type, default and the schema's description."""
     schema = json.loads(SCHEMA_PATH.read_text())
-    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
-    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    values_text = (CHART_DIR / "values.yaml").read_text()
+    values, comments = yaml.safe_load(values_text), value_comments(values_text)
+    lines, group = [], None
     for path, typ, default, desc in _rows(schema, values, ""):
+        top = path.split(".")[0].split("[")[0]
+        if top == "global":
+            continue
+        if top != group:
+            group = top
+            lines += ["", f"### `{top}`", ""]
+            if comments.get(top):
+                lines += [comments[top], ""]
+            lines += ["| key | type | default | description |", "|---|---|---|---|"]
         if path == "serving":
             default, desc = "2B BF16 on GPU", ("The serving config, as `qwen-vl serve` reads "
-                                               "it (see Config reference).")
-        if path == "global":
-            continue
-        lines.append(f"| `{path}` | {typ} | {default} | {desc.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
+                                               "it (the docs' Configuration page lists every key).")
+        desc = desc.replace("|", "/").replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{path}` | {typ} | {default} | {desc} |")
+    return "\n".join(lines).strip("\n") + "\n"
 
 
-README = CHART_DIR.parent.parent / "README.md"
-_TABLE_HEAD = "| key | type | default | description |\n|---|---|---|---|\n| `serving`"
+README = CHART_DIR / "README.md"
+README_TEMPLATE = CHART_DIR / "README.md.tmpl"
 
 
-def update_readme(path: Path = README) -> Path:
-    """Replace the values table in README "Deploy on Kubernetes" with the current one."""
-    text = path.read_text()
-    start = text.index(_TABLE_HEAD)
-    end = text.index("\n\n", start) + 1
-    path.write_text(text[:start] + values_reference() + text[end:])
+def chart_readme() -> str:
+    """The chart's README, as helm-docs writes one: README.md.tmpl with the chart's metadata
+    and the values reference filled in."""
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    text = README_TEMPLATE.read_text()
+    for field in ("name", "version", "appVersion", "description", "kubeVersion"):
+        text = text.replace("{{ chart.%s }}" % field, str(chart[field]))
+    text = text.replace("{{ values }}", values_reference().rstrip("\n"))
+    assert "{{" not in text, "README.md.tmpl names a field chart_readme does not fill"
+    return text
+
+
+def write_readme(path: Path = README) -> Path:
+    path.write_text(chart_readme())
     return path
 
 
@@ -113,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv == ["reference"]:
         sys.stdout.write(values_reference())
     elif argv == ["readme"]:
-        print(f"wrote {update_readme()}")
+        print(f"wrote {write_readme()}")
     elif argv == ["monitoring"]:
         from .monitoring import write_chart_files
 

@@ -433,3 +433,20 @@ def frames_part(n: int, size: int = 56) -> dict:
 
 def image_from_data_url(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def doc_pages() -> list[Path]:
+    """Every Markdown page a reader sees: the README, the docs site's pages and the chart's
+    README."""
+    return [ROOT / "README.md", ROOT / "helm" / "qwen-vl-serving" / "README.md",
+            *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def documented_metrics() -> set[str]:
+    """Every exported metric name the pages name in backticks (a histogram by its base name)."""
+    import re
+
+    names = set()
+    for page in doc_pages():
+        names |= set(re.findall(r"`(ray_[a-z0-9_]+[a-z0-9])[`{]", page.read_text()))
+    return names

@@ -1,12 +1,13 @@
-"""launch.chart: the chart's schema and values reference stay derived from their sources, and the
-CLI helpers for the chart (chart-values, download)."""
+"""launch.chart: the chart's schema and README (values reference) stay derived from their sources,
+and the CLI helpers for the chart (chart-values, download)."""
 
 import json
 
 import yaml
 
-from launch.chart import SCHEMA_PATH, serving_schema_defs, values_reference
-from tests.utils import CONFIGS, ROOT, run_cli
+from launch.chart import (README, SCHEMA_PATH, chart_readme, serving_schema_defs,
+                          value_comments, values_reference)
+from tests.utils import CONFIGS, run_cli
 
 
 def test_schema_defs_are_the_config_model():
@@ -24,18 +25,30 @@ def test_every_chart_value_is_in_the_schema():
     assert set(values) <= set(schema["properties"])
     for key, node in schema["properties"].items():
         assert node.get("description") or node.get("$ref"), key
-    undocumented = [row for row in values_reference().splitlines()[2:] if row.endswith("|  |")]
+    undocumented = [row for row in values_reference().splitlines() if row.endswith("|  |")]
     assert undocumented == []
 
 
-def test_readme_values_reference_is_current():
-    """README "Deploy on Kubernetes" carries the table `python -m launch.chart reference`
-    prints (`python -m launch.chart readme` updates it)."""
+def test_chart_readme_is_current():
+    """The chart's README.md is what `python -m launch.chart readme` writes from README.md.tmpl,
+    Chart.yaml, values.yaml's `# --` comments and the schema (as helm-docs would)."""
+    assert README.read_text() == chart_readme()
     table = values_reference()
     assert "| `workerGroups[].maxReplicas` | integer |" in table
     assert "| `image.pullPolicy` | `Always` \\| `IfNotPresent` \\| `Never` | `\"IfNotPresent\"` |" \
         in table
-    assert table in (ROOT / "README.md").read_text()
+    # a group's values.yaml comment heads its table
+    assert "### `shm`\n\n/dev/shm as an in-memory volume" in table
+    for section in ("## Install", "## Test, upgrade, uninstall", "helm uninstall", "## Values"):
+        assert section in README.read_text(), section
+
+
+def test_value_comments_follow_helm_docs():
+    text = ("# header, not a description\n\n# -- The image.\n# Two lines.\nimage:\n"
+            "  # -- Its tag.\n  tag: \"\"\n  pullPolicy: Always\nlist:\n  - name: a\n"
+            "    # -- Nested in a list item.\n    size: 1\n")
+    assert value_comments(text) == {"image": "The image. Two lines.", "image.tag": "Its tag.",
+                                    "list.size": "Nested in a list item."}
 
 
 def test_chart_values_prints_a_config_as_the_serving_block():

@@ -23,14 +23,13 @@ from launch.local_cluster import read_state
 from launch.monitoring import ALERT_NAMES, dashboard, dashboard_queries, metric_names, rules
 from loadtest.dashboard import render_png
 from loadtest.prometheus import LocalPrometheus
-from tests.utils import (ensure_prometheus, image_data_part, png, request, start_stack,
-                         stop_stack, stream_events, wait_until)
+from tests.utils import (documented_metrics, ensure_prometheus, image_data_part, png, request,
+                         start_stack, stop_stack, stream_events, wait_until)
 
 pytestmark = pytest.mark.slow
 KEYS = {"default": "sk-e2e-default-" + "d" * 24, "team-a": "sk-e2e-team-a-" + "a" * 24,
         "team-b": "sk-e2e-team-b-" + "b" * 24}
 TPM_A, CONCURRENT_A, RPM_B = 600, 2, 10
-OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 # exported name -> vLLM's name, for metrics that appear only from their first event on
 LAZY = {"ray_vllm_num_preemptions_total": "vllm:num_preemptions"}
 LOAD_S = 15  # well inside one 60-second window: no admitted request leaves it during the test
@@ -214,8 +213,8 @@ def test_every_metric_the_dashboard_and_rules_read_is_exported(live):
             names |= metric_names(rule["expr"])
     recorded = {r["record"] for r in rules(live["cfg"])["groups"][0]["rules"]}
     assert {n for n in names if n.startswith("qwen_vl:")} <= recorded
-    # ... and every metric docs/operations.md names (a histogram by its base name)
-    documented = set(re.findall(r"`(ray_[a-z0-9_]+[a-z0-9])[`{]", OPERATIONS_DOC.read_text()))
+    # ... and every metric the README, the docs and the chart's README name
+    documented = documented_metrics()
     assert len(documented) > 15
 
     # Ray exports vLLM's gauges (running, waiting, KV cache) only while the engine steps, and

@@ -103,7 +103,7 @@ def test_sweep_quick(tmp_path):
 
 
 def test_soak_quick(tmp_path):
-    """The 30-second soak (the README's is 10 minutes): no failed request, memory growth bounded."""
+    """The 30-second soak (the default is 10 minutes): no failed request, memory growth bounded."""
     out, data, stdout = run_scenario(tmp_path, "soak")
     check_folder(out, data, ["soak.png"])
     assert sum(r["completed"] for r in data["table"]) > 0
