@@ -6,7 +6,7 @@
 #
 # The tag should be the chart's appVersion (the chart's default). Nodes need the NVIDIA driver
 # and container toolkit; CUDA itself comes with the torch wheels. Not built in CI (no Docker
-# engine there): README "Deploy on Kubernetes".
+# engine there): docs/kubernetes.md.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \

@@ -255,7 +255,7 @@ _ROOT_CAUSE_MARKERS = ("Worker failed with error", "ValueError:", "NotImplemente
 
 
 def root_cause_from_logs(temp_dir: str) -> str | None:
-    """The engine's own error line from the Ray worker logs of this session, if any.
+    """The engine's own error line from the Ray worker logs of the cluster's Ray session, if any.
 
     vLLM reports "Engine core initialization failed. See root cause above."; the cause itself
     is only in the engine worker's stderr.

@@ -100,7 +100,7 @@ class QuotaWindow:
 
     def settle(self, lease: int, tokens: int | None, refund: bool = False) -> None:
         """The request ended: its reservation becomes ``tokens`` (None: keep the reservation,
-        the usage is not known), and it no longer counts as in flight. ``refund``: it was
+        the usage is not known), and it stops counting as in flight. ``refund``: it was
         refused after admission (no engine capacity, engine lost): it counts for nothing."""
         held = self.leases.pop(lease, None)
         if held is None:

@@ -65,7 +65,7 @@ def _device_label(device: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen-vl-loadtest", description=(
         "One command per load-test scenario: each deploys what it measures, tears it down, "
-        "shows progress with an ETA and writes a results folder (README: Capacity testing)."))
+        "shows progress with an ETA and writes a results folder (docs/load-testing.md)."))
     sub = p.add_subparsers(dest="scenario", required=True)
 
     def common(sp, model_default: str | None = None):

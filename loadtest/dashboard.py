@@ -1,4 +1,4 @@
-"""The Grafana dashboard's panels drawn from a real Prometheus scrape (the README's picture).
+"""The Grafana dashboard's panels drawn from a real Prometheus scrape (docs/images/dashboard.png).
 
     python -m loadtest.dashboard [--seconds 120] [--out docs/images/dashboard.png]
 

@@ -537,3 +537,82 @@ def test_ray_fast_paths_reach_every_ray_pod(chart, server):
             assert {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")} == want
             seen += 1
     assert seen == 3
+
+
+def _helm_commands() -> list[tuple[str, list[str]]]:
+    """The `helm install` and `helm upgrade` lines the pages show, as argument lists."""
+    import re
+    import shlex
+
+    from tests.docs.test_pages import commands, fenced_blocks
+    from tests.utils import ROOT, doc_pages
+
+    out = []
+    for page in doc_pages():
+        for lang, body, _ in fenced_blocks(page.read_text()):
+            for line in commands(body) if lang == "bash" else []:
+                if not line.startswith("helm "):
+                    continue
+                words = shlex.split(line.split("  #")[0])
+                if words[:2] in (["helm", "install"], ["helm", "upgrade"]):
+                    out.append((f"{page.relative_to(ROOT)}: {line}", words))
+    return out
+
+
+def _values_of(words: list[str]) -> tuple[str, str, dict]:
+    """Release, namespace and values of a `helm install|upgrade RELEASE CHART ...` line
+    (-f files merged in order, then --set; what `helm template` would get)."""
+    from tests.utils import ROOT
+
+    release, namespace, values = words[2], "default", {}
+    assert words[3] == "helm/qwen-vl-serving", words
+    i = 4
+    while i < len(words):
+        flag, arg = words[i], words[i + 1] if i + 1 < len(words) else None
+        if flag in ("-n", "--namespace"):
+            namespace = arg
+        elif flag in ("-f", "--values"):
+            values = _merge(values, yaml.safe_load((ROOT / arg).read_text()))
+        elif flag == "--set":
+            for assignment in arg.split(","):
+                key, value = assignment.split("=", 1)
+                node = values
+                *path, leaf = key.split(".")
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[leaf] = value
+        elif flag == "--reuse-values":
+            i += 1
+            continue
+        else:
+            raise AssertionError(f"flag the test does not know: {flag}")
+        i += 2
+    return release, namespace, values
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_the_helm_commands_the_pages_show_render_and_validate(chart):
+    """Every `helm install` / `helm upgrade` line in the README, the docs and the chart's README
+    renders with Helm's engine into valid objects, and the RayService gets the name the pages'
+    `kubectl get rayservice` lines watch."""
+    import re
+
+    from tests.utils import doc_pages
+
+    shown = _helm_commands()
+    assert len(shown) >= 3
+    watched = {w for p in doc_pages() for w in re.findall(r"get rayservice (\S+)", p.read_text())}
+    assert watched
+    for where, words in shown:
+        release, namespace, values = _values_of(words)
+        manifests = chart.render(values, name=release, namespace=namespace,
+                                 is_install=words[1] == "install")
+        objs = objects(manifests)
+        assert "RayService" in validate_all(objs), where  # raises on an invalid object
+        assert one(objs, "RayService")["metadata"]["name"] in watched, where

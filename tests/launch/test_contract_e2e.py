@@ -2,8 +2,8 @@
 tokens as the toolkit counts them; and property-based fuzzing that finds no 5xx.
 
 One server for the module with tight limits (below), so each boundary is cheap to reach. The
-fuzzing is bounded and seeded (``QWEN_VL_FUZZ_EXAMPLES`` per operation, default 25; the README
-shows a longer run); streams run beside it and must each complete intact.
+fuzzing is bounded and seeded (``QWEN_VL_FUZZ_EXAMPLES`` per operation, default 25;
+docs/development.md shows a longer run); streams run beside it and must each complete intact.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ key from a credentials file) every second and evaluates the shipped rules every 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.error

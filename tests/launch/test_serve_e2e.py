@@ -245,7 +245,7 @@ def test_tokenize_and_detokenize(server, tokenizer):
 
 
 def test_openai_client(server):
-    """The README's example: the official openai client with an image."""
+    """The official openai client with an image, as in docs/getting-started.md."""
     from openai import OpenAI
 
     client = OpenAI(base_url=server["base"] + "/v1", api_key="unused")
@@ -463,7 +463,7 @@ def test_auto_tool_choice_is_served(server):
 
 
 def test_tool_result_turn_is_served_with_the_openai_client(server, no_whitespace):
-    """The README's function-calling example: the official client, a named call, the tool's
+    """docs/api.md's function-calling example: the official client, a named call, the tool's
     result sent back, and the model's answer."""
     from openai import OpenAI
 

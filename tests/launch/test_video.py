@@ -100,7 +100,7 @@ def test_a_video_that_cannot_fit_at_the_floor_is_refused_naming_the_budget():
     assert exc.value.status == 400 and "video_min_pixels = 3136" in exc.value.message
 
 
-README_COSTS = [  # README "Video": (seconds, width, height, frames cap) -> frames, size, tokens
+DOC_COSTS = [  # docs/api.md "Video": (seconds, width, height, frames cap) -> frames, size, tokens
     (5, 320, 240, 16, (10, 308, 252, 495)), (60, 320, 240, 16, (16, 308, 252, 792)),
     (1200, 320, 240, 16, (16, 308, 252, 792)), (1200, 1280, 720, 16, (16, 588, 336, 2016)),
     (5, 320, 240, None, (10, 308, 252, 495)), (60, 320, 240, None, (120, 168, 140, 1800)),
@@ -108,7 +108,7 @@ README_COSTS = [  # README "Video": (seconds, width, height, frames cap) -> fram
 ]
 
 
-@pytest.mark.parametrize("seconds, w, h, cap, cost", README_COSTS)
+@pytest.mark.parametrize("seconds, w, h, cap, cost", DOC_COSTS)
 def test_the_readmes_video_costs(seconds, w, h, cap, cost):
     import yaml
 
