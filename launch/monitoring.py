@@ -4,7 +4,7 @@
 alerts, their thresholds from ``alerts:`` (``engine.config.AlertSettings``). ``dashboard()``: the
 Grafana dashboard, whose heavy panels read the recording rules (install both). ``qwen-vl rules``
 writes both as files; the chart ships them as a PrometheusRule and a ConfigMap for Grafana's
-sidecar (``make chart`` regenerates the chart's copies; a test keeps them current).
+sidecar (``make generate`` regenerates the chart's copies; a test keeps them current).
 
 Every metric named here is one the stack exports (tests/launch/test_monitoring_e2e.py scrapes a
 live stack with a real Prometheus and checks each name): Ray Serve's ``ray_serve_*``, vLLM's

@@ -233,3 +233,25 @@ def test_no_page_or_comment_tells_history():
     told += [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in sources
              for m in HISTORY.finditer(_comments(p))]
     assert told == []
+
+
+def test_every_config_shown_in_yaml_loads():
+    """A YAML block whose keys are config sections is a config the loader accepts (a block
+    without `model` is a fragment: it is checked on top of the default config)."""
+    import yaml
+
+    from engine.config import parse_config
+    from tests.utils import CONFIGS
+
+    shown = 0
+    for page in doc_pages():
+        for lang, body, _ in fenced_blocks(page.read_text()):
+            data = yaml.safe_load(body) if lang in ("yaml", "yml") else None
+            if not isinstance(data, dict) or not set(data) <= set(CONFIG_SECTIONS) or not data:
+                continue
+            base = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+            for section, values in data.items():
+                base[section] = {**base.get(section, {}), **values}
+            parse_config(base)
+            shown += 1
+    assert shown >= 1

@@ -186,7 +186,7 @@ def test_metric_names_reads_names_not_labels_or_functions():
 def test_the_charts_copies_are_current():
     for name, text in monitoring.chart_files().items():
         assert (monitoring.CHART_FILES / name).read_text() == text, \
-            f"helm/qwen-vl-serving/files/{name} is stale: run `make chart`"
+            f"helm/qwen-vl-serving/files/{name} is stale: run `make generate`"
 
 
 def test_the_cli_writes_the_rules_and_the_dashboard(tmp_path, capsys):
