@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -444,9 +445,30 @@ def doc_pages() -> list[Path]:
 
 def documented_metrics() -> set[str]:
     """Every exported metric name the pages name in backticks (a histogram by its base name)."""
-    import re
-
     names = set()
     for page in doc_pages():
         names |= set(re.findall(r"`(ray_[a-z0-9_]+[a-z0-9])[`{]", page.read_text()))
     return names
+
+
+_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str, str]]:
+    """(language, body, the line just before the fence) for every fenced block."""
+    out = []
+    for m in _FENCE.finditer(text):
+        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        out.append((m.group(1), m.group(2), before))
+    return out
+
+
+def commands(body: str) -> list[str]:
+    """A shell block's commands: continuations joined, comments and prompts dropped."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip().removeprefix("$ ")
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out

@@ -16,34 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import ROOT, doc_pages
+from tests.utils import ROOT, commands, doc_pages, fenced_blocks
 
 README = ROOT / "README.md"
 CONFIG_SECTIONS = ("model", "engine", "multimodal", "deployment", "server", "limits", "access",
                    "tools", "alerts")
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
-
-
-def fenced_blocks(text: str) -> list[tuple[str, str, str]]:
-    """(language, body, the line just before the fence) for every fenced block."""
-    out = []
-    for m in FENCE.finditer(text):
-        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        out.append((m.group(1), m.group(2), before))
-    return out
-
-
-def commands(body: str) -> list[str]:
-    """A shell block's commands: continuations joined, comments and prompts dropped."""
-    joined = re.sub(r"\\\n\s*", " ", body)
-    out = []
-    for line in joined.splitlines():
-        line = line.strip().removeprefix("$ ")
-        if line and not line.startswith("#"):
-            out.append(line)
-    return out
-
-
 # ------------------------------------------------------------------------------ README
 def test_readme_is_short_and_starts_with_make_serve_and_make_test():
     text = README.read_text()

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.test_pages import fenced_blocks
-from tests.utils import ROOT, write_config
+from tests.utils import ROOT, fenced_blocks, write_config
 
 pytestmark = pytest.mark.slow
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]

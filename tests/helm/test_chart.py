@@ -541,11 +541,9 @@ def test_ray_fast_paths_reach_every_ray_pod(chart, server):
 
 def _helm_commands() -> list[tuple[str, list[str]]]:
     """The `helm install` and `helm upgrade` lines the pages show, as argument lists."""
-    import re
     import shlex
 
-    from tests.docs.test_pages import commands, fenced_blocks
-    from tests.utils import ROOT, doc_pages
+    from tests.utils import ROOT, commands, doc_pages, fenced_blocks
 
     out = []
     for page in doc_pages():
