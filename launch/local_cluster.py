@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -72,8 +73,46 @@ def clear_state() -> None:
     _state_file().unlink(missing_ok=True)
 
 
-def free_port() -> int:
+# Ports handed to servers that bind them later (Ray's components, the Serve proxy, the metrics
+# exporter, up to a minute later) lie outside the kernel's ephemeral range: a port inside it,
+# free when picked, can become the source port of any outbound connection (Ray opens many while
+# it starts) before its server binds it. They also lie above the worker ports the local nodes
+# get (HEAD_WORKER_PORTS, WORKER_NODE_WORKER_PORTS).
+HEAD_WORKER_PORTS, WORKER_NODE_WORKER_PORTS = (20000, 24999), (25000, 29999)
+_PORTS_FROM, _PORTS_TO = 30000, 65535
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()  # a port picked but not yet bound stays picked in this process
+_random = random.SystemRandom()  # independent of any seed a caller sets
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in _EPHEMERAL_RANGE.read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # fails when any address holds the port
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on every address now, outside the ephemeral range where there is room."""
+    low, high = ephemeral_range()
+    candidates = [*range(_PORTS_FROM, min(low, _PORTS_TO + 1)),
+                  *range(max(high + 1, _PORTS_FROM), _PORTS_TO + 1)]
+    for _ in range(200 if len(candidates) >= 1000 else 0):
+        port = _random.choice(candidates)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room outside the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -101,7 +140,7 @@ def start_head(num_cpus: int, metrics_port: int, node_ip: str = "127.0.0.1",
         f"--port={gcs_port}",
         f"--num-cpus={num_cpus}",
         f"--num-gpus={_gpu_count()}",
-        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=(20000, 24999)),
+        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=HEAD_WORKER_PORTS),
         "--include-dashboard=false",
         f"--dashboard-port={free_port()}",
     ]
@@ -137,7 +176,7 @@ def start_worker(address: str, num_cpus: int, num_gpus: int | None, metrics_port
         _ray_bin(), "start", f"--address={address}",
         f"--num-cpus={num_cpus}",
         f"--num-gpus={_gpu_count() if num_gpus is None else num_gpus}",
-        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=(25000, 29999)),
+        *_node_args(metrics_port, temp_dir, node_ip, worker_ports=WORKER_NODE_WORKER_PORTS),
     ]
     _ray_start(cmd, env)
     return temp_dir

@@ -52,3 +52,37 @@ def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
     assert len(token) >= 16
     assert token_file.stat().st_mode & 0o077 == 0  # a secret: the owner's only
     assert token not in r.stdout + r.stderr  # the secret is never printed
+
+
+
+def test_free_ports_avoid_the_ephemeral_and_worker_ranges_and_each_other():
+    """Ports handed to servers that bind them later lie outside the kernel's ephemeral range
+    (outbound connections take their source ports from it) and above the local nodes' worker
+    ports, are bindable on every address, and are not handed out twice while unbound."""
+    import socket
+
+    from launch.local_cluster import WORKER_NODE_WORKER_PORTS, ephemeral_range, free_port
+
+    low, high = ephemeral_range()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(p > WORKER_NODE_WORKER_PORTS[1] and not low <= p <= high for p in ports)
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", ports[-1]))
+
+
+def test_free_port_skips_a_port_in_use(monkeypatch):
+    import socket
+
+    from launch import local_cluster
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        busy = held.getsockname()[1]
+        held.listen()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            idle = probe.getsockname()[1]
+        picks = iter([busy, idle])
+        monkeypatch.setattr(local_cluster._random, "choice", lambda candidates: next(picks))
+        assert local_cluster.free_port() == idle
