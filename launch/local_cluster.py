@@ -79,7 +79,7 @@ def clear_state() -> None:
 # it starts) before its server binds it. They also lie above the worker ports the local nodes
 # get (HEAD_WORKER_PORTS, WORKER_NODE_WORKER_PORTS).
 HEAD_WORKER_PORTS, WORKER_NODE_WORKER_PORTS = (20000, 24999), (25000, 29999)
-_PORTS_FROM, _PORTS_TO = 30000, 65535
+_PORTS_FROM, _PORTS_TO = max(HEAD_WORKER_PORTS[1], WORKER_NODE_WORKER_PORTS[1]) + 1, 65535
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # a port picked but not yet bound stays picked in this process
 _random = random.SystemRandom()  # independent of any seed a caller sets

@@ -54,7 +54,6 @@ def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
     assert token not in r.stdout + r.stderr  # the secret is never printed
 
 
-
 def test_free_ports_avoid_the_ephemeral_and_worker_ranges_and_each_other():
     """Ports handed to servers that bind them later lie outside the kernel's ephemeral range
     (outbound connections take their source ports from it) and above the local nodes' worker
