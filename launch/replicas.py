@@ -83,3 +83,37 @@ def healthy(rows: list[dict[str, Any]]) -> bool:
     ok = {row["deployment"] for row in rows if row["health"] == "healthy"}
     return bool(rows) and ok == deployments and not any(
         row["health"].startswith("unhealthy") for row in rows)
+
+
+class ReplicaView:
+    """The application's replicas as last seen, refreshed in the background every
+    ``REFRESH_S``: ``/health`` answers from it at once and never waits on the Serve
+    controller (which can be slow, or restarting, while the replicas serve on)."""
+
+    REFRESH_S = 2.0
+
+    def __init__(self, app_name: str, timeout_s: float):
+        self.app_name, self.timeout_s = app_name, timeout_s
+        self._rows: list[dict[str, Any]] | None = None
+        self._error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                self._rows = await replica_report(self.app_name, self.timeout_s)
+                self._error = None
+            except Exception as err:  # the controller unreachable: keep the last rows
+                self._error = f"replica states unavailable ({type(err).__name__})"
+            await asyncio.sleep(self.REFRESH_S)
+
+    def latest(self) -> tuple[list[dict[str, Any]], str | None]:
+        """(rows, failure): failure names why the application is not healthy as last seen,
+        None when it is."""
+        if self._rows is None:
+            return [], self._error or "replica states not known yet"
+        return self._rows, None if healthy(self._rows) else "an engine replica is unhealthy"

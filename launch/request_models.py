@@ -1,4 +1,4 @@
-"""The request models of the routes we serve: Ray Serve LLM's (vLLM's), made total.
+"""The request models of the routes we serve: vLLM's, made total.
 
 vLLM's request models run validators that assume the shape they validate (``messages`` a list),
 and a wrong shape raises ``TypeError`` inside validation, which pydantic does not turn into a
@@ -12,13 +12,13 @@ from typing import Union
 
 from pydantic import ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-# The tokenize request models have no public name in ray.serve.llm.
-from ray.llm._internal.serve.core.configs.openai_api_models import (
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.serve.tokenize.protocol import (
     DetokenizeRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 
 def _invalid(model: str, field: str, message: str, value) -> ValidationError:

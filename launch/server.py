@@ -1,0 +1,54 @@
+"""The engine replica, which is also the API's ingress: one Python process before the engine core.
+
+Ray Serve LLM's ``LLMServer`` owns one vLLM engine per replica (placement, tensor parallel,
+health checks, graceful shutdown); wrapped by ``serve.ingress()`` it serves HTTP itself, with
+the ASGI app built late, once the engine runs (``__serve_build_asgi_app__``). Ours is vLLM's
+app inside the API of ``launch.api`` (access gate, front door, quotas, accounting, errors).
+With HAProxy (``server.ray_ha_proxy``) requests reach the replica's own HTTP server directly;
+without it, through Ray's HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ray.serve.llm.deployment import LLMServer
+
+from engine.config import ServingConfig
+
+from .api import ApiState, make_api
+
+
+class QwenVLServer(LLMServer):
+    """One vLLM engine per replica, serving the API in front of it."""
+
+    async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
+        await super().__init__(llm_config, **kwargs)
+        cfg = ServingConfig.model_validate(serving_config)
+        self.api_state = ApiState(cfg, self, _replica_name())
+        loop = asyncio.get_running_loop()
+        self._watch_task = loop.create_task(self.api_state.watch())
+        self.api_state.replicas.start()
+
+    async def _start_engine(self):
+        await super()._start_engine()
+        # Ray's engine looks for vLLM's tokenization server under the app-state name vLLM used
+        # to give it (``openai_serving_tokenization``); vLLM 0.32 names it
+        # ``serving_tokenization``.
+        engine = self.engine
+        if getattr(engine, "_oai_serving_tokenization", None) is None:
+            state = getattr(engine, "_app_state", None)
+            engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
+
+    async def __serve_build_asgi_app__(self):
+        return make_api(self.api_state, await super().__serve_build_asgi_app__())
+
+
+def _replica_name() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return f"pid-{os.getpid()}"
