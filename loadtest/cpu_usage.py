@@ -34,7 +34,6 @@ MARKS = (
     ("haproxy", "HAProxy"),
     ("ServeController", "Serve controller"),
     ("LLMRouter", "ingress router"),
-    ("QwenVLIngress", "ingress replica"),
     ("OpenAiIngress", "ingress replica"),
     ("LLMServer", "engine replica (Python)"),
     ("QwenVLServer", "engine replica (Python)"),

@@ -27,7 +27,7 @@ import yaml
 
 from engine.config import ServingConfig, parse_config
 from launch.access import KeySource
-from launch.app import ENGINE_PREFIX, SERVER_CLS
+from launch.app import ENGINE_PREFIX
 from launch.lifecycle import base_url, http_get
 from launch.local_cluster import free_port
 
@@ -37,9 +37,9 @@ from .runner import Target, fmt_s
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PARALLEL_STARTS = 3
-# An engine replica's process title: ours ("...:LLMServer:<model>"), or Ray's own builder's
-# (named after the server class) in ``ray_serve_llm``.
-ENGINE_MARKS = (f":{ENGINE_PREFIX}", f":{SERVER_CLS.rsplit(':', 1)[1]}:")
+# An engine replica's process title: ours ("...:QwenVLServer:<model>"), or Ray's own builder's
+# ("...:LLMServer:<model>") in ``ray_serve_llm``.
+ENGINE_MARKS = (f":{ENGINE_PREFIX}", ":LLMServer:")
 
 
 def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen | None = None,

@@ -428,8 +428,9 @@ def test_rendered_serve_config_builds_the_application(chart, ray_runtime, name):
     cfg = parse_config(entry["args"])
     assert cfg.model.source == profile(name)["serving"]["model"]["source"]
     built = _build(entry)
-    assert built.ingress_deployment_name == "QwenVLIngress"
-    assert len(built.deployments) == 2
+    # One deployment, its replicas the ingress (each engine replica serves the API itself)
+    assert built.ingress_deployment_name == f"QwenVLServer:{cfg.model.served_name}"
+    assert len(built.deployments) == 1
 
 
 @pytest.mark.parametrize("config", ["qwen2-vl-2b-instruct.yaml", "qwen2-vl-7b-instruct.yaml"])
@@ -521,7 +522,8 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
 
 
 @pytest.mark.parametrize("server", [{}, {"ray_throughput_optimized": True},
-                                    {"ray_throughput_optimized": True, "ray_ha_proxy": True}])
+                                    {"ray_throughput_optimized": True, "ray_ha_proxy": True},
+                                    {"ray_ha_proxy": False}])
 def test_ray_fast_paths_reach_every_ray_pod(chart, server):
     """server.ray_* become the same environment on the head and every worker pod as
     `qwen-vl serve` gives every node it starts (ServerSettings.ray_env)."""

@@ -13,26 +13,27 @@ def test_cpu_llm_config():
     assert d["placement_group_config"] == {"bundles": [{"CPU": 1}]}
     assert "model" not in d["engine_kwargs"] and "served_model_name" not in d["engine_kwargs"]
     assert d["engine_kwargs"]["limit_mm_per_prompt"] == {"image": 4, "video": 1}
+    # Ray Serve admits one more than the replica's API holds (32 at the engine, 64 waiting),
+    # so the 503 past both is the API's own, and queues nothing itself.
     assert d["deployment_config"] == {
-        "max_ongoing_requests": 32, "num_replicas": 1, "max_queued_requests": 64,
+        "max_ongoing_requests": 32 + 64 + 1, "num_replicas": 1, "max_queued_requests": -1,
         "health_check_period_s": 5, "graceful_shutdown_timeout_s": 60,
         "graceful_shutdown_wait_loop_s": 1}
     assert d["log_engine_metrics"] is True
 
 
 def test_resilience_settings_reach_ray_serve_deployments():
-    """Queue bound, health period and drain timeout as Ray Serve's own deployment options, on
-    the engine deployment and (drain) on the ingress; the ingress takes no CPU by default."""
-    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
-    from ray.serve.llm import LLMConfig
+    """Admission bound, health period and drain timeout as Ray Serve's own deployment options
+    on the one deployment."""
+    from ray.serve.llm import LLMConfig, build_llm_deployment
 
     cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "deployment": {"max_queued_requests": 7, "health_check_period_s": 3,
-                                       "drain_timeout_s": 42}})
+                        "deployment": {"max_ongoing_requests": 5, "max_queued_requests": 7,
+                                       "health_check_period_s": 3, "drain_timeout_s": 42}})
     llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
     dc = build_llm_deployment(llm)._bound_deployment._deployment_config
-    assert (dc.max_queued_requests, dc.health_check_period_s, dc.graceful_shutdown_timeout_s) \
-        == (7, 3, 42)
+    assert (dc.max_ongoing_requests, dc.max_queued_requests, dc.health_check_period_s,
+            dc.graceful_shutdown_timeout_s) == (13, -1, 3, 42)
 
 
 def test_gpu_llm_config_takes_tp_gpus():
@@ -63,47 +64,28 @@ def test_ray_accepts_the_llm_config():
 
 
 def test_build_app_without_starting():
-    """Builds the application objects; nothing is deployed (Ray's builder does start a local
-    Ray runtime in this process, which is shut down here)."""
+    """Builds the application: one deployment, whose replicas are our engine server serving
+    HTTP themselves (a Serve ingress built late); nothing is deployed (Ray's builder does
+    start a local Ray runtime in this process, which is shut down here)."""
     import ray
     from ray.serve.deployment import Application
 
+    from launch.server import QwenVLServer
+
     cfg = load_config(CONFIGS / "default.yaml")
-    three = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                          "deployment": {"ingress_replicas": 3}})
     try:
         app = build_app(cfg)
         assert isinstance(app, Application)
-        assert app._bound_deployment.name == "QwenVLIngress"
-        dc = app._bound_deployment._deployment_config
+        dep = app._bound_deployment
+        assert dep.name == "QwenVLServer:qwen2-vl-tiny"
+        assert issubclass(dep.func_or_class, QwenVLServer)
+        assert dep.func_or_class.__serve_build_asgi_app__ is \
+            QwenVLServer.__serve_build_asgi_app__  # the late-built app is ours
+        assert dep.init_kwargs["serving_config"]["model"]["served_name"] == "qwen2-vl-tiny"
+        dc = dep._deployment_config
         assert dc.num_replicas == 1 and dc.autoscaling_config is None
-        dc = build_app(three)._bound_deployment._deployment_config
-        assert dc.num_replicas == 3 and dc.autoscaling_config is None  # deployment.ingress_replicas
-        engines = list(app._bound_deployment.init_kwargs["llm_deployments"].values())
-        assert [e._bound_deployment.name for e in engines] == ["LLMServer:qwen2-vl-tiny"]
-        assert engines[0]._bound_deployment.func_or_class.__name__ == "QwenVLServer"
     finally:
         ray.shutdown()
-
-
-def test_engine_replicas_stream_through_our_paced_server():
-    """Ray's LLMServer subclass (launch.llm_server) and the configured interval reach Ray."""
-    from ray.serve.llm import LLMConfig
-
-    from launch.llm_server import QwenVLServer
-
-    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "deployment": {"stream_interval_ms": 120}})
-    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
-    assert llm.server_cls is QwenVLServer
-    assert llm.experimental_configs == {"stream_batching_interval_ms": 120}
-    cpu = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}})
-    gpu = parse_config({"model": {"source": "Qwen/Qwen2-VL-2B-Instruct", "served_name": "m"},
-                        "deployment": {"device": "gpu"}})
-    assert cpu.deployment.stream_interval() == 200
-    assert gpu.deployment.stream_interval() == 50  # Ray Serve LLM's own default
-    assert llm_config_dict(gpu, model_path="/ckpt")["experimental_configs"] == {
-        "stream_batching_interval_ms": 50}
 
 
 def test_cpu_thread_placement_one_engine_pinned_several_not():
@@ -139,6 +121,9 @@ def test_cpu_all_cores_config_is_the_default_with_no_core_kept():
 def test_ray_fast_paths_become_node_environment():
     """server.ray_* are Ray Serve's process-wide flags: environment for every Ray node."""
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}).server
+    assert srv.ray_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}  # the one-hop path's default
+    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                        "server": {"ray_ha_proxy": False}}).server
     assert srv.ray_env() == {}
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}, "server": {
         "ray_throughput_optimized": True, "ray_ha_proxy": True}}).server

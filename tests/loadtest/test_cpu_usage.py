@@ -85,7 +85,7 @@ def test_meter_reads_a_real_process():
 def test_profile_shares(tmp_path):
     raw = tmp_path / "p.txt"
     raw.write_text(
-        "main (ray/serve/_private/replica.py:1);_serve (launch/ingress.py:10);check_chat "
+        "main (ray/serve/_private/replica.py:1);_serve (launch/api.py:10);check_chat "
         "(launch/front_door.py:5) 3\n"
         "main (ray/serve/_private/replica.py:1);handle (fastapi/routing.py:2) 1\n")
     total, leaf, libs = shares(raw)
@@ -96,10 +96,10 @@ def test_profile_shares(tmp_path):
     assert libs["Ray Serve"] == 0
     # Our modules as py-spy names them inside Ray's workers (file name alone), and stdlib
     # callees counted for their caller.
-    raw.write_text("run (ray/serve/_private/replica.py:1);_serve (ingress.py:165);"
+    raw.write_text("run (ray/serve/_private/replica.py:1);_serve (api.py:165);"
                    "dumps (json/__init__.py:231) 2\n")
     assert shares(raw)[2]["ours (launch/, engine/)"] == 2
-    raw.write_text("main (ray/serve/_private/replica.py:1);_serve (launch/ingress.py:10);"
+    raw.write_text("main (ray/serve/_private/replica.py:1);_serve (launch/api.py:10);"
                    "check_chat (launch/front_door.py:5) 3\n"
                    "main (ray/serve/_private/replica.py:1);handle (fastapi/routing.py:2) 1\n")
     md = summarize(raw, "t")

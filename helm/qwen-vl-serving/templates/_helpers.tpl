@@ -97,7 +97,8 @@ each against the pydantic model, so they cannot drift.
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
 {{- end }}
-{{- if $srv.ray_ha_proxy }}
+{{- /* HAProxy is on unless the serving config turns it off (ServerSettings' default). */}}
+{{- if (ternary $srv.ray_ha_proxy true (hasKey $srv "ray_ha_proxy")) }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
 {{- end }}
