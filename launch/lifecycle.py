@@ -342,24 +342,25 @@ SHUTDOWN_GRACE_S = 90  # connect + Serve shutdown, on top of the drain timeout
 
 def drain_application(state: ClusterState, quiet: bool = False) -> None:
     """New requests get 503 + Retry-After; wait (``drain_timeout_s`` at most) until every
-    ingress replica reports that the requests it held are done (``launch.drain``)."""
+    replica reports that the requests it held are done (``launch.drain``)."""
     from ray import serve
 
     from . import drain
-    from .app import INGRESS_DEPLOYMENT
+    from .app import ENGINE_PREFIX
 
     app_status = serve.status().applications.get(state.app_name)
-    if app_status is None or INGRESS_DEPLOYMENT not in app_status.deployments:
+    serving = [d for name, d in (app_status.deployments if app_status else {}).items()
+               if name.startswith(ENGINE_PREFIX)]
+    if not serving:
         return
-    ingresses = (app_status.deployments[INGRESS_DEPLOYMENT].replica_states or {}).get(
-        "RUNNING", 0)
+    replicas = sum((d.replica_states or {}).get("RUNNING", 0) for d in serving)
     since = drain.set_draining(state.app_name)
     deadline = since + state.drain_timeout_s
     last_print, last_held = 0.0, None
     while True:
         reports = drain.inflight_reports(state.app_name, since)
         held = sum(reports.values())
-        complete = len(reports) >= ingresses  # every ingress has answered since the drain set
+        complete = len(reports) >= replicas  # every replica has answered since the drain set
         if complete and held == 0:
             return
         now = time.time()
@@ -368,7 +369,7 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
                 say(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
                      f": {held} requests still running are cut off")
             return
-        # Said once every ingress has answered (a count before that is partial), then again
+        # Said once every replica has answered (a count before that is partial), then again
         # when the count changes or every 5 s.
         if not quiet and complete and (held != last_held or now - last_print >= 5):
             say(f"draining: {held} requests still running "
