@@ -24,8 +24,10 @@ import yaml
 from engine.config import AlertSettings, ServingConfig
 
 RUNBOOK = "docs/operations.md#{anchor}"  # the runbook paragraph of each alert
-API_ROUTES = 'route=~"/v1/.*"'  # the OpenAI routes (health checks and /metrics are not traffic)
-ENGINES = 'deployment=~"LLMServer:.*"'  # the engine replicas' deployments (launch.app)
+# The API's own request counter (``launch.usage``): every request its routes answered, by route
+# and status. Ray's HTTP request metrics are not used: behind HAProxy they carry route="/".
+REQUESTS = "ray_qwen_vl_requests_total"
+ENGINES = 'deployment=~"QwenVLServer:.*"'  # the engine replicas' deployment (launch.app)
 
 
 def _quantile(q: float, metric: str, window: str) -> str:
@@ -35,14 +37,12 @@ def _quantile(q: float, metric: str, window: str) -> str:
 
 RECORDING: list[tuple[str, str]] = [
     ("qwen_vl:http_requests:rate1m",
-     f"sum by (application, status_code) (rate(ray_serve_num_http_requests_total"
-     f"{{{API_ROUTES}}}[1m]))"),
+     f"sum by (application, route, code) (rate({REQUESTS}[1m]))"),
     # 503 is capacity or drain, each with its own alert; this ratio is the server failing
     # (or vector(0): a ratio of 0, not "no data", while nothing has failed)
     ("qwen_vl:http_5xx_ratio:rate5m",
-     f'(sum(rate(ray_serve_num_http_requests_total{{{API_ROUTES},status_code=~"5..",'
-     f'status_code!="503"}}[5m])) or vector(0)) / sum(rate(ray_serve_num_http_requests_total'
-     f"{{{API_ROUTES}}}[5m]))"),
+     f'(sum(rate({REQUESTS}{{code=~"5..",code!="503"}}[5m])) or vector(0)) / '
+     f"sum(rate({REQUESTS}[5m]))"),
     *[(f"qwen_vl:{name}_seconds:p{int(q * 100)}_5m", _quantile(q, metric, "5m"))
       for name, metric in (("ttft", "ray_vllm_time_to_first_token_seconds"),
                            ("tpot", "ray_vllm_inter_token_latency_seconds"),
@@ -104,8 +104,8 @@ def _alerts(t: dict[str, str]) -> list[dict[str, Any]]:
         ("QwenVLOverloaded", "warning", fast,
          "qwen_vl:overload_refusals:rate1m > 0",
          "Requests are refused for capacity (503 overloaded)",
-         "The ingress refuses requests: every engine replica holds "
-         "deployment.max_ongoing_requests and max_queued_requests more are waiting."),
+         "The replicas refuse requests: each holds deployment.max_ongoing_requests at its "
+         "engine and max_queued_requests more waiting."),
         ("QwenVLRejectionsSpike", "warning", slow,
          f"sum(qwen_vl:rejections:rate5m) > {t['rejections_per_s']}",
          "The front door refuses many requests",
@@ -139,7 +139,7 @@ ALERT_NAMES = tuple(a["alert"] for a in rules()["groups"][1]["rules"])
 RATE = "$__rate_interval"
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [  # (title, unit, [(legend, expr)])
     ("Requests per second by status", "reqps",
-     [("{{status_code}}", "sum by (status_code) (qwen_vl:http_requests:rate1m)")]),
+     [("{{code}}", "sum by (code) (qwen_vl:http_requests:rate1m)")]),
     ("5xx ratio (503 excluded)", "percentunit",
      [("5xx", "qwen_vl:http_5xx_ratio:rate5m")]),
     ("Time to first token", "s",

@@ -188,6 +188,9 @@ def set_gauge(name: str, description: str, value: float) -> None:
 def record(key: str, route: str, status: int, usage: tuple[int, int] | None,
            tally: MediaTally, seconds: float) -> None:
     """Count one finished request for key name ``key`` and write its access-log line."""
+    inc_counter("qwen_vl_requests", "API requests by route and HTTP status (every request the "
+                "chat, completion and tokenizer routes answered).",
+                {"route": route, "code": str(status)})
     inc_counter("qwen_vl_key_requests", "API requests by key name and HTTP status.",
                 {"key": key, "code": str(status)})
     prompt, completion = usage or (0, 0)

@@ -15,7 +15,7 @@ from engine.config import load_config
 from launch import cli, monitoring
 from tests.utils import CONFIGS, ensure_prometheus
 
-ENGINE = 'application="qwen-vl",deployment="LLMServer:m"'
+ENGINE = 'application="qwen-vl",deployment="QwenVLServer:m"'
 MODEL = 'model_name="m"'
 
 
@@ -55,14 +55,14 @@ def healthy(replica: str, values: str) -> dict:
 
 
 def http(code: str, values: str, route: str = "/v1/chat/completions") -> dict:
-    return series("ray_serve_num_http_requests_total",
-                  f'application="qwen-vl",method="POST",route="{route}",status_code="{code}"',
-                  values)
+    return series("ray_qwen_vl_requests_total",
+                  f'application="qwen-vl",deployment="QwenVLServer:m",route="{route}",'
+                  f'code="{code}"', values)
 
 
 def rejected(reason: str, values: str) -> dict:
     return series("ray_qwen_vl_rejected_requests_total",
-                  f'application="qwen-vl",deployment="QwenVLIngress",reason="{reason}"', values)
+                  f'application="qwen-vl",deployment="QwenVLServer:m",reason="{reason}"', values)
 
 
 def ttft(fast: str, slow: str) -> list[dict]:
@@ -80,7 +80,7 @@ WARN, CRIT = {"severity": "warning"}, {"severity": "critical"}
 CASES = {
     "QwenVLEngineReplicaUnhealthy": (
         [healthy("r1", "1 1 1 0x20"), healthy("r2", "1x20")],
-        {**WARN, "application": "qwen-vl", "deployment": "LLMServer:m", "replica": "r1"},
+        {**WARN, "application": "qwen-vl", "deployment": "QwenVLServer:m", "replica": "r1"},
         [healthy("r1", "1x20"), healthy("r2", "1x20")]),
     "QwenVLNoHealthyReplica": (
         [healthy("r1", "1 1 1 0x20"), healthy("r2", "1 1 0x20")],
@@ -89,7 +89,8 @@ CASES = {
     "QwenVLHigh5xxRatio": (
         [http("200", "0+100x30"), http("500", "0+10x30")],  # 9% of requests fail
         CRIT,
-        # capacity 503s and failing health checks are not the API failing
+        # capacity 503s and failing health checks are not the API failing (/health is not
+        # counted as an API request)
         [http("200", "0+100x30"), http("503", "0+50x30"),
          series("ray_serve_num_http_requests_total",
                 'application="qwen-vl",method="GET",route="/health",status_code="500"',

@@ -28,7 +28,7 @@ from tests import utils
 from tests.utils import ROOT, Reusable, run_cli, stream_events, wait_until, write_config
 
 pytestmark = pytest.mark.slow
-ENGINE = "LLMServer:qwen2-vl-tiny"
+ENGINE = "QwenVLServer:qwen2-vl-tiny"
 
 
 def call(base, body=None, path="/v1/chat/completions", timeout=120):

@@ -98,7 +98,7 @@ def test_health(server):
     code, body = request(server["base"] + "/health")
     assert code == 200
     assert body["status"] == "ok" and body["models"] == {server["model"]: "healthy"}
-    engines = [r for r in body["replicas"] if r["deployment"].startswith("LLMServer:")]
+    engines = [r for r in body["replicas"] if r["deployment"].startswith("QwenVLServer:")]
     assert len(engines) == 1 and engines[0]["state"] == "RUNNING"
     assert engines[0]["health"] == "healthy" and engines[0]["node_id"]
 
@@ -308,7 +308,7 @@ def test_status_cli(server):
     assert "application qwen-vl: RUNNING" in r.stdout
     assert "HEALTHY (1 RUNNING)" in r.stdout
     assert "nodes:   1 alive" in r.stdout
-    assert re.search(r"LLMServer:\S+\s+\w+\s+RUNNING\s+node \S+ \(\w{12}\)\s+pid \d+\s+healthy",
+    assert re.search(r"QwenVLServer:\S+\s+\w+\s+RUNNING\s+node \S+ \(\w{12}\)\s+pid \d+\s+healthy",
                      r.stdout), r.stdout
     assert "health:  ok" in r.stdout
 
