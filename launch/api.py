@@ -140,17 +140,24 @@ def make_api(state: ApiState, vllm_app) -> FastAPI:
 
         return await _serve(state, body, request, detokenize, check)
 
+    async def model_cards(request: Request) -> dict:
+        """vLLM's model list, each card with what a client needs to know of a vision model."""
+        listing = json.loads((await show_available_models(request)).body)
+        for card in listing["data"]:
+            card["metadata"] = {"input_modality": "image",
+                                "max_request_context_length": cfg.engine.max_model_len}
+        return listing
+
     @app.get("/v1/models")
     async def models(request: Request):
-        return await show_available_models(request)
+        return JSONResponse(await model_cards(request))
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str, request: Request):
         if model != state.model:
             return JSONResponse(error_body(404, f"model {model!r} does not exist",
                                            param="model"), status_code=404)
-        listing = json.loads((await show_available_models(request)).body)
-        return JSONResponse(listing["data"][0])
+        return JSONResponse((await model_cards(request))["data"][0])
 
     @app.get("/health")
     async def health():

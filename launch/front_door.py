@@ -3,11 +3,13 @@
 ``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
 ``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
 shapes and text (``launch.messages``), tool definitions and ``tool_choice`` (``launch.tools``),
-media counts, and each content part. Every image and
-video is loaded here (``data:`` URL, http(s) under the URL policy, or a file inside
-``limits.media_dir``), checked (``launch.media``), and replaced by a ``data:``
-URL of the validated bytes, and every video file by its sampled frames (``launch.video``): the
-engine never fetches or decodes anything unchecked.
+media counts, and each content part. Every image and video is loaded here (``data:`` URL,
+http(s) under the URL policy, or a file inside ``limits.media_dir``) and checked
+(``launch.media``). The front door runs in the engine's own process (``launch.server``), so an
+image is handed over decoded, at its processor's target size, with its content hash as the
+engine's cache key: decoded once, hashed once. A video file becomes its sampled frames
+(``launch.video``), a frame list keyed by its hash likewise: the engine never fetches or
+decodes anything unchecked.
 Failures raise ``RequestRejected`` with the HTTP status, the field (``param``) and a message
 stating the limit and the value.
 """
@@ -113,13 +115,16 @@ class FrontDoor:
                 raise RequestRejected(400, f"{ptype}.url is missing", param=param,
                                       reason="bad_url")
             if ptype == "image_url":
-                new = await asyncio.to_thread(self._image, url, param, pixels, tally)
-            else:
-                new = await asyncio.to_thread(self._video, url, param, pixels, tally)
+                new_part = await asyncio.to_thread(self._image, url, param, pixels, tally)
+                part.clear()
+                part.update(new_part)
+                continue
+            new = await asyncio.to_thread(self._video, url, param, pixels, tally)
             if isinstance(holder, dict):
                 holder["url"] = new
             else:
                 part[ptype] = {"url": new}
+            part["uuid"] = media.content_key(new.encode(), pixels)
 
     # ------------------------------------------------------------------ media loading
     def _load(self, url: str, param: str, max_bytes: int, what: str) -> tuple[str | None, bytes]:
@@ -160,18 +165,18 @@ class FrontDoor:
                                   reason="local_file") from None
 
     def _image(self, url: str, param: str, pixels: tuple[int, int] | None = None,
-               tally: MediaTally | None = None) -> str:
+               tally: MediaTally | None = None) -> dict[str, Any]:
+        """The content part the engine gets for an image: the image decoded, at its target
+        size, with its content hash as the engine's cache key (``media.decode_image``)."""
+        pixels = pixels or (self.mm.min_pixels, self.mm.max_pixels)
         mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
         if mime is not None and not mime.startswith("image/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
                                   param=param, reason="bad_image")
-        checked, mime, size = media.check_image(data, self.limits, param)
+        decoded = media.decode_image(data, self.limits, param, pixels)
         if tally is not None:
-            tally.add_image(data, size,
-                            pixels or (self.mm.min_pixels, self.mm.max_pixels))
-        if checked is data and url.startswith("data:"):
-            return url  # untouched: no need to re-encode
-        return media.to_data_url(checked, mime)
+            tally.add_image(data, decoded.size, pixels)
+        return {"type": "image_pil", "image_pil": decoded.image, "uuid": decoded.uuid}
 
     def _video(self, url: str, param: str, pixels: tuple[int, int], tally: MediaTally) -> str:
         if url.startswith("data:video/jpeg;base64,"):

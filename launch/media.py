@@ -2,25 +2,26 @@
 
 Images: byte cap; the pixel count is read from the header *before* decoding (a 20000x20000 PNG
 is refused in milliseconds); smallest side and aspect ratio (Qwen2-VL's processor raises above
-200:1); then one decode, so truncated or corrupt files are refused here, not in the engine. A
-JPEG is decoded at an eighth of its size (libjpeg's DCT scaling): every byte of its entropy-coded
-data is still read, which is what catches truncation and corruption, at less of the cost. The
-engine decodes the image itself; the front door decodes it once and never re-encodes an
-acceptable one.
-Images that are not plain RGB/grayscale, or carry an EXIF rotation, are normalised (EXIF
-applied, converted to RGB, re-encoded losslessly as PNG); others pass through untouched.
-Animated images (GIF, APNG, WebP): the first frame is used, as by the engine's decoder.
+200:1); then one decode, so truncated or corrupt files are refused here, not in the engine
+(``decode_image``): at the processor's target size (a JPEG at a reduced DCT scale: every byte of
+its entropy-coded data is still read, which is what catches truncation and corruption, at less
+of the cost), EXIF rotation applied, RGB. The engine takes that image as it is, keyed by the
+bytes' hash. Animated images (GIF, APNG, WebP): the first frame is used, as by the engine's
+decoder.
 
-Videos given as a list of JPEG frames: frame count and each frame as an image. Video files are
-sampled into such a list by ``launch.video``.
+Videos given as a list of JPEG frames: frame count and each frame as an image (``check_image``:
+frames that are not plain RGB are normalised and re-encoded as PNG). Video files are sampled
+into such a list by ``launch.video``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -74,10 +75,8 @@ def check_geometry(w: int, h: int, limits: LimitsSettings, param: str,
                               reason="image_aspect_ratio")
 
 
-def check_image(data: bytes, limits: LimitsSettings,
-                param: str) -> tuple[bytes, str, tuple[int, int]]:
-    """Validate an encoded image; returns (bytes, mime) to give the engine and its (width,
-    height) as the engine will see it."""
+def _opened(data: bytes, limits: LimitsSettings, param: str) -> Image.Image:
+    """The image's header read and its geometry checked; nothing decoded yet."""
     if len(data) > limits.max_image_bytes:
         raise RequestRejected(400, f"image is {len(data)} bytes; the limit is "
                               f"{limits.max_image_bytes}", param=param, reason="media_too_large")
@@ -86,27 +85,89 @@ def check_image(data: bytes, limits: LimitsSettings,
     except (UnidentifiedImageError, OSError, ValueError):
         raise RequestRejected(400, "not a decodable image (unknown or corrupt format)",
                               param=param, reason="bad_image") from None
-    size = img.size
-    check_geometry(*size, limits, param)
-    if img.format == "JPEG" and _passes(img):  # a JPEG's mode and EXIF are in its header
-        img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+    check_geometry(*img.size, limits, param)
+    return img
+
+
+def _load(img: Image.Image, param: str) -> None:
+    """The one decode (of the first frame): truncated or corrupt files fail here."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()  # the one decode (of the first frame): truncated/corrupt files fail here
+            img.load()
     except Exception:
         raise RequestRejected(400, "image data is truncated or corrupt", param=param,
                               reason="bad_image") from None
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """EXIF rotation applied, converted to RGB (16-bit grayscale scaled to 8 bits, alpha and
+    palettes dropped as the engine's own loader drops them)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else \
+        img.convert("RGB")
+
+
+def check_image(data: bytes, limits: LimitsSettings,
+                param: str) -> tuple[bytes, str, tuple[int, int]]:
+    """Validate an encoded image (a video frame); returns (bytes, mime) to give the engine and
+    its (width, height) as the engine will see it."""
+    img = _opened(data, limits, param)
+    size = img.size
+    if img.format == "JPEG" and _passes(img):  # a JPEG's mode and EXIF are in its header
+        img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+    _load(img, param)
     if _passes(img):
         return data, Image.MIME.get(img.format, "image/png"), size
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale -> 8-bit
-        img = img.point(lambda v: v / 256).convert("L")
-    rgb = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else \
-        img.convert("RGB")
+    rgb = _rgb(img)
     buf = io.BytesIO()
     rgb.save(buf, "PNG")
     return buf.getvalue(), "image/png", rgb.size
+
+
+@dataclass
+class DecodedImage:
+    """An image as the engine takes it: decoded, RGB, at its processor's target size."""
+
+    image: Image.Image
+    size: tuple[int, int]  # (width, height) as sent, after EXIF rotation: what tokens count
+    uuid: str  # the engine's cache key: the encoded bytes' hash and the target size
+
+
+def decode_image(data: bytes, limits: LimitsSettings, param: str,
+                 pixels: tuple[int, int]) -> DecodedImage:
+    """Validate an encoded image and decode it once, at the size Qwen2-VL's processor resizes
+    it to (``smart_resize`` within ``pixels``, the request's pixel bounds): a JPEG at the
+    coarsest DCT scale that is still at least that size (libjpeg's scaled decode reads every
+    byte of the entropy-coded data, so truncation and corruption are still caught), then one
+    bicubic resize, as the processor's. The engine gets the image itself: it neither decodes
+    nor hashes it again."""
+    from engine.capacity import PATCH_FACTOR
+    from qwen_vl_utils import smart_resize
+
+    img = _opened(data, limits, param)
+    w, h = img.size
+    swapped = (img.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)  # rotated a quarter turn
+    size = (h, w) if swapped else (w, h)
+    th, tw = smart_resize(size[1], size[0], factor=PATCH_FACTOR, min_pixels=pixels[0],
+                          max_pixels=pixels[1])
+    if img.format == "JPEG":
+        img.draft("RGB", (th, tw) if swapped else (tw, th))
+    _load(img, param)
+    rgb = _rgb(img)
+    if rgb.size != (tw, th):
+        rgb = rgb.resize((tw, th), Image.BICUBIC)
+    return DecodedImage(rgb, size, f"{content_key(data)}-{tw}x{th}")
+
+
+def content_key(data: bytes, pixels: tuple[int, int] | None = None) -> str:
+    """A media item's key in the engine's processor and encoder caches: the hash of its
+    validated bytes (and the pixel bounds it is processed under, where they are not already
+    in the item's size)."""
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    return digest if pixels is None else f"{digest}-{pixels[0]}-{pixels[1]}"
 
 
 def _passes(img: Image.Image) -> bool:

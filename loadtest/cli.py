@@ -5,7 +5,7 @@ tears it down, shows progress with an ETA and writes a results folder.
     qwen-vl-loadtest sweep     [--model tiny|2b] [--slo-ttft-ms 2000 --slo-tpot-ms 200]
     qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3] [--ray-serve-llm] [--fast-paths]
     qwen-vl-loadtest baseline  [--model tiny|2b]
-    qwen-vl-loadtest ceiling   [--ingress-replicas 2] [--fast-paths]
+    qwen-vl-loadtest ceiling   [--fast-paths]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
 
 Results: ``results/<scenario>-<model>-<time>/`` (``--out`` to choose): ``report.md``,
@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(no front door, access gate or error mapping): splits the overhead "
                            "into Ray Serve's part and ours; a third deployment's memory")
     over.add_argument("--fast-paths", action="store_true",
-                      help="also measure the stack with Ray Serve's fast paths on "
-                           "(server.ray_throughput_optimized and server.ray_ha_proxy)")
+                      help="also measure the stack with every Ray Serve fast path on "
+                           "(server.ray_throughput_optimized besides server.ray_ha_proxy, "
+                           "which is on by default)")
     over.add_argument("--direct-streaming", action="store_true",
                       help="also Ray Serve LLM's app with "
                            "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING (the engine replica serves "
@@ -135,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="requests per target and kind (text, image) in the CPU-per-request "
                            "table; 0: no table (default 8 with --quick, else 32)")
     over.add_argument("--profile", action="store_true",
-                      help="py-spy profiles of the stack's ingress and engine replica during "
-                           "its CPU blocks (raw stacks, top functions and library shares in "
-                           "profiles/)")
+                      help="py-spy profiles of the stack's engine replica (the API and the "
+                           "engine's Python side) during its CPU blocks (raw stacks, top "
+                           "functions and library shares in profiles/)")
 
     soak = one_model(sub.add_parser(
         "soak", help="steady mixed load for --duration: zero failures, bounded memory"))
@@ -150,10 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ceil = one_model(sub.add_parser(
         "ceiling", help="requests/s the serving path sustains (max_tokens 1), CPU by process"))
-    ceil.add_argument("--ingress-replicas", type=int,
-                      help="deployment.ingress_replicas (default: the config's)")
     ceil.add_argument("--fast-paths", action="store_true",
-                      help="server.ray_throughput_optimized and server.ray_ha_proxy on")
+                      help="every Ray Serve fast path on (server.ray_throughput_optimized "
+                           "besides server.ray_ha_proxy)")
     ceil.add_argument("--levels", type=_ints,
                       help="concurrency levels, rising (default 1,2,4,...,64; --quick: 1,4)")
     ceil.add_argument("--requests", type=int,
@@ -320,8 +320,6 @@ def _run_other(args, device: str, out: Path, label: str):
 
         from .scenarios.common import with_fast_paths
 
-        if args.ingress_replicas:
-            data.setdefault("deployment", {})["ingress_replicas"] = args.ingress_replicas
         if args.fast_paths:
             data = with_fast_paths(data)
         return ceiling.run(data=data, levels=args.levels or d["ceiling_levels"],

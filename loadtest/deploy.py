@@ -92,11 +92,24 @@ def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
 def ray_serve_llm(data: dict, work: Path, name: str = "ray-serve-llm",
                   env: dict[str, str] | None = None) -> Iterator[Target]:
     """Ray Serve LLM's own OpenAI app from the same config (``loadtest.ray_reference``), on a
-    local cluster like ``stack``'s (``env`` added to its environment, e.g. Ray Serve LLM's
-    direct streaming); stopped with ``qwen-vl stop``."""
+    local cluster like ``stack``'s, behind Ray's Python proxy as Ray ships it (``env`` added to
+    its environment, e.g. Ray Serve LLM's direct streaming, which brings HAProxy); stopped with
+    ``qwen-vl stop``."""
+    data = {**data, "server": {**(data.get("server") or {}), "ray_ha_proxy": False}}
     with _local_cluster(data, work, name, "loadtest.ray_reference", "{config}",
                         env=env) as t:
         yield t
+
+
+def haproxy_env() -> dict[str, str]:
+    """HAProxy's metrics and stats ports and its metrics socket moved off their fixed defaults,
+    so that several deployments on one machine each run their own HAProxy."""
+    port = free_port()
+    # Ray puts the socket under a 64-character directory of its own beside this name, and a
+    # Unix socket's path has at most 97 characters here: a short directory.
+    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(port),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"/tmp/qvl-{port}/m.sock"}
 
 
 @contextlib.contextmanager
@@ -111,7 +124,8 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
     work.mkdir(parents=True, exist_ok=True)
     config = work / f"{name}-config.yaml"
     cfg = write_config(data, config)
-    env = {**os.environ, **(env or {}), "QWEN_VL_RUN_DIR": str(work / f"{name}-run")}
+    env = {**os.environ, **haproxy_env(), **(env or {}),
+           "QWEN_VL_RUN_DIR": str(work / f"{name}-run")}
     print(f"deploying {name}: {cfg.model.source} ({cfg.deployment.device}) ...", flush=True)
     t0 = time.monotonic()
     log = work / f"{name}-serve.log"

@@ -1,5 +1,5 @@
 """Scenario ``ceiling``: how many requests per second the serving path sustains in front of the
-engine, with the ingress replica count (``deployment.ingress_replicas``) as a setting.
+engine (HAProxy, or Ray's HTTP proxy, and the engine replica's Python side, which serves the API).
 
 Short text chats with ``max_tokens: 1`` (the engine's work per request is as small as it gets),
 at rising concurrency until requests per second stop growing (two levels in a row under 5% more
@@ -32,8 +32,8 @@ from ..workload import Workload
 COLUMNS = [
     ("concurrency", "concurrency"), ("requests", "requests"), ("failed", "failed"),
     ("request_throughput", "requests/s"), ("median_ttft_ms", "TTFT p50 ms"),
-    ("serving_cpu_ms", "serving-path CPU ms/request"), ("proxy_cores", "HTTP proxy cores"),
-    ("ingress_cores", "ingress cores"), ("engine_replica_cores", "engine replica (Python) cores"),
+    ("serving_cpu_ms", "serving-path CPU ms/request"), ("proxy_cores", "proxy cores"),
+    ("engine_replica_cores", "engine replica (Python) cores"),
     ("engine_core_cores", "engine core cores"), ("workers_cores", "workers cores"),
     ("all_cores", "all processes cores"), ("busiest", "busiest serving process"),
 ]
@@ -81,12 +81,11 @@ def http_request_routes(t: Target, wait_s: float = 45) -> list[str]:
 
 def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, title: str,
         settings: dict, idle_s: float) -> Report:
-    d = data.get("deployment") or {}
-    replicas = d.get("ingress_replicas", 1)
-    report = Report("ceiling", out, {**settings, "levels": levels, "ingress_replicas": replicas,
+    replicas = (data.get("deployment") or {}).get("replicas", 1)
+    report = Report("ceiling", out, {**settings, "levels": levels, "replicas": replicas,
                                      "requests_per_level": requests_per_level})
     workload = Workload(endpoint="chat", input_tokens=16, output_tokens=1)
-    print(f"ceiling: {workload.describe()}, {replicas} ingress replica(s), concurrency "
+    print(f"ceiling: {workload.describe()}, {replicas} replica(s), concurrency "
           f"{levels} until requests/s stop growing", flush=True)
     max_n = (data.get("limits") or {}).get("max_n", 4)
     with contextlib.ExitStack() as up:
@@ -114,7 +113,6 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
                    "median_ttft_ms": s["median_ttft_ms"],
                    "serving_cpu_ms": reading.serving_path_ms(n),
                    "proxy_cores": cores.get("HTTP proxy", 0.0) + cores.get("HAProxy", 0.0),
-                   "ingress_cores": cores.get("ingress replica", 0.0),
                    "engine_replica_cores": cores.get("engine replica (Python)", 0.0),
                    "engine_core_cores": cores.get("engine core", 0.0),
                    "workers_cores": cores.get("workers", 0.0),
@@ -133,7 +131,7 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
     rows = report.data["table"]
     top = max(rows, key=lambda r: r["request_throughput"])
     cpus = os.cpu_count() or 1
-    report.target(f"ceiling, {replicas} ingress replica(s) (requests/s)",
+    report.target(f"ceiling, {replicas} replica(s) (requests/s)",
                   top["request_throughput"], "(informational)", None,
                   f"at concurrency {top['concurrency']}; busiest serving process "
                   f"{top['busiest']}; engine core and workers "

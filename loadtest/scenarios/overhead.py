@@ -6,9 +6,10 @@ Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bar
 
 Then CPU per request (``loadtest.cpu_usage``): per target, ``cpu_requests`` text-only requests
 and as many with one 1-megapixel JPEG each, every process's CPU counters read around each block
-(an idle window before it subtracted), split by process group. Target: the stack's serving path
-(every process but vLLM's engine core and workers) costs at most 2x the CPU per text request of
-``vllm serve``'s API server. The table shows where the CPU goes, side by side.
+(an idle window before it subtracted), split by process group. Targets: the stack's serving path
+(every process but vLLM's engine core and workers) costs at most 1.5x the CPU per text request of
+``vllm serve``'s API server, and at most 1.0x per image request. The table shows where the CPU
+goes, side by side.
 
 With ``ray_serve_llm`` a third target runs between them: Ray Serve LLM's own OpenAI app from the
 same config (``loadtest.ray_reference``), which splits the overhead into Ray Serve's part and
@@ -39,28 +40,19 @@ COLUMNS = [
 ]
 MIN_RATIO = 0.95
 MAX_TTFT_DIFF_MS = 15.0
-MAX_SERVING_CPU_RATIO = 2.0
+# The stack's serving path (every process but the engine core and workers) against `vllm
+# serve`'s API server, per streamed request: text may cost half as much again (the front door,
+# quotas and accounting run in the same process); an image no more, since the front door
+# decodes it once, at the processor's target scale, where `vllm serve` decodes it in full.
+MAX_SERVING_CPU_RATIO = {"text": 1.5, "image": 1.0}
 IMAGE_SIZE = (1000, 1000)  # one megapixel
 API_SERVER = "API server (vllm serve)"
-FAST = "stack-fast-paths"  # server.ray_throughput_optimized and server.ray_ha_proxy on
+FAST = "stack-fast-paths"  # server.ray_throughput_optimized on too
 DIRECT = "ray-serve-llm-direct"  # Ray Serve LLM's app with its direct streaming
 # Ray Serve LLM routes a direct stream with an ingress request router, which needs HAProxy; the
 # throughput-optimized mode too, as the fast-path stack has it.
 DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
               **dict.fromkeys(RAY_FAST_PATH_ENV.values(), "1")}
-
-
-def direct_env() -> dict[str, str]:
-    """``DIRECT_ENV`` with HAProxy's own ports and metrics socket moved off their fixed
-    defaults, which the fast-path stack's HAProxy on the same machine holds."""
-    from launch.local_cluster import free_port
-
-    port = free_port()
-    # Ray puts the socket under a 64-character directory of its own beside this name, and a
-    # Unix socket's path has at most 97 characters here: a short directory.
-    return {**DIRECT_ENV, "RAY_SERVE_HAPROXY_METRICS_PORT": str(port),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"/tmp/qvl-{port}/m.sock"}
 
 
 def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round: int,
@@ -84,7 +76,7 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
               if fast_paths else []),
             *([deploy.ray_serve_llm(data, out / "deploy")] if ray_serve_llm else []),
             *([deploy.ray_serve_llm(data, out / "deploy", name=DIRECT,
-                                       env=direct_env())]
+                                       env=DIRECT_ENV)]
               if direct_streaming else []),
             deploy.bare_vllm(data, out / "deploy", name="vllm-serve")])
         progress = Progress("overhead", len(targets) * rounds, every=0, unit="rounds")
@@ -198,17 +190,17 @@ def cpu_report(report: Report, readings: dict[tuple[str, str], CpuReading],
                    "and after, its idle rate just before subtracted). Image requests carry one "
                    f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG.", rows,
                    [("group", "process group")] + [(c, c) for c in cols])
-    stack = readings.get(("stack", "text"))
-    bare = readings.get(("vllm-serve", "text"))
-    if stack is None or bare is None:
-        return
-    api = bare.per_request_ms(requests).get(API_SERVER)
-    mine = stack.serving_path_ms(requests)
-    ratio = mine / api if api else None
-    report.target("stack serving-path CPU / vllm serve API server CPU, per text request", ratio,
-                  f"<= {MAX_SERVING_CPU_RATIO:g}",
-                  None if ratio is None else ratio <= MAX_SERVING_CPU_RATIO,
-                  f"{mine:.1f} vs {api or 0:.1f} ms CPU per request")
+    for kind, goal in MAX_SERVING_CPU_RATIO.items():
+        stack = readings.get(("stack", kind))
+        bare = readings.get(("vllm-serve", kind))
+        if stack is None or bare is None:
+            continue
+        api = bare.per_request_ms(requests).get(API_SERVER)
+        mine = stack.serving_path_ms(requests)
+        ratio = mine / api if api else None
+        report.target(f"stack serving-path CPU / vllm serve API server CPU, per {kind} request",
+                      ratio, f"<= {goal:g}", None if ratio is None else ratio <= goal,
+                      f"{mine:.1f} vs {api or 0:.1f} ms CPU per request")
 
 
 def profile_report(report: Report, folder: Path) -> None:
@@ -222,7 +214,7 @@ def profile_report(report: Report, folder: Path) -> None:
                             for lib in (*LIBRARIES, "other")}})
     report.data["profiles"] = rows
     report.section("Profiles (py-spy, % of samples)", "Samples of threads holding the GIL in the "
-                   "stack's ingress and engine replica during its CPU blocks, each counted for "
+                   "stack's engine replica (the API and the engine's Python side) during its CPU blocks, each counted for "
                    "the library of its innermost frame outside the standard library. The top "
                    "functions are in "
                    f"`{folder.name}/*-top.md`, the raw stacks in `{folder.name}/*.txt`.", rows,

@@ -58,7 +58,8 @@ def test_local_files_only_inside_media_dir(tmp_path):
     (media / "a.png").write_bytes(utils.png(40, 40))
     (tmp_path / "secret.png").write_bytes(utils.png(40, 40))
     d = door(str(media))
-    assert d._image(f"file://{media}/a.png", "p").startswith("data:image/png;base64,")
+    part = d._image(f"file://{media}/a.png", "p")
+    assert part["type"] == "image_pil" and part["image_pil"].size == (56, 56)  # 40x40 -> 56x56
     for bad in (str(tmp_path / "secret.png"), f"{media}/../secret.png", f"file://{media}/../secret.png"):
         with pytest.raises(RequestRejected, match="outside the configured media_dir"):
             d._image(bad, "p")

@@ -117,3 +117,66 @@ def test_frame_list_cap():
     assert media.check_frames(payload, LIMITS, 3, "p") == (56, 56)  # the first frame's size
     with pytest.raises(RequestRejected, match="video has 3 frames; the limit is 2"):
         media.check_frames(payload, LIMITS, 2, "p")
+
+
+TINY_BOUNDS = (3136, 200704)  # configs/default.yaml's min_pixels, max_pixels
+
+
+@pytest.mark.parametrize("make", [lambda: utils.jpeg(1000, 700), utils.cmyk_jpeg, utils.rgba,
+                                  utils.png16, utils.webp, utils.animated_gif, utils.grayscale,
+                                  lambda: utils.exif_rotated_jpeg(100, 300)])
+def test_image_decoded_at_the_processors_target_size(make):
+    """What the engine gets: RGB, already at Qwen2-VL's smart_resize target for the bounds,
+    so its processor has nothing left to resize; the size that counts tokens is the image's
+    own (after EXIF rotation)."""
+    from qwen_vl_utils import smart_resize
+
+    raw = make()
+    out = media.decode_image(raw, LIMITS, "p", TINY_BOUNDS)
+    w, h = out.size
+    th, tw = smart_resize(h, w, factor=28, min_pixels=TINY_BOUNDS[0], max_pixels=TINY_BOUNDS[1])
+    assert out.image.mode == "RGB" and out.image.size == (tw, th)
+    assert smart_resize(th, tw, factor=28, min_pixels=TINY_BOUNDS[0],
+                        max_pixels=TINY_BOUNDS[1]) == (th, tw)  # a fixed point
+    ref = Image.open(io.BytesIO(raw))
+    assert out.size == (ref.size[::-1] if ref.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                        else ref.size)
+
+
+def test_image_cache_key_is_the_content_and_the_target():
+    a, b = utils.jpeg(300, 200, 1), utils.jpeg(300, 200, 2)
+    key = media.decode_image(a, LIMITS, "p", TINY_BOUNDS).uuid
+    assert media.decode_image(a, LIMITS, "p", TINY_BOUNDS).uuid == key  # stable
+    assert media.decode_image(b, LIMITS, "p", TINY_BOUNDS).uuid != key  # other bytes
+    assert media.decode_image(a, LIMITS, "q", (3136, 28 * 28 * 16)).uuid != key  # other target
+
+
+def test_reduced_scale_jpeg_decode_matches_a_full_decode():
+    """A JPEG decoded at a reduced DCT scale and resized is the full decode resized, up to
+    resampling noise: what the model sees does not change."""
+    import numpy as np
+
+    big = utils.encode(Image.radial_gradient("L").resize((1600, 1200)).convert("RGB"), "JPEG")
+    out = media.decode_image(big, LIMITS, "p", TINY_BOUNDS)
+    full = Image.open(io.BytesIO(big)).convert("RGB").resize(out.image.size, Image.BICUBIC)
+    diff = np.abs(np.asarray(out.image, dtype=int) - np.asarray(full, dtype=int))
+    assert diff.mean() < 2.0 and diff.max() < 32, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("make", [lambda: utils.jpeg(1000, 700), utils.cmyk_jpeg, utils.rgba])
+def test_image_for_the_engine_decoded_once(make, monkeypatch):
+    from PIL import ImageFile
+
+    loads = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: (loads.append(id(self)), real(self))[1])
+    media.decode_image(make(), LIMITS, "p", TINY_BOUNDS)
+    assert len(set(loads)) == 1, loads
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_truncated_jpeg_refused_by_the_scaled_decode(cut):
+    raw = utils.jpeg(1600, 1200)
+    with pytest.raises(RequestRejected, match="truncated or corrupt"):
+        media.decode_image(raw[:int(len(raw) * cut)], LIMITS, "p", TINY_BOUNDS)

@@ -531,17 +531,23 @@ def test_stop_drains_running_stream(stack):
     server = stack.take()
     from launch.local_cluster import cluster_processes, read_state
 
-    # The longest stream the module's context allows: still running when the stop, which
-    # first starts a Python process and joins the cluster, sets the drain.
+    # A long stream, held in flight until the drain is seen: the client reads its first event,
+    # then nothing until a new request is refused, so the reply backs up in the socket buffers
+    # (far smaller than the reply) and the request is still running on the server however
+    # long the stop takes to start a Python process, join the cluster and set the drain.
     n = server["cfg"].engine.max_model_len - 96
     body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
-    started, events = threading.Event(), []
+    started, resume, events = threading.Event(), threading.Event(), []
+
+    def on_event(_):
+        started.set()
+        resume.wait(240)
 
     def read_stream():
         try:
             events.extend(stream_events(server["base"], "/v1/chat/completions", body,
-                                        timeout=300, on_event=lambda _: started.set()))
+                                        timeout=300, on_event=on_event))
         except Exception as err:  # judged below
             events.append(f"EXCEPTION {err!r}")
 
@@ -556,7 +562,7 @@ def test_stop_drains_running_stream(stack):
                                 env={**os.environ, **server["env"]}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         refused = None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         hi = chat_body(server, [{"type": "text", "text": "Hi"}])
         while refused is None and time.monotonic() < deadline and t.is_alive():
             try:
@@ -568,10 +574,12 @@ def test_stop_drains_running_stream(stack):
                 refused = (r[0], r[1]["error"]["code"], r.headers["Retry-After"])
                 print(f"refused {time.monotonic() - t0:.1f} s after the stream started")
             time.sleep(0.2)
+        resume.set()  # the drain was seen (or never will be): read the rest of the stream
         t.join(timeout=300)
         print(f"stream ended {time.monotonic() - t0:.1f} s after it started")
         out, _ = stop.communicate(timeout=300)
     finally:
+        resume.set()
         if stop is not None and stop.poll() is None:
             stop.kill()
         t.join(timeout=60)
