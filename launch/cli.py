@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, ServerSettings, load_config
 
 from .errors import one_line
 from .lifecycle import (
@@ -115,7 +115,9 @@ def cmd_join(args) -> int:
     """Start a Ray worker node that joins the cluster at ``--address`` (a head that
     ``qwen-vl serve`` started, or any Ray cluster); Serve places replicas on it."""
     metrics_port = args.metrics_port or free_port()
-    env = load_config(args.config).server.ray_env() if args.config else {}
+    # Ray Serve's flags must be the same on every node: the head's config, else the defaults
+    # (HAProxy on: it forwards to the replicas' own HTTP servers, this node's included).
+    env = (load_config(args.config).server if args.config else ServerSettings()).ray_env()
     _say(f"joining {args.address} as a worker node ({args.num_cpus} logical CPUs)...")
     join_cluster(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                  metrics_port=metrics_port, node_ip=args.node_ip, env=env)
@@ -209,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus port of this node (default: a free port)")
     j.add_argument("--config", help="the head's YAML config: its Ray Serve fast paths "
-                   "(server.ray_throughput_optimized, server.ray_ha_proxy) apply to this node too")
+                   "(server.ray_throughput_optimized, server.ray_ha_proxy) apply to this node too "
+                   "(default: the defaults', HAProxy on)")
     j.set_defaults(func=cmd_join)
     d = sub.add_parser("download", help="fetch the config's checkpoint into the HF cache")
     d.add_argument("--config", required=True, help="YAML config")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import warnings
@@ -141,9 +142,9 @@ def decode_image(data: bytes, limits: LimitsSettings, param: str,
     """Validate an encoded image and decode it once, at the size Qwen2-VL's processor resizes
     it to (``smart_resize`` within ``pixels``, the request's pixel bounds): a JPEG at the
     coarsest DCT scale that is still at least that size (libjpeg's scaled decode reads every
-    byte of the entropy-coded data, so truncation and corruption are still caught), then one
-    bicubic resize, as the processor's. The engine gets the image itself: it neither decodes
-    nor hashes it again."""
+    byte of the entropy-coded data, so truncation and corruption are still caught), then the
+    processor's own resize. The engine gets the image itself: it neither decodes nor hashes
+    it again."""
     from engine.capacity import PATCH_FACTOR
     from qwen_vl_utils import smart_resize
 
@@ -158,8 +159,32 @@ def decode_image(data: bytes, limits: LimitsSettings, param: str,
     _load(img, param)
     rgb = _rgb(img)
     if rgb.size != (tw, th):
-        rgb = rgb.resize((tw, th), Image.BICUBIC)
+        rgb = _processor_resize(rgb, tw, th)
     return DecodedImage(rgb, size, f"{content_key(data)}-{tw}x{th}")
+
+
+@functools.cache
+def _image_processor():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor()
+
+
+def _processor_resize(rgb: Image.Image, width: int, height: int) -> Image.Image:
+    """``rgb`` resized to (width, height) by Qwen2-VL's image processor's own resize (its
+    resampling, its rounding), so that the engine's processor, finding the image already at
+    its target size, leaves it as it is: the pixels the model sees are the ones it would have
+    made itself from the same decoded image."""
+    import numpy as np
+    import torch
+    from transformers.image_processing_backends import TorchvisionBackend
+    from transformers.image_utils import SizeDict
+
+    proc = _image_processor()
+    pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None]
+    out = TorchvisionBackend.resize(proc, image=pixels, size=SizeDict(height=height, width=width),
+                                    resample=proc.resample)
+    return Image.fromarray(out[0].permute(1, 2, 0).numpy())
 
 
 def content_key(data: bytes, pixels: tuple[int, int] | None = None) -> str:

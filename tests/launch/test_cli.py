@@ -136,16 +136,21 @@ def test_root_cause_from_worker_logs(tmp_path):
 
 def test_join_takes_the_heads_fast_paths_from_its_config(tmp_path, monkeypatch):
     """`qwen-vl join --config` starts the worker node with the config's Ray fast-path flags (Ray
-    Serve reads them in every process of every node); without --config, none."""
+    Serve reads them in every process of every node); without --config, the defaults' (HAProxy
+    on, as on a head started with the defaults)."""
     from launch import cli
 
     calls = []
     monkeypatch.setattr(cli, "join_cluster", lambda address, **kw: calls.append(kw["env"]))
     path, _ = write_config(tmp_path, {"server": {"ray_throughput_optimized": True,
                                                  "ray_ha_proxy": True}})
+    (tmp_path / "off").mkdir()
+    off, _ = write_config(tmp_path / "off", {"server": {"ray_ha_proxy": False}})
     assert cli.main(["join", "--address", "h:1", "--config", str(path)]) == 0
     assert cli.main(["join", "--address", "h:1"]) == 0
-    assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, {}]
+    assert cli.main(["join", "--address", "h:1", "--config", str(off)]) == 0
+    assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+                     {"RAY_SERVE_ENABLE_HA_PROXY": "1"}, {}]
 
 
 def test_ray_start_gets_the_node_environment():

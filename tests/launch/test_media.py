@@ -180,3 +180,20 @@ def test_truncated_jpeg_refused_by_the_scaled_decode(cut):
     raw = utils.jpeg(1600, 1200)
     with pytest.raises(RequestRejected, match="truncated or corrupt"):
         media.decode_image(raw[:int(len(raw) * cut)], LIMITS, "p", TINY_BOUNDS)
+
+
+def test_resize_is_the_processors_own():
+    """A lossless image reaches the engine with exactly the pixels Qwen2-VL's processor makes of
+    it, and the processor leaves an image already at its target size untouched."""
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    raw = utils.png(300, 200)  # a size the processor resizes
+    out = media.decode_image(raw, LIMITS, "p", TINY_BOUNDS)
+    proc = Qwen2VLImageProcessor()
+    kw = {"size": {"shortest_edge": TINY_BOUNDS[0], "longest_edge": TINY_BOUNDS[1]},
+          "do_normalize": False, "do_rescale": False, "return_tensors": "np"}
+    theirs = proc(images=[Image.open(io.BytesIO(raw)).convert("RGB")], **kw)["pixel_values"]
+    ours = proc(images=[out.image], **kw)["pixel_values"]
+    assert out.image.size != Image.open(io.BytesIO(raw)).size  # it was resized
+    assert np.array_equal(theirs, ours)

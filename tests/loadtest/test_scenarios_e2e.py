@@ -126,36 +126,41 @@ def test_overhead_quick(tmp_path):
     assert [r["target"] for r in data["table"]] == ["stack", "ray-serve-llm", "vllm-serve"]
     assert {s["target"] for s in data["steps"]} == {"stack", "ray-serve-llm", "vllm-serve"}
     targets = {t["target"]: t for t in data["targets"]}
+    goals = ["stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
+             "stack serving-path CPU / vllm serve API server CPU, per text request",
+             "stack serving-path CPU / vllm serve API server CPU, per image request"]
     assert list(targets) == [
-        "stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
-        "ray-serve-llm / bare vllm serve output tokens/s",
+        *goals[:2], "ray-serve-llm / bare vllm serve output tokens/s",
         "ray-serve-llm - bare vllm serve TTFT p50 (ms)",
         "stack / ray-serve-llm output tokens/s", "stack - ray-serve-llm TTFT p50 (ms)",
-        "stack serving-path CPU / vllm serve API server CPU, per text request"]
-    assert targets["stack / bare vllm serve output tokens/s"]["measured"] > 0
-    assert targets["stack / bare vllm serve output tokens/s"]["met"] in (True, False)
+        *goals[2:]]
+    # Every goal is a measured number judged against its bound; the figures themselves belong
+    # in the benchmark files.
+    for name in goals:
+        assert isinstance(targets[name]["measured"], float), targets[name]
+        assert isinstance(targets[name]["met"], bool), targets[name]
+        assert targets[name]["goal"].startswith(("<=", ">=")), targets[name]
     assert targets["stack / ray-serve-llm output tokens/s"]["met"] is None  # informational
-    # The reference is Ray's own ingress in front of the engine deployment, nothing of ours.
+    # The reference is Ray's own ingress in front of Ray's own engine deployment.
     ray_log = (out / "deploy" / "ray-serve-llm-serve.log").read_text()
     assert "ray-serve-llm: running on" in ray_log
-    assert "deployments: OpenAiIngress, QwenVLServer:" in ray_log, ray_log[-2000:]
+    assert "deployments: LLMServer:qwen2-vl-tiny, OpenAiIngress" in ray_log, ray_log[-2000:]
     argv = json.loads((out / "deploy" / "vllm-serve-argv.json").read_text())
     assert "--max-model-len" in argv and "--limit-mm-per-prompt" in argv
     for name in ("stack", "ray-serve-llm", "vllm-serve"):
         assert f"{name} stopped" in stdout
     # CPU per request by process group, side by side (ms): each target's own processes found.
     cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
-    for group in ("HTTP proxy", "ingress replica", "engine replica (Python)"):
-        assert cpu[group]["stack text"] > 0 and cpu[group]["stack image"] > 0, group
+    for group, who in (("HAProxy", "stack"), ("engine replica (Python)", "stack"),
+                       ("HTTP proxy", "ray-serve-llm"), ("ingress replica", "ray-serve-llm")):
+        assert cpu[group][f"{who} text"] > 0 and cpu[group][f"{who} image"] > 0, group
         assert cpu[group]["vllm-serve text"] is None, group  # vllm serve has no such process
+    # One hop: no Python proxy and no ingress replica in front of the stack's engine replica.
+    assert cpu["HTTP proxy"]["stack text"] is None and cpu["ingress replica"]["stack text"] is None
     assert cpu["API server (vllm serve)"]["vllm-serve text"] > 0
     assert cpu["API server (vllm serve)"]["stack text"] is None
     assert cpu["engine core + workers"]["stack text"] > 0
     assert cpu["engine core + workers"]["vllm-serve text"] > 0
-    # A 1-megapixel JPEG is decoded by the front door: the ingress pays for it, text does not.
-    assert cpu["ingress replica"]["stack image"] > cpu["ingress replica"]["stack text"]
-    ratio = targets["stack serving-path CPU / vllm serve API server CPU, per text request"]
-    assert ratio["measured"] > 0 and ratio["met"] in (True, False)
     assert "## CPU per request (ms)" in (out / "report.md").read_text()
 
 
@@ -171,23 +176,24 @@ def test_baseline_quick(tmp_path):
 
 
 def test_ceiling_quick_with_fast_paths(tmp_path):
-    """Two ingress replicas behind HAProxy, throughput-optimized Serve: the front door still
+    """HAProxy straight to the engine replica, throughput-optimized Serve: the front door still
     refuses with its OpenAI error, and the levels report requests/s and CPU by process."""
-    out, data, _ = run_scenario(tmp_path, "ceiling", "--fast-paths", "--ingress-replicas", "2")
+    out, data, _ = run_scenario(tmp_path, "ceiling", "--fast-paths")
     check_folder(out, data, ["ceiling.png"])
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["front door refuses n over limits.max_n (400, param n)"]["met"] is True
-    assert data["processes"]["ingress replica"] == 2  # deployment.ingress_replicas
+    assert data["processes"]["engine replica (Python)"] == 1  # the API runs there
+    assert "ingress replica" not in data["processes"] and "HTTP proxy" not in data["processes"]
     assert data["processes"]["HAProxy"] >= 1  # server.ray_ha_proxy: HAProxy serves HTTP
     rows = data["table"]
     assert [r["concurrency"] for r in rows] == [1, 4]
     for r in rows:
         assert r["request_throughput"] > 0 and r["failed"] == 0
-        assert r["ingress_cores"] > 0 and r["serving_cpu_ms"] > 0
-    assert targets["ceiling, 2 ingress replica(s) (requests/s)"]["measured"] > 0
+        assert r["engine_replica_cores"] > 0 and r["serving_cpu_ms"] > 0
+    assert targets["ceiling, 1 replica(s) (requests/s)"]["measured"] > 0
     assert targets["projected: busiest serving process at one core (requests/s)"]["measured"] > 0
-    # The cost the docs state for server.ray_ha_proxy: Ray's HTTP request counter, derived from
-    # HAProxy's logs, labels the API's paths with the application's prefix (and HAProxy's own
-    # answers with no route), so no /v1/ route appears for the dashboard to select.
+    # Why the rules and the dashboard count requests with the API's own counter: Ray's HTTP
+    # request counter, derived from HAProxy's logs, labels the API's paths with the
+    # application's prefix, so no /v1/ route appears there.
     routes = data["http_request_routes"]
     assert "/" in routes and not any(r.startswith("/v1/") for r in routes), routes
