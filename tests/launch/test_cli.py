@@ -93,7 +93,7 @@ def test_unschedulable_config_fails_fast(tmp_path, monkeypatch, base, overrides,
     r = run_cli("serve", "--config", str(p), env={"QWEN_VL_RUN_DIR": str(run)}, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     line = one_line(r.stderr)
-    assert line.startswith("qwen-vl: cannot be scheduled: LLMServer:qwen2-vl-tiny: each "
+    assert line.startswith("qwen-vl: cannot be scheduled: QwenVLServer:qwen2-vl-tiny: each "
                            f"replica needs {demand}"), line
     assert "no autoscaler can add one" in line and advice in line
     assert read_state(run) is None

@@ -42,24 +42,24 @@ def test_infeasible_and_busy_replicas_are_told_apart(ray_cluster):
     from ray.util.placement_group import remove_placement_group
 
     groups = [
-        group("SERVE_REPLICA::app1#LLMServer:m#a1", [{"CPU": 1, "GPU": 1}]),
-        group("SERVE_REPLICA::app1#LLMServer:m#a2", [{"CPU": 64}]),
-        group("SERVE_REPLICA::other#LLMServer:m#b1", [{"GPU": 1}]),  # another app: not ours
+        group("SERVE_REPLICA::app1#QwenVLServer:m#a1", [{"CPU": 1, "GPU": 1}]),
+        group("SERVE_REPLICA::app1#QwenVLServer:m#a2", [{"CPU": 64}]),
+        group("SERVE_REPLICA::other#QwenVLServer:m#b1", [{"GPU": 1}]),  # another app: not ours
         group("SERVE_REPLICA::app1#Ingress#c1", [{"CPU": 2}]),  # fits: placed
     ]
     groups[-1].wait(10)
-    busy = group("SERVE_REPLICA::app1#LLMServer:m#a3", [{"CPU": 1}])  # the CPUs are taken
+    busy = group("SERVE_REPLICA::app1#QwenVLServer:m#a3", [{"CPU": 1}])  # the CPUs are taken
     try:
         found = waiting_until("app1", 3)
         by_demand = {w.demand(): w.infeasible for w in found}
         assert by_demand == {"{CPU: 1, GPU: 1}": True, "{CPU: 64}": True, "{CPU: 1}": False}
-        assert {w.deployment for w in found} == {"LLMServer:m"}
+        assert {w.deployment for w in found} == {"QwenVLServer:m"}
         nodes = scheduling.alive_nodes()
         infeasible = [w for w in found if w.infeasible]
         assert sorted(scheduling.unmet(infeasible, nodes)) == ["CPU", "GPU"]
         gpu = [w for w in infeasible if "GPU" in w.bundles[0]]
         line = scheduling.infeasible_message(gpu, nodes, "10.0.0.1:6379")
-        assert "LLMServer:m: each replica needs" in line and "GPU: 0" in line
+        assert "QwenVLServer:m: each replica needs" in line and "GPU: 0" in line
         assert "qwen-vl join --address 10.0.0.1:6379 --num-gpus N" in line and "\n" not in line
     finally:
         for g in groups + [busy]:
@@ -90,7 +90,7 @@ def test_with_an_autoscaler_serve_waits_and_says_for_what(ray_cluster, monkeypat
     monkeypatch.setattr(scheduling, "autoscaler_present", lambda: True)
     cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
                         "server": {"port": free_port(), "app_name": "scaled"}})
-    g = group("SERVE_REPLICA::scaled#LLMServer:m#r1", [{"CPU": 1, "GPU": 1}])
+    g = group("SERVE_REPLICA::scaled#QwenVLServer:m#r1", [{"CPU": 1, "GPU": 1}])
     try:
         waiting_until("scaled", 1)
         with pytest.raises(lifecycle.LaunchError) as exc:
@@ -98,5 +98,5 @@ def test_with_an_autoscaler_serve_waits_and_says_for_what(ray_cluster, monkeypat
     finally:
         remove_placement_group(g)
     assert "not healthy after 3s" in str(exc.value)
-    assert "waiting for resources: LLMServer:m: each replica needs {CPU: 1, GPU: 1}" in \
+    assert "waiting for resources: QwenVLServer:m: each replica needs {CPU: 1, GPU: 1}" in \
         str(exc.value)
