@@ -24,6 +24,7 @@ from vllm.entrypoints.openai.chat_completion.api_router import create_chat_compl
 from vllm.entrypoints.openai.completion.api_router import create_completion
 from vllm.entrypoints.openai.models.api_router import show_available_models
 from vllm.entrypoints.generate.base.protocol import StreamOptions
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.api_router import detokenize, tokenize
 
 from engine.config import ServingConfig
@@ -101,7 +102,7 @@ class ApiState:
 def make_api(state: ApiState, vllm_app) -> FastAPI:
     """The replica's HTTP app: our routes, calling vLLM's handlers with vLLM's app state."""
     cfg = state.cfg
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(title="qwen-vl-serving")
     app.state = vllm_app.state  # vLLM's handlers find their serving objects here
 
     @app.exception_handler(RequestValidationError)
@@ -231,7 +232,13 @@ async def _serve(state: ApiState, body, request: Request, call, check):
         try:
             response = await call(body, request)
         except Exception as err:
-            raise _engine_refusal(state, body, err) from None
+            refusal = _engine_refusal(state, body, err)
+            if isinstance(refusal, RequestRejected):
+                raise refusal from None
+            # What vLLM's own app answers for its exceptions (a prompt over the context is a
+            # 400, say); the error middleware gives it the API's shape.
+            vllm_error = create_error_response(err)
+            response = JSONResponse(vllm_error.model_dump(), status_code=vllm_error.error.code)
         if response is None:  # vLLM's handler saw the client disconnect
             status_code = 499
             return Response(status_code=499)
@@ -252,8 +259,8 @@ async def _serve(state: ApiState, body, request: Request, call, check):
             done.finish(status_code, state)
 
 
-def _engine_refusal(state: ApiState, body, err: Exception) -> Exception:
-    """What an exception from vLLM's handler becomes: a shaped refusal, or itself."""
+def _engine_refusal(state: ApiState, body, err: Exception) -> RequestRejected | None:
+    """The shaped refusal an exception from vLLM's handler becomes, if it is one of ours."""
     if NO_ROOM_FOR_OUTPUT in str(getattr(err, "message", err)):
         # vLLM's words for a prompt of exactly max_model_len tokens: it sets max_tokens to the
         # room left (0) and blames the client's max_tokens.
@@ -265,7 +272,7 @@ def _engine_refusal(state: ApiState, body, err: Exception) -> Exception:
     if engine_lost(err):
         return state.unavailable("the model replica serving this request failed; retry",
                                  "replica_failed")
-    return err
+    return None
 
 
 def _ask_stream_usage(body) -> StreamUsage | None:
