@@ -24,6 +24,7 @@ from vllm.entrypoints.openai.chat_completion.api_router import create_chat_compl
 from vllm.entrypoints.openai.completion.api_router import create_completion
 from vllm.entrypoints.openai.models.api_router import show_available_models
 from vllm.entrypoints.generate.base.protocol import StreamOptions
+from vllm.exceptions import VLLMError
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.api_router import detokenize, tokenize
 
@@ -108,6 +109,11 @@ def make_api(state: ApiState, vllm_app) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         return JSONResponse(validation_error_body(exc.errors()), status_code=400)
+
+    # vLLM's request models raise its own errors from their validators (not pydantic's), as
+    # vLLM's handlers do: answered as vLLM's app answers them.
+    for exc_type in (VLLMError, ValueError, TypeError, OverflowError):
+        app.add_exception_handler(exc_type, lambda request, exc: _vllm_error_response(exc))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -222,8 +228,11 @@ async def _serve(state: ApiState, body, request: Request, call, check):
     except RequestRejected as err:
         done.finish(err.status, state)
         return rejection_response(err)
-    except BaseException:
+    except Exception:  # a fault of ours: the error middleware logs it, the client gets a 500
         done.finish(500, state)
+        raise
+    except BaseException:
+        done.finish(499, state)  # cancelled: the client went away
         raise
     streaming = False
     status_code = 500
@@ -235,10 +244,7 @@ async def _serve(state: ApiState, body, request: Request, call, check):
             refusal = _engine_refusal(state, body, err)
             if isinstance(refusal, RequestRejected):
                 raise refusal from None
-            # What vLLM's own app answers for its exceptions (a prompt over the context is a
-            # 400, say); the error middleware gives it the API's shape.
-            vllm_error = create_error_response(err)
-            response = JSONResponse(vllm_error.model_dump(), status_code=vllm_error.error.code)
+            response = _vllm_error_response(err)
         if response is None:  # vLLM's handler saw the client disconnect
             status_code = 499
             return Response(status_code=499)
@@ -257,6 +263,14 @@ async def _serve(state: ApiState, body, request: Request, call, check):
     finally:
         if not streaming:
             done.finish(status_code, state)
+
+
+def _vllm_error_response(err: Exception) -> JSONResponse:
+    """What vLLM's own app answers for an exception (a ValueError from a check is a 400, a
+    prompt over the context too); the error middleware gives it the API's shape, and a 5xx's
+    text never reaches the client."""
+    error = create_error_response(err)
+    return JSONResponse(error.model_dump(), status_code=error.error.code)
 
 
 def _engine_refusal(state: ApiState, body, err: Exception) -> RequestRejected | None:

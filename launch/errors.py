@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 from typing import Any
 
@@ -35,6 +36,7 @@ _VALIDATION = re.compile(r"^Invalid request format: (.*) at (\(.*\))$", re.S)
 _NOT_FIELDS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes", "literal"}
 _QUALIFIED_EXCEPTION = re.compile(r"^(?:[a-z_][a-z0-9_]*\.)+[A-Za-z_]*(?:Error|Exception): ")
 GENERIC_5XX = "The server had an error while processing your request."
+log = logging.getLogger("ray.serve")
 
 
 def error_type(status: int) -> str:
@@ -158,7 +160,9 @@ class OpenAIErrors:
 
         try:
             await self.app(scope, receive, intercept)
-        except Exception:  # never a traceback to the client
+        except Exception:  # never a traceback to the client; always one in the log
+            log.exception("unhandled error answering %s %s", scope.get("method"),
+                          scope.get("path"))
             if sent:
                 raise
             await _send_error(send, {"status": 500, "headers": []}, b"")

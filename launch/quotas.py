@@ -144,10 +144,16 @@ class Quotas:
 
     def _handle(self):
         if self._ledger is None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
             self._ledger = _ledger_class().options(
                 name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
                 # on the head node: it outlives any worker node
-                resources={"node:__internal_head__": 0.001}).remote()
+                resources={"node:__internal_head__": 0.001},
+                # not in the placement group of the engine replica that asks first, which
+                # would otherwise capture it (and has no head-node resource to give)
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)
+            ).remote()
         return self._ledger
 
     async def acquire(self, key: str, tokens: int, retry_after_s: int) -> int | None:
