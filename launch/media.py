@@ -16,7 +16,6 @@ into such a list by ``launch.video``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -221,6 +220,3 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
             size = frame_size
     return size
 
-
-def to_data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
