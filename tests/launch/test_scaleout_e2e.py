@@ -181,9 +181,17 @@ def engine_rows(base):
 
 
 def test_two_replicas_one_per_node(cluster):
-    code, rows = engine_rows(cluster["base"])
-    assert code == 200, rows
-    assert len(rows) == 2 and all(r["health"] == "healthy" for r in rows)
+    # /health answers from a view of the replicas that each replica refreshes in the
+    # background (launch.replicas.ReplicaView): right after `serve` says ready, the replica
+    # that answers may not have seen the other one running yet.
+    from launch.replicas import ReplicaView
+
+    def both_healthy():
+        code, rows = engine_rows(cluster["base"])
+        return rows if code == 200 and len(rows) == 2 and all(
+            r["health"] == "healthy" for r in rows) else None
+
+    rows = wait_until(both_healthy, 10 * ReplicaView.REFRESH_S, what="both replicas healthy")
     assert len({r["node_id"] for r in rows}) == 2, "both replicas on one node"
     r = run_cli("status", env=cluster["head_env"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -151,12 +151,14 @@ def test_overhead_quick(tmp_path):
         assert f"{name} stopped" in stdout
     # CPU per request by process group, side by side (ms): each target's own processes found.
     cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
-    for group, who in (("HAProxy", "stack"), ("engine replica (Python)", "stack"),
-                       ("HTTP proxy", "ray-serve-llm"), ("ingress replica", "ray-serve-llm")):
+    for group, who in (("engine replica (Python)", "stack"), ("HTTP proxy", "ray-serve-llm"),
+                       ("ingress replica", "ray-serve-llm")):
         assert cpu[group][f"{who} text"] > 0 and cpu[group][f"{who} image"] > 0, group
         assert cpu[group]["vllm-serve text"] is None, group  # vllm serve has no such process
-    # One hop: no Python proxy and no ingress replica in front of the stack's engine replica.
-    assert cpu["HTTP proxy"]["stack text"] is None and cpu["ingress replica"]["stack text"] is None
+    # One hop: HAProxy in front of the stack's engine replica, no ingress replica. (Ray's proxy
+    # actor still runs beside HAProxy, which it manages: it serves no request.)
+    assert cpu["HAProxy"]["stack text"] is not None and cpu["HAProxy"]["ray-serve-llm text"] is None
+    assert cpu["ingress replica"]["stack text"] is None
     assert cpu["API server (vllm serve)"]["vllm-serve text"] > 0
     assert cpu["API server (vllm serve)"]["stack text"] is None
     assert cpu["engine core + workers"]["stack text"] > 0
@@ -183,7 +185,7 @@ def test_ceiling_quick_with_fast_paths(tmp_path):
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["front door refuses n over limits.max_n (400, param n)"]["met"] is True
     assert data["processes"]["engine replica (Python)"] == 1  # the API runs there
-    assert "ingress replica" not in data["processes"] and "HTTP proxy" not in data["processes"]
+    assert "ingress replica" not in data["processes"]
     assert data["processes"]["HAProxy"] >= 1  # server.ray_ha_proxy: HAProxy serves HTTP
     rows = data["table"]
     assert [r["concurrency"] for r in rows] == [1, 4]
