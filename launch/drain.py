@@ -1,7 +1,7 @@
-"""Graceful drain, shared by every ingress replica through Ray's internal key-value store.
+"""Graceful drain, shared by every replica through Ray's internal key-value store.
 
 ``qwen-vl stop`` (and SIGTERM of ``qwen-vl serve``) sets the application's drain flag. Each
-ingress replica polls it (``POLL_S``); once set, new API requests get 503 with Retry-After,
+replica polls it (``POLL_S``); once set, new API requests get 503 with Retry-After,
 while requests already running go on. While draining, each replica reports how many requests it
 still holds, and the CLI waits for all to reach zero (or ``deployment.drain_timeout_s``) before
 Ray Serve takes the application down. A redeploy needs no flag: Ray Serve's graceful shutdown
@@ -56,7 +56,7 @@ def report_inflight(app: str, replica: str, count: int) -> None:
 
 
 def inflight_reports(app: str, since: float) -> dict[str, int]:
-    """Requests still held, per ingress replica, from reports made after ``since``."""
+    """Requests still held, per replica, from reports made after ``since``."""
     kv = _kv()
     out = {}
     prefix = _inflight_prefix(app)

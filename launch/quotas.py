@@ -1,8 +1,8 @@
-"""Per-key quotas (``access.quotas``), counted in one place every ingress replica shares.
+"""Per-key quotas (``access.quotas``), counted in one place every replica shares.
 
 The counts live in one Ray actor, ``QuotaLedger``, named per application and pinned to the head
-node: every ingress replica on every node asks it before a request reaches an engine, so a quota
-holds however many ingress replicas and nodes serve the API. A Ray actor needs nothing the
+node: every replica on every node asks it before a request reaches an engine, so a quota
+holds however many replicas and nodes serve the API. A Ray actor needs nothing the
 cluster does not already run (no Redis to deploy, secure and monitor); it costs one actor call
 per request, and its state is a few numbers per key.
 
@@ -32,7 +32,7 @@ from engine.config import AccessSettings
 from .rejections import RequestRejected
 
 WINDOW_S = 60.0
-# A lease whose request never reported its end (its ingress replica died) stops counting toward
+# A lease whose request never reported its end (its replica died) stops counting toward
 # concurrency after this long: longer than any request the API lets run.
 STALE_LEASE_S = 3600.0
 NAMESPACE = "qwen_vl_serving"
@@ -130,7 +130,7 @@ def _ledger_class():
 
 
 class Quotas:
-    """The ingress's side: ask the ledger, map its answer to a 429, settle when done."""
+    """The API's side: ask the ledger, map its answer to a 429, settle when done."""
 
     def __init__(self, access: AccessSettings, app_name: str):
         self.quotas = {name: q.model_dump() for name, q in access.quotas.items()}

@@ -6,7 +6,7 @@ on an open API), never by the key:
 ``qwen_vl_key_requests{key, code}``,
 ``qwen_vl_key_tokens{key, kind=prompt|completion|image|video}``,
 ``qwen_vl_key_media{key, kind=image|video}`` (items) and ``qwen_vl_key_media_bytes{key, kind}``
-(encoded bytes received); gauges per ingress replica: ``qwen_vl_draining`` (1 while the drain
+(encoded bytes received); gauges per replica: ``qwen_vl_draining`` (1 while the drain
 flag is up) and ``qwen_vl_ingress_requests_in_flight``. Image and video tokens are the front
 door's count (Qwen2-VL's resize rules); prompt and completion tokens are the engine's
 ``usage``.
@@ -173,7 +173,7 @@ def inc_counter(name: str, description: str, tags: dict[str, str], value: float 
 
 
 def set_gauge(name: str, description: str, value: float) -> None:
-    """Set one of the ingress replica's own gauges (Ray labels it with the replica)."""
+    """Set one of the replica's own gauges (Ray labels it with the replica)."""
     try:
         gauge = _counters.get(name)
         if gauge is None:
