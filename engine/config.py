@@ -383,6 +383,13 @@ CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 # Ray Serve's fast paths: the ServerSettings field -> the flag Ray reads on every node.
 RAY_FAST_PATH_ENV = {"ray_throughput_optimized": "RAY_SERVE_THROUGHPUT_OPTIMIZED",
                      "ray_ha_proxy": "RAY_SERVE_ENABLE_HA_PROXY"}
+# How long a stopping direct-ingress replica stays reachable (ServerSettings.replica_deregistration_s).
+DEREGISTRATION_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+# With HAProxy: besides a refused connection, a connection that closed before any response byte
+# (the replica died while it generated) is retried on another replica; the client gets its
+# answer instead of an error page. Replaying is safe here: nothing reached the client.
+HAPROXY_RETRY_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV)
 
 
 class ServerSettings(_Strict):
@@ -417,11 +424,23 @@ class ServerSettings(_Strict):
         "replica's own HTTP server, so one Python process sits before the engine core. Off: "
         "Ray's Python proxy, a process and a Ray call more per request. HAProxy binds ports "
         "9101 and 8404 on every node.")
+    replica_deregistration_s: float = Field(
+        5, gt=0, le=300, description="With HAProxy: how long a stopping replica (stop, "
+        "redeploy, scale-down) stays reachable before it refuses new connections "
+        "(RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S on every Ray node). Ray's HAProxy "
+        "learns of the stop from the controller within this window and retries a refused "
+        "connection on another replica, so nothing is lost; Ray's own default (30 s) is for load "
+        "balancers outside Ray, which this stack does not put between HAProxy and the replicas. "
+        "Every stop and every replaced replica waits at least this long.")
 
     def ray_env(self) -> dict[str, str]:
         """Environment every Ray node of the cluster starts with (``ray start``, the chart's
-        pods): Ray Serve reads these flags once, in each process, at import."""
-        return {var: "1" for field, var in RAY_FAST_PATH_ENV.items() if getattr(self, field)}
+        pods): Ray Serve reads these once, in each process, at import."""
+        env = {var: "1" for field, var in RAY_FAST_PATH_ENV.items() if getattr(self, field)}
+        if self.ray_ha_proxy:
+            env[DEREGISTRATION_ENV] = f"{self.replica_deregistration_s:g}"
+            env.update(HAPROXY_RETRY_ENV)
+        return env
 
 
 class AlertSettings(_Strict):

@@ -86,7 +86,7 @@ class ApiState:
                 self.draining = await asyncio.to_thread(drain.is_draining, app)
                 set_gauge("qwen_vl_draining", "1 while the application drains (qwen-vl stop, "
                           "SIGTERM): new requests get 503.", float(self.draining))
-                set_gauge("qwen_vl_ingress_requests_in_flight", "Requests this engine replica "
+                set_gauge("qwen_vl_requests_in_flight", "Requests this engine replica "
                           "holds (checked, at the engine, or streaming).", self.inflight)
                 if self.draining:
                     await asyncio.to_thread(drain.report_inflight, app, self.replica,
@@ -328,11 +328,13 @@ async def _health(state: ApiState) -> JSONResponse:
     """200 when this replica's engine answers its health check and every replica Serve knows
     of is healthy (as last seen: the view refreshes in the background), else 503 with an
     OpenAI error body; either way the replicas, their nodes and health."""
+    own = None
     try:
         await asyncio.wait_for(state.server.check_health(), HEALTH_TIMEOUT_S)
         failure = None
     except Exception as err:
-        failure = f"this replica's engine is unhealthy ({type(err).__name__})"
+        own = f"unhealthy: {type(err).__name__}"
+        failure = f"this replica's engine is {own}"
     rows, view_failure = state.replicas.latest()
     failure = failure or view_failure
     if state.draining:
@@ -340,6 +342,10 @@ async def _health(state: ApiState) -> JSONResponse:
     models = {state.model: "healthy" if failure is None else "unhealthy"}
     replicas = [{k: row[k] for k in ("deployment", "replica_id", "state", "node_ip",
                                       "node_id", "health")} for row in rows]
+    # This replica's own engine, as just asked: the view may be a refresh behind.
+    for row in replicas if own else ():
+        if row["replica_id"] == state.replica:
+            row["health"] = own
     if failure is None:
         return JSONResponse({"status": "ok", "models": models, "replicas": replicas})
     return JSONResponse(

@@ -131,7 +131,8 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
             running = node_ray_env(state)
             if running is not None and running != srv.ray_env():
                 raise LaunchError(
-                    "server.ray_throughput_optimized / server.ray_ha_proxy differ from the "
+                    "server.ray_throughput_optimized / ray_ha_proxy / replica_deregistration_s "
+                    "differ from the "
                     f"running cluster's ({running or 'none'}); Ray reads them when a node "
                     "starts: `qwen-vl stop`, then serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
@@ -171,18 +172,18 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
 
 
 def node_ray_env(state: ClusterState) -> dict[str, str] | None:
-    """The Ray Serve fast-path flags (``ServerSettings.ray_env``) a running node's raylet
-    started with, or None where it cannot be read."""
+    """The Ray Serve settings (``ServerSettings.ray_env``) a running node's raylet started
+    with, or None where it cannot be read."""
     import psutil
 
-    from engine.config import RAY_FAST_PATH_ENV
+    from engine.config import RAY_NODE_ENV
 
     for pid in cluster_processes(state):
         try:
             p = psutil.Process(pid)
             if p.name() == "raylet":
                 env = p.environ()
-                return {k: "1" for k in RAY_FAST_PATH_ENV.values() if env.get(k) == "1"}
+                return {k: env[k] for k in RAY_NODE_ENV if env.get(k) not in (None, "", "0")}
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return None

@@ -178,7 +178,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [  # (title, unit, [(lege
        f"sum by (key, kind) (rate(ray_qwen_vl_key_tokens_total[{RATE}]))")]),
     ("Drain and in-flight requests", "short",
      [("draining", "max(ray_qwen_vl_draining)"),
-      ("in flight", "sum(ray_qwen_vl_ingress_requests_in_flight)"),
+      ("in flight", "sum(ray_qwen_vl_requests_in_flight)"),
       ("Ray nodes", "qwen_vl:ray_nodes:sum")]),
 ]
 

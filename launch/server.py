@@ -11,6 +11,9 @@ without it, through Ray's HTTP proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import logging.handlers
 import os
 
 from ray.serve.llm.deployment import LLMServer
@@ -24,7 +27,8 @@ class QwenVLServer(LLMServer):
     """One vLLM engine per replica, serving the API in front of it."""
 
     async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
-        await super().__init__(llm_config, **kwargs)
+        with _serve_log_handlers_kept():
+            await super().__init__(llm_config, **kwargs)
         cfg = ServingConfig.model_validate(serving_config)
         self.api_state = ApiState(cfg, self, _replica_name())
         loop = asyncio.get_running_loop()
@@ -43,6 +47,26 @@ class QwenVLServer(LLMServer):
 
     async def __serve_build_asgi_app__(self):
         return make_api(self.api_state, await super().__serve_build_asgi_app__())
+
+
+@contextlib.contextmanager
+def _serve_log_handlers_kept():
+    """Ray Serve's log handlers of this replica, as they were, after vLLM configures logging.
+
+    vLLM applies its logging config with ``logging.config.dictConfig`` when its engine starts,
+    and dictConfig closes every handler of the process: Ray Serve's buffered file handler loses
+    its target, so the replica's Serve log (access lines, our warnings) stops, and a restarted
+    Serve controller, which asks each replica for that file when it recovers them, fails and
+    replaces every replica. A closed file handler opens its file again on its next record, so
+    putting the targets back restores both."""
+    kept = [(h, h.target) for h in logging.getLogger("ray.serve").handlers
+            if isinstance(h, logging.handlers.MemoryHandler) and h.target is not None]
+    try:
+        yield
+    finally:
+        for handler, target in kept:
+            if handler.target is None:
+                handler.setTarget(target)
 
 
 def _replica_name() -> str:

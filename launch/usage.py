@@ -7,7 +7,7 @@ on an open API), never by the key:
 ``qwen_vl_key_tokens{key, kind=prompt|completion|image|video}``,
 ``qwen_vl_key_media{key, kind=image|video}`` (items) and ``qwen_vl_key_media_bytes{key, kind}``
 (encoded bytes received); gauges per replica: ``qwen_vl_draining`` (1 while the drain
-flag is up) and ``qwen_vl_ingress_requests_in_flight``. Image and video tokens are the front
+flag is up) and ``qwen_vl_requests_in_flight``. Image and video tokens are the front
 door's count (Qwen2-VL's resize rules); prompt and completion tokens are the engine's
 ``usage``.
 """

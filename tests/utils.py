@@ -1,5 +1,6 @@
 """Helpers the tests share: the CLI and a stack on free ports, HTTP calls and SSE streams,
-polling, a local media server, and encoded images and videos (valid edge cases and broken ones).
+polling, a local media server, encoded images and videos (valid edge cases and broken ones),
+and a two-node cluster with the calls its tests make.
 
 Fixtures live in ``conftest.py``; everything here is a plain function or class."""
 
@@ -10,9 +11,11 @@ import io
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -467,3 +470,142 @@ def commands(body: str) -> list[str]:
         if line and not line.startswith("#"):
             out.append(line)
     return out
+
+# ------------------------------------------------------------ a two-node cluster (scale-out)
+# ``tests/launch/conftest.py``'s ``two_nodes``: `qwen-vl serve` in the foreground on the head,
+# `qwen-vl join` for the worker, one engine replica on each.
+ENGINE = "QwenVLServer:qwen2-vl-tiny"
+
+
+def call(base, body=None, path="/v1/chat/completions", timeout=120):
+    """(status, json body or None, headers: case-insensitive); raises only for network errors."""
+    r = request(base, path, body, timeout=timeout)
+    return r[0], r[1], r.headers
+
+
+def chat(max_tokens=8, image=False, **kw):
+    content = [{"type": "text", "text": "Describe this."}]
+    if image:
+        content.insert(0, {"type": "image_url", "image_url": {
+            "url": data_url(png(56, 56, seed=3), "image/png")}})
+    return {"model": "qwen2-vl-tiny", "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens, "temperature": 0, **kw}
+
+
+def stream(base, max_tokens, started: threading.Event | None = None, timeout=600) -> dict:
+    """A streamed chat; returns its events, or the error that ended it."""
+    body = chat(max_tokens=max_tokens, ignore_eos=True, stream=True,
+                stream_options={"include_usage": True})
+    events: list[str] = []
+    try:
+        stream_events(base, "/v1/chat/completions", body, timeout=timeout,
+                      on_event=lambda e: (events.append(e), started and started.set()))
+    except urllib.error.HTTPError as err:  # refused before the stream started
+        try:
+            body = json.loads(err.read())
+        except ValueError:
+            body = None
+        return {"events": events, "status": err.code, "body": body,
+                "retry_after": err.headers.get("Retry-After")}
+    except Exception as err:  # recorded, judged by the test
+        return {"events": events, "exception": repr(err)}
+    return {"events": events}
+
+
+def outcome(result: dict, max_tokens: int) -> str:
+    """'ok', 'error:<code>' for a clean OpenAI error end, or 'BAD: ...'."""
+    events = result["events"]
+    if "exception" in result:
+        return f"BAD: {result['exception']}"
+    if "status" in result:
+        err = (result["body"] or {}).get("error") or {}
+        ok = result["status"] == 503 and result["retry_after"] and set(err) == {
+            "message", "type", "param", "code"}
+        return f"error:{err.get('code')}" if ok else f"BAD: {result['status']} {result['body']}"
+    if not events or events[-1] != "[DONE]":
+        return f"BAD: no [DONE] ({events[-2:]})"
+    last = json.loads(events[-2])
+    if "error" in last:
+        err = last["error"]
+        return f"error:{err.get('code')}" if set(err) == {"message", "type", "param", "code"} \
+            else f"BAD: {last}"
+    if last.get("usage", {}).get("completion_tokens") != max_tokens:
+        return f"BAD: usage {last.get('usage')}"
+    return "ok"
+
+
+def health(base):
+    code, body, headers = call(base, path="/health", timeout=30)
+    return code, body
+
+
+def start_cluster(tmp: Path) -> dict:
+    """`qwen-vl serve` in the foreground starts the head; `qwen-vl join` adds the worker."""
+    from launch.local_cluster import free_port, read_state
+
+    cfg_path, data = write_config(tmp, {
+        "deployment": {"replicas": 2, "max_ongoing_requests": 4, "max_queued_requests": 8,
+                       "health_check_period_s": 2, "drain_timeout_s": 120, "retry_after_s": 3},
+        # One engine replica (2 CPUs: its actor's bundle and the engine's) fits on each node.
+        # One machine, so HAProxy runs on the head only (two would both bind the port).
+        "server": {"ray_num_cpus": 2, "proxy_location": "HeadOnly"},
+    })
+    head_env = {"QWEN_VL_RUN_DIR": str(tmp / "head")}
+    worker_env = {"QWEN_VL_RUN_DIR": str(tmp / "worker")}
+    log = open(tmp / "serve.log", "w")
+    serve = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve", "--config", str(cfg_path)],
+                             cwd=ROOT, env={**os.environ, **head_env}, stdout=log,
+                             stderr=subprocess.STDOUT, text=True)
+    info = {"base": f"http://127.0.0.1:{data['server']['port']}", "serve": serve, "tmp": tmp,
+            "cfg_path": cfg_path, "data": data, "head_env": head_env, "worker_env": worker_env,
+            "metrics": [data["server"]["metrics_port"]], "log": log}
+    try:
+        wait_until(lambda: read_state(tmp / "head") is not None or serve.poll() is not None,
+                   300, interval=1, what="the head's state file")
+        assert serve.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+        address = read_state(tmp / "head").address
+        worker_metrics = free_port()
+        r = run_cli("join", "--address", address, "--num-cpus", "2",
+                    "--metrics-port", str(worker_metrics), env=worker_env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"joined {address}" in r.stdout
+        info["metrics"].append(worker_metrics)
+        wait_until(lambda: "ready: " in (tmp / "serve.log").read_text() or serve.poll() is not None,
+                   900, interval=2, what="serve's ready line")
+        assert serve.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+        assert "qwen-vl join --address" in (tmp / "serve.log").read_text()
+    except BaseException:
+        stop_cluster(info)
+        raise
+    return info
+
+
+def stop_cluster(info: dict) -> None:
+    """SIGTERM to the head's `serve` (if it still runs), `qwen-vl stop` on the worker, then no
+    process of either node is left."""
+    from launch.local_cluster import cluster_processes, read_state
+
+    serve = info["serve"]
+    if serve.poll() is None:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+    run_cli("stop", env=info["worker_env"], timeout=300)
+    info["log"].close()
+    for env in (info["head_env"], info["worker_env"]):
+        state = read_state(Path(env["QWEN_VL_RUN_DIR"]))
+        if state is not None:
+            assert cluster_processes(state) == [], "processes left after stop"
+
+
+def replica_lines(status_out: str) -> list[str]:
+    """The engine replicas' lines of `qwen-vl status`."""
+    return [ln for ln in status_out.splitlines()
+            if ln.strip().startswith(ENGINE) and " node " in ln]
+
+
+def engine_rows(base):
+    code, body = health(base)
+    return code, [r for r in (body or {}).get("replicas", []) if r["deployment"] == ENGINE]

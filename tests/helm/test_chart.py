@@ -523,7 +523,9 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
 
 @pytest.mark.parametrize("server", [{}, {"ray_throughput_optimized": True},
                                     {"ray_throughput_optimized": True, "ray_ha_proxy": True},
-                                    {"ray_ha_proxy": False}])
+                                    {"ray_ha_proxy": False},
+                                    {"replica_deregistration_s": 2.5},
+                                    {"replica_deregistration_s": 30}])
 def test_ray_fast_paths_reach_every_ray_pod(chart, server):
     """server.ray_* become the same environment on the head and every worker pod as
     `qwen-vl serve` gives every node it starts (ServerSettings.ray_env)."""
@@ -536,7 +538,7 @@ def test_ray_fast_paths_reach_every_ray_pod(chart, server):
     for _, tpl in pod_templates(rs):
         for c in tpl["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
-            assert {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")} == want
+            assert {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")} == want, env
             seen += 1
     assert seen == 3
 

@@ -121,11 +121,18 @@ def test_cpu_all_cores_config_is_the_default_with_no_core_kept():
 def test_ray_fast_paths_become_node_environment():
     """server.ray_* are Ray Serve's process-wide flags: environment for every Ray node."""
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}).server
-    assert srv.ray_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}  # the one-hop path's default
+    # The one-hop path's default; a stopping replica stays reachable 5 s for HAProxy to learn.
+    # A connection that closed before any response byte is retried on another replica.
+    assert srv.ray_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
                         "server": {"ray_ha_proxy": False}}).server
     assert srv.ray_env() == {}
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}, "server": {
-        "ray_throughput_optimized": True, "ray_ha_proxy": True}}).server
+        "ray_throughput_optimized": True, "ray_ha_proxy": True,
+        "replica_deregistration_s": 2.5}}).server
     assert srv.ray_env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                             "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+                             "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.5",
+                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}

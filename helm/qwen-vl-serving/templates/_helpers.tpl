@@ -101,6 +101,12 @@ each against the pydantic model, so they cannot drift.
 {{- if (ternary $srv.ray_ha_proxy true (hasKey $srv "ray_ha_proxy")) }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
+{{- /* How long a stopping replica stays reachable for HAProxy (replica_deregistration_s). */}}
+- name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+  value: {{ ternary $srv.replica_deregistration_s 5 (hasKey $srv "replica_deregistration_s") | toString | quote }}
+{{- /* A connection that closed before any response byte is retried on another replica. */}}
+- name: RAY_SERVE_HAPROXY_RETRY_ON
+  value: "conn-failure empty-response"
 {{- end }}
 {{- with include "qwen-vl-serving.secretRef" (dict "root" . "name" "hfToken") }}
 - name: HF_TOKEN
