@@ -389,7 +389,10 @@ DEREGISTRATION_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 # (the replica died while it generated) is retried on another replica; the client gets its
 # answer instead of an error page. Replaying is safe here: nothing reached the client.
 HAPROXY_RETRY_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
-RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV)
+# How often the Serve controller checks each node's HTTP proxy (ServerSettings.proxy_check_s).
+PROXY_CHECK_ENV = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
+RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV,
+                PROXY_CHECK_ENV)
 
 
 class ServerSettings(_Strict):
@@ -432,11 +435,17 @@ class ServerSettings(_Strict):
         "connection on another replica, so nothing is lost; Ray's own default (30 s) is for load "
         "balancers outside Ray, which this stack does not put between HAProxy and the replicas. "
         "Every stop and every replaced replica waits at least this long.")
+    proxy_check_s: float = Field(
+        2, gt=0, le=60, description="How often Ray Serve's controller checks each node's HTTP "
+        "proxy (HAProxy, or Ray's proxy) and, after 3 misses in a row, starts it again "
+        "(RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S on every Ray node). A dead proxy leaves its "
+        "node's API port closed for about three times this; Ray's own default is 10 s.")
 
     def ray_env(self) -> dict[str, str]:
         """Environment every Ray node of the cluster starts with (``ray start``, the chart's
         pods): Ray Serve reads these once, in each process, at import."""
         env = {var: "1" for field, var in RAY_FAST_PATH_ENV.items() if getattr(self, field)}
+        env[PROXY_CHECK_ENV] = f"{self.proxy_check_s:g}"
         if self.ray_ha_proxy:
             env[DEREGISTRATION_ENV] = f"{self.replica_deregistration_s:g}"
             env.update(HAPROXY_RETRY_ENV)

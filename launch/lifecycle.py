@@ -132,7 +132,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
             if running is not None and running != srv.ray_env():
                 raise LaunchError(
                     "server.ray_throughput_optimized / ray_ha_proxy / replica_deregistration_s "
-                    "differ from the "
+                    "/ proxy_check_s differ from the "
                     f"running cluster's ({running or 'none'}); Ray reads them when a node "
                     "starts: `qwen-vl stop`, then serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it

@@ -14,6 +14,7 @@ from typing import Any
 
 SERVE_NAMESPACE = "serve"
 FAILED_STATUSES = ("UNHEALTHY", "DEPLOY_FAILED")
+LIVE_STATES = ("RUNNING", "RECOVERING")  # replica states whose actor serves requests
 
 
 async def serve_details() -> dict[str, Any]:
@@ -40,7 +41,8 @@ async def _probe(actor_name: str, timeout_s: float) -> str:
 
 async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """One row per replica of ``app_name``: deployment, id, state, node, pid and health
-    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more).
+    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more;
+    running or recovering replicas are asked).
 
     A deployment that Ray Serve marks UNHEALTHY (a replica failed its health check or died, and
     its replacement is not up yet) adds a row of its own with that health, so the gap between
@@ -61,7 +63,9 @@ async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[st
                          "state": status_name(r.get("state")), "node_ip": r.get("node_ip"),
                          "node_id": r.get("node_id"), "pid": r.get("pid"),
                          "actor_name": r.get("actor_name")})
-    running = [row for row in rows if row["state"] == "RUNNING" and row["actor_name"]]
+    # A restarted controller lists the replicas it finds as RECOVERING until it has re-attached
+    # them; they run and serve all along, so they are asked too.
+    running = [row for row in rows if row["state"] in LIVE_STATES and row["actor_name"]]
     results = await asyncio.gather(*(_probe(row["actor_name"], timeout_s) for row in running))
     for row, health in zip(running, results):
         row["health"] = health

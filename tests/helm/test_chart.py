@@ -525,7 +525,8 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
                                     {"ray_throughput_optimized": True, "ray_ha_proxy": True},
                                     {"ray_ha_proxy": False},
                                     {"replica_deregistration_s": 2.5},
-                                    {"replica_deregistration_s": 30}])
+                                    {"replica_deregistration_s": 30},
+                                    {"proxy_check_s": 0.5, "ray_ha_proxy": False}])
 def test_ray_fast_paths_reach_every_ray_pod(chart, server):
     """server.ray_* become the same environment on the head and every worker pod as
     `qwen-vl serve` gives every node it starts (ServerSettings.ray_env)."""

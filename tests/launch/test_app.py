@@ -123,16 +123,19 @@ def test_ray_fast_paths_become_node_environment():
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}).server
     # The one-hop path's default; a stopping replica stays reachable 5 s for HAProxy to learn.
     # A connection that closed before any response byte is retried on another replica.
+    # The controller checks each node's proxy every 2 s (Ray's default: 10 s).
     assert srv.ray_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                             "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
                              "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
                         "server": {"ray_ha_proxy": False}}).server
-    assert srv.ray_env() == {}
+    assert srv.ray_env() == {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2"}
     srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}, "server": {
         "ray_throughput_optimized": True, "ray_ha_proxy": True,
-        "replica_deregistration_s": 2.5}}).server
+        "replica_deregistration_s": 2.5, "proxy_check_s": 0.5}}).server
     assert srv.ray_env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                             "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "0.5",
                              "RAY_SERVE_ENABLE_HA_PROXY": "1",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.5",
                              "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}

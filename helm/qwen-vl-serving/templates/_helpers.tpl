@@ -97,6 +97,9 @@ each against the pydantic model, so they cannot drift.
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
 {{- end }}
+{{- /* How often Ray's controller checks each node's HTTP proxy (server.proxy_check_s). */}}
+- name: RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S
+  value: {{ ternary $srv.proxy_check_s 2 (hasKey $srv "proxy_check_s") | toString | quote }}
 {{- /* HAProxy is on unless the serving config turns it off (ServerSettings' default). */}}
 {{- if (ternary $srv.ray_ha_proxy true (hasKey $srv "ray_ha_proxy")) }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
