@@ -149,8 +149,11 @@ def test_join_takes_the_heads_fast_paths_from_its_config(tmp_path, monkeypatch):
     assert cli.main(["join", "--address", "h:1", "--config", str(path)]) == 0
     assert cli.main(["join", "--address", "h:1"]) == 0
     assert cli.main(["join", "--address", "h:1", "--config", str(off)]) == 0
-    assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
-                     {"RAY_SERVE_ENABLE_HA_PROXY": "1"}, {}]
+    ha = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+          "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+    check = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2"}
+    assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **ha, **check}, {**ha, **check},
+                     check]
 
 
 def test_ray_start_gets_the_node_environment():
