@@ -185,12 +185,12 @@ DEFAULTS = {
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
             "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
-            "idle_s": 5},
+            "idle_s": 15},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
             "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
-            "idle_s": 5},
+            "idle_s": 15},
 }
 
 

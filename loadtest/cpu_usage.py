@@ -8,8 +8,11 @@ vLLM's engine core and workers, the Serve controller, GCS and raylet, Ray's othe
 seconds before and after a block and splits the difference by group.
 
 Background work (Ray's daemons poll, the controller reconciles) costs CPU whether requests come
-or not, so each measurement also reads an idle window just before and subtracts that rate over
-the block's duration: what is left is what the requests cost.
+or not, so each measurement also reads an idle window just before the block and one just after,
+and subtracts their combined rate over the block's duration: what is left is what the requests
+cost. Two windows, because that work comes in bursts (metrics exports, reports every few
+seconds): one short window before a long block can miss the bursts the block catches, and
+charge them to the requests.
 """
 
 from __future__ import annotations
@@ -140,11 +143,18 @@ class CpuMeter:
         return {g: max(0.0, v) / dt for g, v in by_group(before, after).items()}
 
     def measure(self, block: Callable[[], object]) -> tuple[CpuReading, object]:
-        """(reading, block's result): an idle window first, then the block."""
-        idle = self.idle_rate()
+        """(reading, block's result): an idle window, the block, another idle window."""
+        first = self.idle_rate()
         before = read_counters(self.pids())
         t0 = time.monotonic()
         result = block()
         dt = time.monotonic() - t0
         after = read_counters(self.pids())
+        idle = mean_rate(first, self.idle_rate())
         return CpuReading(dt, by_group(before, after), idle), result
+
+
+def mean_rate(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The mean of two equally long idle windows' rates, per group (a group missing from one
+    window spent nothing there)."""
+    return {g: (a.get(g, 0.0) + b.get(g, 0.0)) / 2 for g in set(a) | set(b)}

@@ -67,6 +67,15 @@ def test_differences_by_group_and_idle_subtracted():
     assert CpuReading(1.0, {"x": 0.01}, {"x": 1.0}).net["x"] == 0.0
 
 
+def test_idle_rate_is_the_mean_of_the_windows_before_and_after():
+    """Background bursts seen in only one idle window count half: the block is charged the
+    background's average, not whatever one window happened to catch."""
+    from loadtest.cpu_usage import mean_rate
+
+    assert mean_rate({"Ray daemons": 0.02, "HAProxy": 0.01}, {"Ray daemons": 0.06}) == {
+        "Ray daemons": pytest.approx(0.04), "HAProxy": pytest.approx(0.005)}
+
+
 def test_meter_reads_a_real_process():
     """A child that spins for about 0.3 s of CPU shows about that much, under its group."""
     code = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n" \
