@@ -291,7 +291,7 @@ class AccessSettings(_Strict):
     quotas: dict[str, Quota] = Field(
         default_factory=dict, description="Quotas per key name (a name of keys, or "
         f"'{UNNAMED_KEYS}', or '{NO_KEY}' for an API without keys). Over a quota: 429 with "
-        "Retry-After before any engine work. Counted in one Ray actor that every ingress "
+        "Retry-After before any engine work. Counted in one Ray actor that every engine "
         "replica on every node shares.")
     quota_store_timeout_s: float = Field(
         2, gt=0, description="How long a request waits for the quota actor's answer.")
