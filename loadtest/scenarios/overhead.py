@@ -187,7 +187,8 @@ def cpu_report(report: Report, readings: dict[tuple[str, str], CpuReading],
     report.data["cpu_per_request_ms"] = rows
     report.section("CPU per request (ms)", f"Net CPU milliseconds per request by process group "
                    f"({requests} requests per cell; each process's user+system time read before "
-                   "and after, its idle rate just before subtracted). Image requests carry one "
+                   "and after, the mean idle rate of a window before and one after "
+                   "subtracted). Image requests carry one "
                    f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG.", rows,
                    [("group", "process group")] + [(c, c) for c in cols])
     for kind, goal in MAX_SERVING_CPU_RATIO.items():
