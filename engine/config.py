@@ -177,7 +177,8 @@ class UrlPolicy(_Strict):
             except ValueError:
                 raise ValueError(f"allowed_networks: {net!r} is not a CIDR network") from None
         return self
-    fetch_timeout_s: float = Field(10, gt=0, description="Seconds a media URL fetch may take.")
+    fetch_timeout_s: float = Field(10, gt=0, description="Deadline of a whole media URL fetch: "
+                                   "connecting, headers, body and every redirect hop together.")
     max_redirects: int = Field(3, ge=0, description="Redirects followed per fetch (each hop "
                                "re-checked).")
 

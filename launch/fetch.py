@@ -75,16 +75,17 @@ def check_url(url: str, policy: UrlPolicy, param: str) -> list[str]:
     return addresses
 
 
-def _get(url: str, ip: str, policy: UrlPolicy):
+def _get(url: str, ip: str, seconds: float):
     """GET pinned to the address that was checked (no second DNS lookup: no rebinding).
-    TLS still verifies the certificate for the URL's host name (SNI + hostname check)."""
+    TLS still verifies the certificate for the URL's host name (SNI + hostname check).
+    Connecting and each read of the headers may take ``seconds``."""
     import certifi
     import urllib3
 
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), parts.hostname
     port = parts.port or (443 if scheme == "https" else 80)
-    timeout = urllib3.Timeout(connect=policy.fetch_timeout_s, read=policy.fetch_timeout_s)
+    timeout = urllib3.Timeout(connect=seconds, read=seconds)
     if scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
             ip, port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
@@ -99,21 +100,34 @@ def _get(url: str, ip: str, policy: UrlPolicy):
 
 
 def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
-    """GET ``url`` under the policy; returns the body (at most ``max_bytes``)."""
+    """GET ``url`` under the policy; returns the body (at most ``max_bytes``).
+
+    ``fetch_timeout_s`` is the whole fetch's deadline: connecting, the headers, the body and
+    every redirect hop together. Each socket operation may block only until the deadline, and
+    the body is read as it arrives (not in fixed-size reads that wait to fill), so a server that
+    drips its body cannot hold the request past it."""
     import time
 
     import urllib3
 
-    deadline = time.monotonic() + 3 * policy.fetch_timeout_s  # whole fetch, redirects included
+    deadline = time.monotonic() + policy.fetch_timeout_s
+    timed_out = RequestRejected(400, f"fetching the URL took longer than limits.url."
+                                f"fetch_timeout_s ({policy.fetch_timeout_s:g}s)", param=param,
+                                reason="url_timeout")
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise timed_out
+        return left
+
     current = url
     for _hop in range(policy.max_redirects + 1):
         addresses = check_url(current, policy, param)
         try:
-            r = _get(current, addresses[0], policy)
+            r = _get(current, addresses[0], remaining())
         except (urllib3.exceptions.TimeoutError, TimeoutError):
-            raise RequestRejected(400, f"fetching the URL timed out after "
-                                  f"{policy.fetch_timeout_s:g}s", param=param,
-                                  reason="url_timeout") from None
+            raise timed_out from None
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise RequestRejected(400, f"fetching the URL failed: {type(err).__name__}",
                                   param=param, reason="url_fetch_failed") from None
@@ -128,22 +142,34 @@ def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
             if declared > max_bytes:
                 raise RequestRejected(400, f"the URL's content is {declared} bytes; the limit is "
                                       f"{max_bytes}", param=param, reason="media_too_large")
-            buf = bytearray()
-            try:
-                for chunk in r.stream(CHUNK):
-                    buf.extend(chunk)
-                    if len(buf) > max_bytes:
-                        raise RequestRejected(400, f"the URL's content exceeds the limit of "
-                                              f"{max_bytes} bytes", param=param,
-                                              reason="media_too_large")
-                    if time.monotonic() > deadline:
-                        raise RequestRejected(400, "fetching the URL took too long", param=param,
-                                              reason="url_timeout")
-            except (urllib3.exceptions.HTTPError, OSError):
-                raise RequestRejected(400, "fetching the URL failed while reading",
-                                      param=param, reason="url_fetch_failed") from None
-            return bytes(buf)
+            return _read_body(r, max_bytes, remaining, timed_out, param)
         finally:
             r.release_conn()
     raise RequestRejected(400, f"more than {policy.max_redirects} redirects", param=param,
                           reason="url_redirects")
+
+
+def _read_body(r, max_bytes: int, remaining, timed_out: RequestRejected, param: str) -> bytes:
+    """The body as it arrives, each read bounded by the time left."""
+    import urllib3
+
+    buf = bytearray()
+    sock = getattr(r.connection, "sock", None)
+    try:
+        while True:
+            if sock is not None:
+                sock.settimeout(remaining())
+            chunk = r.read1(CHUNK)
+            if not chunk:
+                return bytes(buf)
+            buf.extend(chunk)
+            if len(buf) > max_bytes:
+                raise RequestRejected(400, f"the URL's content exceeds the limit of "
+                                      f"{max_bytes} bytes", param=param,
+                                      reason="media_too_large")
+            remaining()
+    except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        raise timed_out from None
+    except (urllib3.exceptions.HTTPError, OSError):
+        raise RequestRejected(400, "fetching the URL failed while reading",
+                              param=param, reason="url_fetch_failed") from None

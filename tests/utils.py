@@ -224,7 +224,8 @@ class Reusable:
 
 
 class MediaServer:
-    """A real HTTP server for media URLs: files, redirects, slow and endless responses."""
+    """A real HTTP server for media URLs: files, redirects (slow ones too), slow, dripping and
+    endless responses."""
 
     def __init__(self, host: str, files: dict[str, bytes]):
         import http.server
@@ -256,6 +257,24 @@ class MediaServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                elif self.path.startswith("/r/"):  # /r/<seconds>/<rest>: waits, then 302 to /<rest>
+                    _, _, secs, rest = self.path.split("/", 3)
+                    time.sleep(float(secs))
+                    self.send_response(302)
+                    self.send_header("Location", "/" + rest)
+                    self.end_headers()
+                elif self.path.startswith("/drip/"):  # /drip/<bytes>: answers at once, then
+                    n = int(self.path.split("/")[2])  # one byte every 0.5 s
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(n))
+                    self.end_headers()
+                    try:
+                        for _ in range(n):
+                            self.wfile.write(b"\0")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except OSError:
+                        pass
                 elif self.path == "/endless":  # no Content-Length, more bytes than any cap
                     self.send_response(200)
                     self.end_headers()

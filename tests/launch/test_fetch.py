@@ -94,7 +94,37 @@ def test_size_cap_while_streaming(allowed_host):
 
 
 def test_timeout(allowed_host):
-    refused(allowed_host.url + "/slow", r"timed out after 2s")
+    refused(allowed_host.url + "/slow", r"took longer than limits.url.fetch_timeout_s \(2s\)")
+
+
+def test_a_dripping_body_is_cut_at_the_whole_fetch_deadline(allowed_host):
+    """Headers at once, then a byte every 0.5 s: each read is quick, the whole fetch is not.
+    fetch_timeout_s (2 s) bounds it all."""
+    import time
+
+    t0 = time.monotonic()
+    refused(allowed_host.url + "/drip/40", r"took longer than limits.url.fetch_timeout_s")
+    assert time.monotonic() - t0 < 2 + 1.0  # the deadline, and the read in flight at it
+
+
+def test_the_deadline_spans_every_redirect_hop(allowed_host):
+    """Three hops of 0.8 s each: each is quick, together they pass the deadline (2 s), which
+    counts from the first."""
+    import time
+
+    policy = UrlPolicy(schemes=["http"], allowed_networks=["127.0.0.2/32"], fetch_timeout_s=2,
+                       max_redirects=5)
+    t0 = time.monotonic()
+    refused(allowed_host.url + "/r/0.8/r/0.8/r/0.8/cat.png",
+            r"took longer than limits.url.fetch_timeout_s", policy=policy)
+    assert time.monotonic() - t0 < 2 + 1.0
+    # Two hops fit.
+    assert fetch(allowed_host.url + "/r/0.5/r/0.5/cat.png", policy, 1 << 20, "p")[:4] == \
+        b"\x89PNG"
+
+
+def test_a_small_drip_within_the_deadline_is_fetched(allowed_host):
+    assert fetch(allowed_host.url + "/drip/2", ALLOWED, 1 << 20, "p") == b"\0\0"
 
 
 def test_http_error_status(allowed_host):
