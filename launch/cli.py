@@ -27,6 +27,7 @@ from .lifecycle import (
     LaunchError,
     abandon_start,
     base_url,
+    cluster_ended,
     deploy,
     download_checkpoint,
     ensure_cluster,
@@ -40,6 +41,9 @@ from .lifecycle import (
 )
 from .local_cluster import ClusterError, free_port, read_state
 from .try_it import curl_example
+
+# How often a foreground `serve` checks that its cluster still runs (stopped elsewhere, died).
+WATCH_S = 2.0
 
 
 def _say(msg: str) -> None:
@@ -90,8 +94,12 @@ def cmd_serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1):
-        pass
+    while not stop.wait(WATCH_S):
+        ended = cluster_ended(state) if state.started_by_us else None
+        if ended is not None:
+            code, why = ended
+            _say(why) if code == 0 else print(f"qwen-vl: {why}", file=sys.stderr)
+            return code
     _say("stopping...")
     t0 = time.monotonic()
     shutdown(state)

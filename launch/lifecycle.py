@@ -33,6 +33,7 @@ from .local_cluster import (
     ClusterState,
     clear_state,
     cluster_processes,
+    head_alive,
     port_in_use,
     read_state,
     start_head,
@@ -136,6 +137,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
                     f"running cluster's ({running or 'none'}); Ray reads them when a node "
                     "starts: `qwen-vl stop`, then serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
+            state.stopping = False  # a stop that was cut short left it running
             write_state(state)
             say(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
                  f"replicas a few at a time; requests they hold finish first (at most "
@@ -386,6 +388,9 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
 
     The Serve part runs in a thread with a deadline: a half-dead cluster (GCS up, raylet gone)
     makes ``ray.init`` wait for minutes, and stop must still end every process."""
+    if read_state() == state:  # a foreground `serve` of this cluster sees the stop begin
+        state.stopping = True
+        write_state(state)
     if state.role != "worker":
         done = threading.Event()
 
@@ -418,6 +423,22 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
     if state.started_by_us:
         stop_processes(state)
     clear_state()
+
+
+def cluster_ended(state: ClusterState) -> tuple[int, str] | None:
+    """Why the head a foreground ``serve`` started is gone, with the exit code that ``serve``
+    then ends with; None while it runs. Stopped by ``qwen-vl stop`` from another shell: 0 (that
+    stop drains and ends it). Its GCS server gone without a stop: 1, with the root cause the
+    Ray logs hold, as a failed start reports it."""
+    current = read_state()
+    if current is None or current.address != state.address or current.stopping:
+        return 0, "stopped by `qwen-vl stop` elsewhere; this `serve` ends with it"
+    if head_alive(state):
+        return None
+    cause = root_cause_from_logs(state.temp_dir)
+    return 1, ("the Ray head died (its GCS server is gone); nothing is served any more"
+               + (f". Root cause: {cause}" if cause else f"; its logs: {state.temp_dir}"
+                  "/session_latest/logs") + ". `qwen-vl stop` clears what is left")
 
 
 def abandon_start(state: ClusterState) -> None:

@@ -36,6 +36,7 @@ class ClusterState:
     app_name: str
     drain_timeout_s: float = 60.0
     role: str = "head"  # "head": a cluster (ours or RAY_ADDRESS's); "worker": a node we joined
+    stopping: bool = False  # set when `qwen-vl stop` (or the foreground serve's Ctrl-C) begins
 
 
 def run_dir() -> Path:
@@ -65,8 +66,11 @@ def read_state(directory: Path | None = None) -> ClusterState | None:
 
 
 def write_state(state: ClusterState) -> None:
+    """Atomically: a foreground ``serve`` reads the file while a redeploy or a stop writes it."""
     run_dir().mkdir(parents=True, exist_ok=True)
-    _state_file().write_text(json.dumps(asdict(state), indent=2))
+    tmp = _state_file().with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(_state_file())
 
 
 def clear_state() -> None:
@@ -245,6 +249,19 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
     left = cluster_processes(state)
     if left:
         raise ClusterError(f"processes of the Ray cluster survived SIGKILL: {left}")
+
+
+def head_alive(state: ClusterState) -> bool:
+    """Whether the head's GCS server, the one process a Ray cluster cannot lose, still runs."""
+    import psutil
+
+    for pid in cluster_processes(state):
+        try:
+            if psutil.Process(pid).name() == "gcs_server":
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def cluster_processes(state: ClusterState) -> list[int]:

@@ -203,8 +203,8 @@ def _passes(img: Image.Image) -> bool:
 
 def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
                  param: str) -> tuple[int, int]:
-    """``data:video/jpeg;base64,f1,f2,...``: frame count and every frame; returns the first
-    frame's (width, height)."""
+    """``data:video/jpeg;base64,f1,f2,...``: frame count and every frame, all of one size (the
+    engine stacks them into one array); returns that (width, height)."""
     frames = payload.split(",")
     if len(frames) > max_frames:
         raise RequestRejected(400, f"video has {len(frames)} frames; the limit is {max_frames}",
@@ -218,5 +218,10 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
             f"{param}[frame {i}]")
         if i == 0:
             size = frame_size
+        elif frame_size != size:
+            raise RequestRejected(
+                400, f"video frame {i} is {frame_size[0]}x{frame_size[1]}; every frame of a "
+                f"frame list must have the first frame's size, {size[0]}x{size[1]}",
+                param=f"{param}[frame {i}]", reason="bad_video")
     return size
 

@@ -14,20 +14,25 @@ from tests.utils import ROOT
 START_CONNECT_STOP = r"""
 import json, ray
 from launch.local_cluster import (ClusterState, free_port, start_head, stop_processes,
-                                  cluster_processes)
-from launch.lifecycle import node_ray_env
+                                  cluster_processes, write_state)
+from launch.lifecycle import cluster_ended, node_ray_env
 address, temp_dir = start_head(num_cpus=1, metrics_port=free_port(),
                                env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
 state = ClusterState(address=address, temp_dir=temp_dir, started_by_us=True, metrics_port=0,
                      http_host="", http_port=0, app_name="")
+write_state(state)
 try:
     ray.init(address=address, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU")
     ray.shutdown()
     flags = node_ray_env(state)
+    running = cluster_ended(state)
 finally:
     stop_processes(state)
-print(json.dumps({"cpus": cpus, "left": cluster_processes(state), "flags": flags}))
+# Its processes ended without a `qwen-vl stop`: what a foreground `serve` sees when it dies.
+died = cluster_ended(state)
+print(json.dumps({"cpus": cpus, "left": cluster_processes(state), "flags": flags,
+                  "running": running, "died": died}))
 """
 
 
@@ -45,8 +50,10 @@ def test_head_starts_on_a_machine_without_a_ray_token(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     # The node's flags as its raylet started with them (what a redeploy compares with).
-    assert result == {"cpus": 1.0, "left": [],
+    died = result.pop("died")
+    assert result == {"cpus": 1.0, "left": [], "running": None,
                       "flags": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+    assert died[0] == 1 and died[1].startswith("the Ray head died (its GCS server is gone)"), died
     token_file = home / ".ray" / "auth_token"
     token = token_file.read_text().strip()
     assert len(token) >= 16
@@ -85,3 +92,30 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         picks = iter([busy, idle])
         monkeypatch.setattr(local_cluster._random, "choice", lambda candidates: next(picks))
         assert local_cluster.free_port() == idle
+
+
+def test_a_stop_elsewhere_ends_a_foreground_serve(tmp_path, monkeypatch):
+    """What a foreground `serve` reads every few seconds: the state file gone, another
+    cluster's, or marked stopping means `qwen-vl stop` ran elsewhere: exit 0, saying so."""
+    from launch.lifecycle import cluster_ended
+    from launch.local_cluster import ClusterState, clear_state, read_state, write_state
+
+    monkeypatch.setenv("QWEN_VL_RUN_DIR", str(tmp_path / "run"))
+    state = ClusterState(address="127.0.0.1:1", temp_dir=str(tmp_path / "ray"),
+                         started_by_us=True, metrics_port=0, http_host="", http_port=0,
+                         app_name="a")
+    write_state(state)
+    assert read_state() == state and list((tmp_path / "run").iterdir()) == [
+        tmp_path / "run" / "cluster.json"]  # written whole, no temporary file left
+    state.stopping = True
+    write_state(state)
+    stopped = (0, "stopped by `qwen-vl stop` elsewhere; this `serve` ends with it")
+    assert cluster_ended(ClusterState(**{**state.__dict__, "stopping": False})) == stopped
+    clear_state()
+    assert cluster_ended(state) == stopped
+    write_state(ClusterState(**{**state.__dict__, "address": "127.0.0.1:2", "stopping": False}))
+    assert cluster_ended(state) == stopped
+    # Recorded, not stopping, but no process of it runs: died, exit 1.
+    write_state(ClusterState(**{**state.__dict__, "stopping": False}))
+    code, why = cluster_ended(ClusterState(**{**state.__dict__, "stopping": False}))
+    assert code == 1 and "the Ray head died" in why and str(tmp_path / "ray") in why, why

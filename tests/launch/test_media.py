@@ -114,9 +114,24 @@ def test_frame_list_cap():
     import base64
 
     payload = ",".join(base64.b64encode(utils.jpeg(56, 56, s)).decode() for s in range(3))
-    assert media.check_frames(payload, LIMITS, 3, "p") == (56, 56)  # the first frame's size
+    assert media.check_frames(payload, LIMITS, 3, "p") == (56, 56)  # the frames' size
     with pytest.raises(RequestRejected, match="video has 3 frames; the limit is 2"):
         media.check_frames(payload, LIMITS, 2, "p")
+
+
+def test_frames_of_different_sizes_are_refused_in_our_words():
+    """The engine stacks a frame list into one array: frames of different sizes would fail
+    there with numpy's text. The front door names the frame and both sizes instead."""
+    import base64
+
+    frames = [utils.jpeg(56, 56, 0), utils.jpeg(56, 56, 1), utils.jpeg(84, 56, 2)]
+    payload = ",".join(base64.b64encode(f).decode() for f in frames)
+    with pytest.raises(RequestRejected) as exc:
+        media.check_frames(payload, LIMITS, 8, "messages[0].content[0].video_url")
+    err = exc.value
+    assert err.status == 400 and err.param == "messages[0].content[0].video_url[frame 2]"
+    assert str(err) == ("video frame 2 is 56x84; every frame of a frame list must have the "
+                        "first frame's size, 56x56"), str(err)
 
 
 TINY_BOUNDS = (3136, 200704)  # configs/default.yaml's min_pixels, max_pixels
