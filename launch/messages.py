@@ -163,6 +163,23 @@ def _texts(msg: dict, param: str) -> Iterator[tuple[str, str]]:
                 yield f"{param}.tool_calls[{k}].function.{key}", fn[key]
 
 
+def check_rendered_tree(value: Any, param: str) -> None:
+    """Every string in a JSON value the chat template renders whole (a tool definition: its
+    name, description, and every key, description, title, enum member and default of its
+    parameter schema), keys included, with ``param`` the path to it."""
+    if isinstance(value, str):
+        _check_text(value, param)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                _check_text(key, f"{param}.{key}" if key.isidentifier() else f"{param}[{key!r}]")
+            check_rendered_tree(item, f"{param}.{key}" if isinstance(key, str) and
+                                key.isidentifier() else f"{param}[{key!r}]")
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            check_rendered_tree(item, f"{param}[{k}]")
+
+
 def _check_text(text: str, param: str) -> None:
     _check_unicode(text, param)
     if "<|" not in text:

@@ -4,7 +4,8 @@ vLLM's request model has already checked their shape (each tool a function with 
 named ``tool_choice`` naming one of them). What it leaves to the engine is checked here, where a
 bad definition is a 400 naming the field rather than an error in the middle of rendering or of
 building the decoding grammar: how many tools (each is rendered into the prompt), function
-names, duplicate names, parameter schemas that are not JSON Schemas of an object or that the
+names, duplicate names, control tokens in any string of a definition (the template renders it
+into the system turn), parameter schemas that are not JSON Schemas of an object or that the
 decoding grammar cannot be built from, and ``tool_choice: auto`` on a server that does not serve
 it (``tools.auto``).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from engine.config import ServingConfig
 
+from .messages import check_rendered_tree
 from .rejections import bad_request
 
 # OpenAI's rule for function names; the name is also what the model writes back.
@@ -40,6 +42,8 @@ def check_tools(body: Any, cfg: ServingConfig) -> None:
             raise bad_request(f"function name {fn.name!r} is defined twice (tools[{seen[fn.name]}] "
                               f"and tools[{i}])", f"{param}.name", "tool_name")
         seen[fn.name] = i
+        # The template renders the whole definition into the system turn.
+        check_rendered_tree(tool.model_dump(exclude_none=True), f"tools[{i}]")
         if fn.parameters is not None:
             _check_schema(fn.parameters, f"{param}.parameters")
     choice = getattr(body, "tool_choice", None)
