@@ -196,15 +196,6 @@ def test_control_tokens_anywhere_in_a_tool_definition_are_refused(where, param):
              "control token")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from engine.embedded_model import ensure_checkpoint
-
-    return AutoTokenizer.from_pretrained(ensure_checkpoint("embedded:qwen2-vl-tiny"))
-
-
 def test_no_control_token_reaches_the_rendered_prompt_unless_the_template_wrote_it(tokenizer):
     """Random tool definitions built from fragments of the control tokens: whenever the front
     door lets one through, the rendered prompt holds exactly the control tokens the template
