@@ -45,6 +45,7 @@ class FrontDoor:
 
     # ------------------------------------------------------------------ request-level
     def check_sampling(self, body: Any) -> None:
+        check_fields(body)
         lim = self.cfg.max_output_tokens()
         n = getattr(body, "n", None) or 1
         if n > self.limits.max_n:
@@ -210,6 +211,31 @@ class FrontDoor:
 
     def check_detokenize(self, body: Any) -> None:
         check_token_ids(body.tokens, "tokens", vocab_size=self.vocab_size)
+
+
+# OpenAI request fields that vLLM's request models do not have and the stack accepts without
+# acting on them, each because doing nothing is what the field asks of a server like this one.
+# Any other field a request model does not have is refused (``check_fields``): vLLM would drop
+# it silently, and a client asking for something (``best_of``, ``functions``, ``audio``) would
+# believe it got it. docs/api.md lists these with the same reasons.
+IGNORED_FIELDS = {
+    "store": "nothing is stored: there are no stored completions to keep or to skip",
+    "metadata": "tags for stored completions; nothing is stored",
+    "service_tier": "one tier: every request is served alike",
+    "safety_identifier": "an end-user id for OpenAI's abuse checks; none run here",
+    "prompt_cache_key": "a cache-routing hint; vLLM's prefix cache needs none",
+}
+
+
+def check_fields(body: Any) -> None:
+    """A field the request model does not have is a 400 naming it, unless ignoring it is
+    what it asks (``IGNORED_FIELDS``)."""
+    for field in getattr(body, "model_extra", None) or {}:
+        if field not in IGNORED_FIELDS:
+            shown = field if len(field) <= 60 else f"{field[:60]}..."
+            raise RequestRejected(400, f"{shown!r} is not supported by this server (a field it "
+                                  "does not act on is refused rather than ignored)",
+                                  param=shown, reason="unsupported_field")
 
 
 def _vocab_size(cfg: ServingConfig) -> int:
