@@ -302,19 +302,34 @@ def _ask_stream_usage(body) -> StreamUsage | None:
 
 async def _guarded_stream(state: ApiState, chunks, done: "_Accounting",
                           usage: StreamUsage | None):
+    lost = error_body(503, "the model replica serving this stream failed; retry",
+                      code="replica_failed")
     try:
         async for chunk in chunks:
+            # vLLM ends a stream whose engine died with its own error event (a 500); ours
+            # says what happened and that a retry may succeed.
+            if isinstance(chunk, str) and chunk.startswith('data: {"error"') and \
+                    await _engine_dead(state):
+                count_rejection("replica_failed")
+                yield f"data: {json.dumps(lost)}\n\ndata: [DONE]\n\n"
+                return
             yield usage.feed(chunk) if usage is not None else chunk
     except Exception as err:
         if not engine_lost(err):
             raise
         count_rejection("replica_failed")
-        event = error_body(503, "the model replica serving this stream failed; retry",
-                           code="replica_failed")
-        yield f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n"
+        yield f"data: {json.dumps(lost)}\n\ndata: [DONE]\n\n"
     finally:
         done.usage = usage.usage if usage is not None else None
         done.finish(200, state)
+
+
+async def _engine_dead(state: ApiState) -> bool:
+    try:
+        await asyncio.wait_for(state.server.check_health(), HEALTH_TIMEOUT_S)
+        return False
+    except Exception:
+        return True
 
 
 def _check_model(state: ApiState, body) -> None:

@@ -40,9 +40,9 @@ async def _probe(actor_name: str, timeout_s: float) -> str:
 
 
 async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """One row per replica of ``app_name``: deployment, id, state, node, pid and health
-    (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any more;
-    running or recovering replicas are asked).
+    """One row per replica of ``app_name``: deployment, id, state, node, pid, actor name and
+    health (``healthy``, ``unhealthy: <error>``, or ``-`` for a replica not running yet/any
+    more; running or recovering replicas are asked).
 
     A deployment that Ray Serve marks UNHEALTHY (a replica failed its health check or died, and
     its replacement is not up yet) adds a row of its own with that health, so the gap between
@@ -63,16 +63,23 @@ async def replica_report(app_name: str, timeout_s: float = 10.0) -> list[dict[st
                          "state": status_name(r.get("state")), "node_ip": r.get("node_ip"),
                          "node_id": r.get("node_id"), "pid": r.get("pid"),
                          "actor_name": r.get("actor_name")})
+    return await probe(rows, timeout_s)
+
+
+async def probe(rows: list[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
+    """``rows`` with each running or recovering replica asked for its health afresh (the
+    others keep theirs, or ``-``)."""
     # A restarted controller lists the replicas it finds as RECOVERING until it has re-attached
     # them; they run and serve all along, so they are asked too.
-    running = [row for row in rows if row["state"] in LIVE_STATES and row["actor_name"]]
-    results = await asyncio.gather(*(_probe(row["actor_name"], timeout_s) for row in running))
-    for row, health in zip(running, results):
-        row["health"] = health
-    for row in rows:
-        row.setdefault("health", "-")
-        row.pop("actor_name")
-    return rows
+    live = [row for row in rows if row["state"] in LIVE_STATES and row["actor_name"]]
+    results = await asyncio.gather(*(_probe(row["actor_name"], timeout_s) for row in live))
+    out = [dict(row) for row in rows]
+    asked = {id(row): health for row, health in zip(live, results)}
+    for row, copy in zip(rows, out):
+        if id(row) in asked:
+            copy["health"] = asked[id(row)]
+        copy.setdefault("health", "-")
+    return out
 
 
 def status_name(status) -> str:
@@ -101,18 +108,30 @@ class ReplicaView:
         self._rows: list[dict[str, Any]] | None = None
         self._error: str | None = None
         self._task: asyncio.Task | None = None
+        self._closed = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
+    def close(self) -> None:
+        """Stop refreshing (at the end of the current refresh)."""
+        self._closed = True
+
     async def _refresh_forever(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 self._rows = await replica_report(self.app_name, self.timeout_s)
                 self._error = None
-            except Exception as err:  # the controller unreachable: keep the last rows
+            except Exception as err:
+                # The controller slow or restarting: the replicas it last listed are asked
+                # again directly, so a replica that dies meanwhile is still seen.
                 self._error = f"replica states unavailable ({type(err).__name__})"
+                if self._rows is not None:
+                    try:
+                        self._rows = await probe(self._rows, self.timeout_s)
+                    except Exception:
+                        pass
             await asyncio.sleep(self.REFRESH_S)
 
     def latest(self) -> tuple[list[dict[str, Any]], str | None]:

@@ -211,20 +211,22 @@ def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
                          (body.get("error") or {}).get("message"),
                          [(r["replica_id"], r["state"], r["health"])
                           for r in body.get("replicas", [])]))
-            # The dead engine's row, or (the controller busy replacing it on a saturated
-            # machine) "replica states unavailable": a 503 either way, never a 200.
-            if code == 503 and (any(r["deployment"] == ENGINE and
-                                    r["health"].startswith("unhealthy")
-                                    for r in body.get("replicas", []))
-                                or "unavailable" in body["error"]["message"]):
+            # A 503 naming the dead replica unhealthy: the replica itself says so at once (it
+            # asks its own engine), any other replica at its view's next refresh (it asks each
+            # replica directly, the controller busy or not).
+            if code == 503 and any(r["replica_id"] == replica_id and
+                                   r["health"].startswith("unhealthy")
+                                   for r in body.get("replicas", [])):
                 reported = time.monotonic() - killed
                 break
             time.sleep(0.5)
-        # Ray Serve's controller finds the dead replica by its health checks (every
-        # health_check_period_s) or by the actor's death; with both cores saturated by the
-        # clients, the controller's loop itself runs late. 45 s bounds that with room to spare,
-        # and still fails a stack that never reports a dead engine.
-        assert reported is not None and reported < 45, f"not reported: {seen[-15:]}"
+        # The slowest path: a view refresh (REFRESH_S) whose probe of the dead replica takes
+        # its whole timeout (HEALTH_TIMEOUT_S), plus this loop's own step.
+        from launch.api import HEALTH_TIMEOUT_S
+        from launch.replicas import ReplicaView
+
+        bound = ReplicaView.REFRESH_S + HEALTH_TIMEOUT_S + 1
+        assert reported is not None and reported < bound, f"not reported: {seen[-15:]}"
         assert set(body["error"]) == {"message", "type", "param", "code"}
         time.sleep(10)  # the load goes on a while with one replica down
     finally:
@@ -247,10 +249,9 @@ def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
     assert all(r["health"] == "healthy" for r in rows), rows
     bad = [r for r in results if r.startswith("BAD")]
     assert not bad, bad[:5]
-    # replica_failed: ours (503 + Retry-After, or a stream's closing error event); 500: the
-    # error event Ray Serve LLM itself sends when the engine dies in the middle of a stream.
-    assert set(results) <= {"ok", "error:replica_failed", "error:500"}, set(results)
-    assert results.count("ok") > 0
+    # replica_failed: a 503 with Retry-After, or a stream's closing error event; never a 500.
+    assert set(results) <= {"ok", "error:replica_failed"}, set(results)
+    assert results.count("ok") > 0 and results.count("error:replica_failed") > 0, results
     print(f"reported after {reported:.1f}s, replaced {replaced:.0f}s after the load stopped; "
           f"{len(results)} requests: "
           f"{results.count('ok')} ok, {results.count('error:replica_failed')} replica_failed")
