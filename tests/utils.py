@@ -628,3 +628,15 @@ def replica_lines(status_out: str) -> list[str]:
 def engine_rows(base):
     code, body = health(base)
     return code, [r for r in (body or {}).get("replicas", []) if r["deployment"] == ENGINE]
+
+
+def two_healthy(base) -> list | None:
+    """Both engine replicas' rows once the replica that answers sees both healthy, else None.
+    Each replica's view refreshes on its own, so two answers in a row may differ for a
+    moment after a change: a test that needs both healthy waits for it."""
+    try:
+        code, rows = engine_rows(base)
+    except OSError:
+        return None
+    return rows if code == 200 and len(rows) == 2 and all(
+        r["health"] == "healthy" for r in rows) else None

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import (call, chat, engine_rows, outcome, replica_lines, run_cli, stream,
-                         stop_cluster, wait_until)
+from tests.utils import (call, chat, outcome, replica_lines, run_cli, stream, stop_cluster,
+                         two_healthy, wait_until)
 
 pytestmark = pytest.mark.slow
 USERS = 4  # half of them stream
@@ -97,15 +97,6 @@ def serving_pid(cluster: dict, victim: str) -> int:
             continue
     assert len(pids) == 1, f"{victim}: {pids}"
     return pids[0]
-
-
-def two_healthy(base: str) -> list | None:
-    try:
-        code, rows = engine_rows(base)
-    except OSError:
-        return None
-    return rows if code == 200 and len(rows) == 2 and all(
-        r["health"] == "healthy" for r in rows) else None
 
 
 @pytest.mark.parametrize("victim", ["controller", "haproxy", "replica"])
