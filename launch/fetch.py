@@ -111,9 +111,9 @@ def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
     import urllib3
 
     deadline = time.monotonic() + policy.fetch_timeout_s
-    timed_out = RequestRejected(400, f"fetching the URL took longer than limits.url."
-                                f"fetch_timeout_s ({policy.fetch_timeout_s:g}s)", param=param,
-                                reason="url_timeout")
+    timed_out = RequestRejected(400, f"fetching the URL timed out: it took longer than "
+                                f"limits.url.fetch_timeout_s ({policy.fetch_timeout_s:g}s), the "
+                                "deadline of the whole fetch", param=param, reason="url_timeout")
 
     def remaining() -> float:
         left = deadline - time.monotonic()

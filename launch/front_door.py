@@ -235,7 +235,8 @@ def check_fields(body: Any) -> None:
             shown = field if len(field) <= 60 else f"{field[:60]}..."
             raise RequestRejected(400, f"{shown!r} is not supported by this server (a field it "
                                   "does not act on is refused rather than ignored)",
-                                  param=shown, reason="unsupported_field")
+                                  param=shown, reason="unsupported_field",
+                                  code="unsupported_field")
 
 
 def _vocab_size(cfg: ServingConfig) -> int:
