@@ -231,6 +231,7 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
     import psutil
 
     pids = cluster_processes(state)
+    haproxy_dirs = _haproxy_dirs(pids)
     procs = []
     for pid in pids:
         try:
@@ -246,9 +247,59 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
-    left = cluster_processes(state)
+    # HAProxy reloads by starting a new process (-sf <old>) while Serve shuts down: one started
+    # after the listing above outlives its manager, holding the node's ports. Found by its
+    # config directory, which it shares with the HAProxy that was ours.
+    strays = []
+    for pid in _haproxies_in(haproxy_dirs):
+        try:
+            p = psutil.Process(pid)
+            p.kill()
+            strays.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(strays, timeout=10)
+    left = cluster_processes(state) + _haproxies_in(haproxy_dirs)
     if left:
         raise ClusterError(f"processes of the Ray cluster survived SIGKILL: {left}")
+
+
+def _haproxy_config_dir(argv: list[str]) -> str | None:
+    if "-f" in argv[:-1]:
+        return os.path.dirname(argv[argv.index("-f") + 1])
+    return None
+
+
+def _haproxy_dirs(pids: list[int]) -> set[str]:
+    """The config directories of the HAProxy processes among ``pids``."""
+    import psutil
+
+    dirs = set()
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            if p.name() == "haproxy" and (d := _haproxy_config_dir(p.cmdline())):
+                dirs.add(d)
+        except psutil.Error:
+            continue
+    return dirs
+
+
+def _haproxies_in(dirs: set[str]) -> list[int]:
+    """HAProxy processes running a config from one of ``dirs``."""
+    import psutil
+
+    if not dirs:
+        return []
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if p.info["name"] == "haproxy" and \
+                    _haproxy_config_dir(p.info["cmdline"] or []) in dirs:
+                found.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return found
 
 
 def head_alive(state: ClusterState) -> bool:

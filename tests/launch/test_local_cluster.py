@@ -119,3 +119,40 @@ def test_a_stop_elsewhere_ends_a_foreground_serve(tmp_path, monkeypatch):
     write_state(ClusterState(**{**state.__dict__, "stopping": False}))
     code, why = cluster_ended(ClusterState(**{**state.__dict__, "stopping": False}))
     assert code == 1 and "the Ray head died" in why and str(tmp_path / "ray") in why, why
+
+
+def test_stop_ends_a_haproxy_started_by_a_reload_after_the_listing(tmp_path):
+    """HAProxy reloads by starting a new process (-sf <old>) while Serve shuts down; one that
+    starts after stop's listing outlives its manager and holds the node's ports. Stop finds it
+    by the config directory it shares with the HAProxy that was the cluster's."""
+    import psutil
+
+    from launch.local_cluster import ClusterState, cluster_processes, stop_processes
+
+    fake = tmp_path / "bin" / "haproxy"  # a process the kernel names "haproxy"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    fake.chmod(0o755)
+    conf = tmp_path / "haproxy-serve" / "node1"
+    conf.mkdir(parents=True)
+    state = ClusterState(address="127.0.0.1:1", temp_dir=str(tmp_path / "ray-temp"),
+                         started_by_us=True, metrics_port=0, http_host="", http_port=0,
+                         app_name="a")
+    ours = subprocess.Popen([str(fake), "-db", "-f", str(conf / "haproxy.cfg"), state.temp_dir],
+                            start_new_session=True)
+    stray = subprocess.Popen([str(fake), "-db", "-f", str(conf / "haproxy.cfg"), "-sf",
+                              str(ours.pid)], start_new_session=True)
+    other = subprocess.Popen([str(fake), "-db", "-f", str(tmp_path / "other" / "haproxy.cfg")],
+                             start_new_session=True)
+    try:
+        assert psutil.Process(stray.pid).name() == "haproxy"
+        listed = cluster_processes(state)
+        assert ours.pid in listed and stray.pid not in listed  # the listing misses the stray
+        stop_processes(state, grace_s=2)
+        assert ours.wait(timeout=10) is not None and stray.wait(timeout=10) is not None
+        assert other.poll() is None  # another cluster's HAProxy is left alone
+    finally:
+        for p in (ours, stray, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
