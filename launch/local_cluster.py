@@ -231,7 +231,10 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
     import psutil
 
     pids = cluster_processes(state)
-    haproxy_dirs = _haproxy_dirs(pids)
+    # HAProxy outlives its manager when the manager dies first (a reload's new process, or
+    # the node's raylet gone with the head): such a process is no longer a child of the
+    # cluster, but shares its config directory with one that was, or binds the cluster's port.
+    haproxy_dirs = _haproxy_dirs(pids) | _haproxy_dirs(_haproxies_binding(state.http_port))
     procs = []
     for pid in pids:
         try:
@@ -247,9 +250,7 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
-    # HAProxy reloads by starting a new process (-sf <old>) while Serve shuts down: one started
-    # after the listing above outlives its manager, holding the node's ports. Found by its
-    # config directory, which it shares with the HAProxy that was ours.
+    # A reload during Serve's shutdown starts one after the listing above.
     strays = []
     for pid in _haproxies_in(haproxy_dirs):
         try:
@@ -283,6 +284,29 @@ def _haproxy_dirs(pids: list[int]) -> set[str]:
         except psutil.Error:
             continue
     return dirs
+
+
+def _haproxies_binding(port: int) -> list[int]:
+    """HAProxy processes whose config binds ``port`` (Ray writes ``bind <host>:<port>``)."""
+    import psutil
+
+    if not port:
+        return []
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            conf = _haproxy_config_dir(p.info["cmdline"] or []) \
+                if p.info["name"] == "haproxy" else None
+            if conf is None:
+                continue
+            argv = p.info["cmdline"]
+            text = open(argv[argv.index("-f") + 1]).read()
+        except (psutil.Error, OSError):
+            continue
+        if any(ln.split()[:1] == ["bind"] and ln.split()[1].endswith(f":{port}")
+               for ln in text.splitlines() if len(ln.split()) > 1):
+            found.append(p.info["pid"])
+    return found
 
 
 def _haproxies_in(dirs: set[str]) -> list[int]:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def foreground(tmp: Path) -> tuple[subprocess.Popen, dict, list[str], threading.Thread]:
     """`qwen-vl serve` in the foreground, returned once it says it is serving."""
-    cfg, _ = write_config(tmp, {"engine": {"cpu_kv_cache_gib": 0.25}})
+    cfg, data = write_config(tmp, {"engine": {"cpu_kv_cache_gib": 0.25}})
     env = {**os.environ, "QWEN_VL_RUN_DIR": str(tmp / "run"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve", "--config", str(cfg)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -42,7 +42,8 @@ def foreground(tmp: Path) -> tuple[subprocess.Popen, dict, list[str], threading.
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("serve did not start:\n" + "".join(lines[-40:]))
-    return proc, {"QWEN_VL_RUN_DIR": env["QWEN_VL_RUN_DIR"]}, lines, reader
+    return proc, {"QWEN_VL_RUN_DIR": env["QWEN_VL_RUN_DIR"],
+                  "port": data["server"]["port"]}, lines, reader
 
 
 def ended(proc: subprocess.Popen, lines: list[str], reader: threading.Thread,
@@ -62,7 +63,7 @@ def test_a_stop_from_another_shell_ends_the_foreground_serve(tmp_path):
 
     proc, env, lines, reader = foreground(tmp_path)
     try:
-        r = run_cli("stop", env=env, timeout=300)
+        r = run_cli("stop", env={"QWEN_VL_RUN_DIR": env["QWEN_VL_RUN_DIR"]}, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         code, out = ended(proc, lines, reader, timeout=3 * WATCH_S + 10)
     finally:
@@ -77,7 +78,7 @@ def test_a_dead_head_ends_the_foreground_serve_with_exit_1(tmp_path):
     import psutil
 
     from launch.cli import WATCH_S
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.local_cluster import cluster_processes, port_in_use, read_state
 
     proc, env, lines, reader = foreground(tmp_path)
     state = read_state(tmp_path / "run")
@@ -95,7 +96,9 @@ def test_a_dead_head_ends_the_foreground_serve_with_exit_1(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        run_cli("stop", env=env, timeout=300)  # what is left of the cluster
+        run_cli("stop", env={"QWEN_VL_RUN_DIR": env["QWEN_VL_RUN_DIR"]}, timeout=300)
     assert code == 1, out[-2000:]
     assert "qwen-vl: the Ray head died (its GCS server is gone)" in out, out[-2000:]
     assert cluster_processes(state) == [], "processes left after stop"
+    # HAProxy, whose manager died with the head, is gone too: the next stack gets the ports.
+    assert not port_in_use("127.0.0.1", env["port"]), "the API port is still held"

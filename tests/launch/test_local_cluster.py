@@ -122,9 +122,10 @@ def test_a_stop_elsewhere_ends_a_foreground_serve(tmp_path, monkeypatch):
 
 
 def test_stop_ends_a_haproxy_started_by_a_reload_after_the_listing(tmp_path):
-    """HAProxy reloads by starting a new process (-sf <old>) while Serve shuts down; one that
-    starts after stop's listing outlives its manager and holds the node's ports. Stop finds it
-    by the config directory it shares with the HAProxy that was the cluster's."""
+    """HAProxy outlives its manager: a reload's new process (-sf <old>) started after stop's
+    listing, or one whose manager died first (the head gone). Either holds the node's ports
+    for every later stack; stop finds the first by the config directory it shares with the
+    cluster's HAProxy, the second by the cluster's API port in its config."""
     import psutil
 
     from launch.local_cluster import ClusterState, cluster_processes, stop_processes
@@ -144,15 +145,23 @@ def test_stop_ends_a_haproxy_started_by_a_reload_after_the_listing(tmp_path):
                               str(ours.pid)], start_new_session=True)
     other = subprocess.Popen([str(fake), "-db", "-f", str(tmp_path / "other" / "haproxy.cfg")],
                              start_new_session=True)
+    # One whose manager died before the stop: no longer a child, but it binds the API port.
+    orphan_conf = tmp_path / "haproxy-serve" / "node2"
+    orphan_conf.mkdir()
+    (orphan_conf / "haproxy.cfg").write_text("frontend http_frontend\n    bind 127.0.0.1:8123\n")
+    orphan = subprocess.Popen([str(fake), "-db", "-f", str(orphan_conf / "haproxy.cfg")],
+                              start_new_session=True)
+    state.http_port = 8123
     try:
         assert psutil.Process(stray.pid).name() == "haproxy"
         listed = cluster_processes(state)
         assert ours.pid in listed and stray.pid not in listed  # the listing misses the stray
         stop_processes(state, grace_s=2)
-        assert ours.wait(timeout=10) is not None and stray.wait(timeout=10) is not None
+        for p in (ours, stray, orphan):
+            assert p.wait(timeout=10) is not None
         assert other.poll() is None  # another cluster's HAProxy is left alone
     finally:
-        for p in (ours, stray, other):
+        for p in (ours, stray, other, orphan):
             if p.poll() is None:
                 p.kill()
                 p.wait()
