@@ -232,7 +232,7 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
 
     pids = cluster_processes(state)
     # HAProxy outlives its manager when the manager dies first (a reload's new process, or
-    # the node's raylet gone with the head): such a process is no longer a child of the
+    # the node's raylet gone with the head): such a process is not a child of the
     # cluster, but shares its config directory with one that was, or binds the cluster's port.
     haproxy_dirs = _haproxy_dirs(pids) | _haproxy_dirs(_haproxies_binding(state.http_port))
     procs = []

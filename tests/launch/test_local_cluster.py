@@ -145,7 +145,7 @@ def test_stop_ends_a_haproxy_started_by_a_reload_after_the_listing(tmp_path):
                               str(ours.pid)], start_new_session=True)
     other = subprocess.Popen([str(fake), "-db", "-f", str(tmp_path / "other" / "haproxy.cfg")],
                              start_new_session=True)
-    # One whose manager died before the stop: no longer a child, but it binds the API port.
+    # One whose manager died before the stop: not a child of the cluster, but it binds the API port.
     orphan_conf = tmp_path / "haproxy-serve" / "node2"
     orphan_conf.mkdir()
     (orphan_conf / "haproxy.cfg").write_text("frontend http_frontend\n    bind 127.0.0.1:8123\n")
