@@ -234,7 +234,8 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
     # HAProxy outlives its manager when the manager dies first (a reload's new process, or
     # the node's raylet gone with the head): such a process is not a child of the
     # cluster, but shares its config directory with one that was, or binds the cluster's port.
-    haproxy_dirs = _haproxy_dirs(pids) | _haproxy_dirs(_haproxies_binding(state.http_port))
+    haproxy_dirs = {os.path.dirname(c) for pid, c in _haproxy_configs().items()
+                    if pid in pids or (state.http_port and _binds(c, state.http_port))}
     procs = []
     for pid in pids:
         try:
@@ -265,65 +266,32 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
         raise ClusterError(f"processes of the Ray cluster survived SIGKILL: {left}")
 
 
-def _haproxy_config_dir(argv: list[str]) -> str | None:
-    if "-f" in argv[:-1]:
-        return os.path.dirname(argv[argv.index("-f") + 1])
-    return None
-
-
-def _haproxy_dirs(pids: list[int]) -> set[str]:
-    """The config directories of the HAProxy processes among ``pids``."""
+def _haproxy_configs() -> dict[int, str]:
+    """pid -> config file of each HAProxy process on this machine."""
     import psutil
 
-    dirs = set()
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            if p.name() == "haproxy" and (d := _haproxy_config_dir(p.cmdline())):
-                dirs.add(d)
-        except psutil.Error:
-            continue
-    return dirs
-
-
-def _haproxies_binding(port: int) -> list[int]:
-    """HAProxy processes whose config binds ``port`` (Ray writes ``bind <host>:<port>``)."""
-    import psutil
-
-    if not port:
-        return []
-    found = []
+    found = {}
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        try:
-            conf = _haproxy_config_dir(p.info["cmdline"] or []) \
-                if p.info["name"] == "haproxy" else None
-            if conf is None:
-                continue
-            argv = p.info["cmdline"]
-            text = open(argv[argv.index("-f") + 1]).read()
-        except (psutil.Error, OSError):
-            continue
-        if any(ln.split()[:1] == ["bind"] and ln.split()[1].endswith(f":{port}")
-               for ln in text.splitlines() if len(ln.split()) > 1):
-            found.append(p.info["pid"])
+        argv = p.info["cmdline"] or []
+        if p.info["name"] == "haproxy" and "-f" in argv[:-1]:
+            found[p.info["pid"]] = argv[argv.index("-f") + 1]
     return found
+
+
+def _binds(config: str, port: int) -> bool:
+    """Whether an HAProxy config binds ``port`` (Ray writes ``bind <host>:<port>``)."""
+    try:
+        lines = open(config).read().splitlines()
+    except OSError:
+        return False
+    return any(len(w) > 1 and w[0] == "bind" and w[1].endswith(f":{port}")
+               for w in map(str.split, lines))
 
 
 def _haproxies_in(dirs: set[str]) -> list[int]:
     """HAProxy processes running a config from one of ``dirs``."""
-    import psutil
-
-    if not dirs:
-        return []
-    found = []
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        try:
-            if p.info["name"] == "haproxy" and \
-                    _haproxy_config_dir(p.info["cmdline"] or []) in dirs:
-                found.append(p.info["pid"])
-        except psutil.Error:
-            continue
-    return found
+    return [pid for pid, c in _haproxy_configs().items() if os.path.dirname(c) in dirs] \
+        if dirs else []
 
 
 def head_alive(state: ClusterState) -> bool:
@@ -366,3 +334,4 @@ def cluster_processes(state: ClusterState) -> list[int]:
             pass
     pids.discard(os.getpid())
     return sorted(pids)
+
