@@ -83,6 +83,13 @@ class EngineSettings(_Strict):
         "auto", description="KV cache element type; auto: the model's dtype. fp8 halves the cache "
         "(GPU).")
     enforce_eager: bool = Field(False, description="Skip torch.compile / CUDA graphs.")
+    compact_json: bool = Field(
+        True, description="Constrained JSON is decoded without free whitespace: "
+        "response_format json_schema/json_object and structured_outputs json with none "
+        "between tokens (vLLM's disable_any_whitespace, xgrammar backend), tool calls (tool_choice "
+        "'required', a named function, strict arguments) with at most one character between "
+        "tokens (xgrammar's structural tags allow no less). Off: the grammar allows whitespace "
+        "anywhere JSON does, and a model that prefers it can fill max_tokens with it.")
     seed: int = Field(0, description="The engine's random seed (sampling without a per-request "
                       "seed).")
     extra_args: dict[str, Any] = Field(
@@ -216,6 +223,27 @@ class ToolsSettings(_Strict):
                    else TOOL_USE_TEMPLATE)
 
 
+class SchemaLimits(_Strict):
+    """What one request's JSON schemas may be (tool parameters, ``response_format``
+    json_schema, ``structured_outputs``): the engine builds a decoding grammar from each, and a
+    large or pathological one holds up every structured request on its replica while it
+    compiles. Sizes and shapes refuse the obvious; the compile budget bounds the rest."""
+
+    max_bytes: int = Field(32 << 10, ge=256, description="All of a request's schemas, regexes "
+                           "and grammars together, as compact JSON/text.")
+    max_enum_members: int = Field(1024, ge=1, description="enum/const members in one request's "
+                                  "schemas together.")
+    max_depth: int = Field(32, ge=1, description="Nesting of JSON objects and arrays in a "
+                           "schema document (a property of a property is 4 deeper than the "
+                           "first: its properties map and itself).")
+    max_pattern_chars: int = Field(1000, ge=1, description="Length of each regex (a schema's "
+                                   "pattern or a structured_outputs regex).")
+    compile_budget_s: float = Field(
+        0.5, gt=0, description="CPU seconds the decoding grammar of one request may take to "
+        "build with the served tokenizer, measured in the front door (in a worker process, "
+        "ended at twice the budget plus one second); over it: a 400 naming the field.")
+
+
 class LimitsSettings(_Strict):
     """What the front door enforces before a request reaches an engine."""
 
@@ -236,6 +264,8 @@ class LimitsSettings(_Strict):
     max_tokens: int | None = Field(
         None, ge=1, description="Output tokens per request; None: engine.max_model_len.")
     url: UrlPolicy = Field(UrlPolicy(), description="How image and video URLs are fetched.")
+    schemas: SchemaLimits = Field(SchemaLimits(), description="Size, shape and grammar-build "
+                                  "time of a request's JSON schemas and regexes.")
     media_dir: str | None = Field(
         None, description="Local files may be referenced (file:// or a path) only inside it.")
     allow_request_chat_template: bool = Field(
@@ -618,6 +648,9 @@ class ServingConfig(_Strict):
             "enable_prefix_caching": e.enable_prefix_caching,
             "kv_cache_dtype": e.kv_cache_dtype,
             "enforce_eager": e.enforce_eager,
+            # xgrammar is the backend the front door measures schemas with (launch.schemas).
+            "structured_outputs_config": {"backend": "xgrammar",
+                                          "disable_any_whitespace": e.compact_json},
             "seed": e.seed,
             "tensor_parallel_size": d.tensor_parallel_size,
             "limit_mm_per_prompt": {

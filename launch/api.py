@@ -123,7 +123,7 @@ def make_api(state: ApiState, vllm_app) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionsRequest, request: Request):
         async def check(b, tally):
-            state.front_door.check_completion(b)
+            await state.front_door.check_completion(b)
 
         return await _serve(state, body, request, create_completion, check)
 
@@ -136,7 +136,7 @@ def make_api(state: ApiState, vllm_app) -> FastAPI:
             if hasattr(b, "messages"):
                 await state.front_door.check_chat(b, tally)
             else:
-                state.front_door.check_completion(b)
+                await state.front_door.check_completion(b)
 
         return await _serve(state, body, request, tokenize, check)
 

@@ -29,6 +29,7 @@ from . import media, video
 from .fetch import fetch
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
 from .rejections import RequestRejected
+from .schemas import GrammarBudget, check_shape, items_of
 from .tools import check_tools
 from .usage import MediaTally
 
@@ -42,6 +43,7 @@ class FrontDoor:
         self.mm = cfg.multimodal
         self.video = cfg.video_budget()
         self.vocab_size = _vocab_size(cfg)
+        self._grammars: GrammarBudget | None = None
 
     # ------------------------------------------------------------------ request-level
     def check_sampling(self, body: Any) -> None:
@@ -99,7 +101,7 @@ class FrontDoor:
         self.check_sampling(body)
         self.check_mm_kwargs(body)
         parts = check_messages(body.messages)
-        check_tools(body, self.cfg)
+        await self.check_schemas(body)
         counts = {"image": 0, "video": 0}
         for _, ptype, _ in parts:
             counts[MEDIA_PARTS[ptype]] += 1
@@ -126,6 +128,19 @@ class FrontDoor:
             else:
                 part[ptype] = {"url": new}
             part["uuid"] = media.content_key(new.encode(), pixels)
+
+    async def check_schemas(self, body: Any) -> None:
+        """Tool definitions, then every schema, regex and grammar of the request under
+        ``limits.schemas`` (``launch.schemas``): sizes and shapes first, then the CPU it takes
+        to build their decoding grammar."""
+        items = items_of(body)
+        check_shape(items, self.limits.schemas)
+        check_tools(body, self.cfg)
+        if any(kind != "choice" for kind, _, _ in items):
+            if self._grammars is None:  # the worker needs the checkpoint's tokenizer files
+                self._grammars = GrammarBudget(self.limits.schemas, self.cfg.model_path(),
+                                               self.vocab_size, self.cfg.engine.compact_json)
+            await asyncio.to_thread(self._grammars.check, items)
 
     # ------------------------------------------------------------------ media loading
     def _load(self, url: str, param: str, max_bytes: int, what: str) -> tuple[str | None, bytes]:
@@ -205,9 +220,10 @@ class FrontDoor:
                 kwargs.get("max_pixels", self.mm.max_pixels))
 
     # ------------------------------------------------------------------ completions
-    def check_completion(self, body: Any) -> None:
+    async def check_completion(self, body: Any) -> None:
         self.check_sampling(body)
         check_prompt(getattr(body, "prompt", None), vocab_size=self.vocab_size)
+        await self.check_schemas(body)
 
     def check_detokenize(self, body: Any) -> None:
         check_token_ids(body.tokens, "tokens", vocab_size=self.vocab_size)

@@ -20,6 +20,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from engine.config import ServingConfig
 
+from . import compact_tools
 from .api import ApiState, make_api
 
 
@@ -27,9 +28,11 @@ class QwenVLServer(LLMServer):
     """One vLLM engine per replica, serving the API in front of it."""
 
     async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
+        cfg = ServingConfig.model_validate(serving_config)
+        if cfg.engine.compact_json and cfg.tools.auto:
+            compact_tools.register(cfg.tools.parser)  # before vLLM builds its serving objects
         with _serve_log_handlers_kept():
             await super().__init__(llm_config, **kwargs)
-        cfg = ServingConfig.model_validate(serving_config)
         self.api_state = ApiState(cfg, self, _replica_name())
         loop = asyncio.get_running_loop()
         self._watch_task = loop.create_task(self.api_state.watch())

@@ -5,8 +5,8 @@ named ``tool_choice`` naming one of them). What it leaves to the engine is check
 bad definition is a 400 naming the field rather than an error in the middle of rendering or of
 building the decoding grammar: how many tools (each is rendered into the prompt), function
 names, duplicate names, control tokens in any string of a definition (the template renders it
-into the system turn), parameter schemas that are not JSON Schemas of an object or that the
-decoding grammar cannot be built from, and ``tool_choice: auto`` on a server that does not serve
+into the system turn), parameter schemas that are not JSON Schemas of an object (whether
+the decoding grammar can be built from them, and at what cost: ``launch.schemas``), and ``tool_choice: auto`` on a server that does not serve
 it (``tools.auto``).
 """
 
@@ -67,20 +67,5 @@ def _check_schema(schema: dict, param: str) -> None:
     if kind != "object":
         raise bad_request(f"a function's parameters are a JSON Schema of an object (type "
                           f"'object'), not {kind!r}", f"{param}.type", "tool_schema")
-    _check_grammar(schema, param)
 
 
-def _check_grammar(schema: dict, param: str) -> None:
-    """The engine decodes arguments under a grammar that xgrammar builds from the schema; a
-    schema it cannot build (an unsupported regex, a dangling $ref, an empty range) is refused
-    here with xgrammar's reason, not by the engine with a generic one."""
-    import json
-
-    import xgrammar  # vLLM's structured-output backend, installed with it
-
-    try:
-        xgrammar.Grammar.from_json_schema(json.dumps(schema))
-    except Exception as err:  # xgrammar's errors are RuntimeErrors; any failure is the schema's
-        reason = re.sub(r"^\[[^\]]*\]\s+\S+:\d+:\s*", "", str(err)).strip()
-        raise bad_request(f"the decoding grammar cannot be built from this schema: {reason[:200]}",
-                          param, "tool_schema") from None

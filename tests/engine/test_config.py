@@ -135,6 +135,19 @@ def test_extra_args_checked_and_passed():
         clash.to_engine_kwargs(model_path="/m")
 
 
+@pytest.mark.parametrize("compact", [True, False])
+def test_compact_json_sets_vllms_structured_output_config(compact):
+    """engine.compact_json becomes vLLM's StructuredOutputsConfig (which accepts it only with
+    the xgrammar or guidance backend); the e2e tests see its effect on the answers."""
+    from vllm.config import StructuredOutputsConfig
+
+    kw = parse_config(with_(engine={"compact_json": compact})).to_engine_kwargs(model_path="/m")
+    assert kw["structured_outputs_config"] == {"backend": "xgrammar",
+                                               "disable_any_whitespace": compact}
+    assert StructuredOutputsConfig(**kw["structured_outputs_config"]).disable_any_whitespace \
+        is compact
+
+
 def test_gpu_uses_memory_fraction():
     cfg = parse_config(with_(deployment={"device": "gpu", "tensor_parallel_size": 2},
                              engine={"gpu_memory_utilization": 0.8}))

@@ -33,6 +33,7 @@ MAX_BODY, MAX_IMAGE, MAX_PIXELS_IMG = 1 << 20, 256 << 10, 1_000_000
 MAX_VIDEO, MAX_SECONDS, MAX_TOKENS, MAX_FRAMES = 512 << 10, 30, 64, 8
 FETCH_TIMEOUT, MAX_REDIRECTS = 2, 2
 MAX_TOOLS = 4
+SCHEMA_BYTES, ENUM_MEMBERS, DEPTH, PATTERN, BUDGET_S = 2048, 16, 12, 40, 0.3
 VIDEO_TOKENS = 300
 CONTEXT = 4096
 EXAMPLES = int(os.environ.get("QWEN_VL_FUZZ_EXAMPLES", "25"))
@@ -57,6 +58,9 @@ def server(tmp_path_factory, media):
                    "max_image_pixels": MAX_PIXELS_IMG, "max_video_bytes": MAX_VIDEO,
                    "max_video_seconds": MAX_SECONDS, "max_tokens": MAX_TOKENS,
                    "max_tools": MAX_TOOLS,
+                   "schemas": {"max_bytes": SCHEMA_BYTES, "max_enum_members": ENUM_MEMBERS,
+                               "max_depth": DEPTH, "max_pattern_chars": PATTERN,
+                               "compile_budget_s": BUDGET_S},
                    "url": {"schemes": ["https", "http", "data"],
                            "allowed_networks": ["127.0.0.2/32"],
                            "fetch_timeout_s": FETCH_TIMEOUT, "max_redirects": MAX_REDIRECTS}},
@@ -89,6 +93,32 @@ def tools(n: int, name: str = "tool_{}", parameters: dict | None = None) -> list
         "name": name.format(i), "description": "A tool.",
         "parameters": parameters or {"type": "object", "properties": {"x": {"type": "string"}}}}}
         for i in range(n)]
+
+
+def answer(schema: dict) -> dict:
+    return chat(response_format={"type": "json_schema",
+                                 "json_schema": {"name": "answer", "schema": schema}})
+
+
+def schema_of_size(size: int) -> dict:
+    """An object schema whose compact JSON is exactly ``size`` bytes."""
+    base = {"type": "object", "description": ""}
+    pad = size - len(json.dumps(base, separators=(",", ":")))
+    return {**base, "description": "x" * pad}
+
+
+def nested(depth: int) -> dict:
+    """A schema whose document nests ``depth`` objects and arrays (each property adds 2)."""
+    schema: dict = {"type": "string"} if depth % 2 else {"type": "array",
+                                                        "items": {"type": "string"}}
+    for _ in range((depth - 1) // 2):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+# A 30-character regex with nested repetition: seconds of grammar building, refused at the
+# budget (the same without the outer repetition takes milliseconds).
+SLOW_PATTERN = "([a-z]{1,30}[0-9]{2,20}){1,50}"
 
 
 def body_of_size(size: int) -> bytes:
@@ -129,6 +159,29 @@ def limit_cases(media_url: str):
         ("limits.max_tools", dict(body=chat(tools=tools(MAX_TOOLS))),
          dict(body=chat(tools=tools(MAX_TOOLS + 1))), 400, "tools",
          f"{MAX_TOOLS + 1} tools in the request; the limit is {MAX_TOOLS}"),
+        ("limits.schemas.max_bytes", dict(body=answer(schema_of_size(SCHEMA_BYTES))),
+         dict(body=answer(schema_of_size(SCHEMA_BYTES + 1))), 400,
+         "response_format.json_schema.schema", f"the limit is {SCHEMA_BYTES}"),
+        ("limits.schemas.max_enum_members",
+         dict(body=chat(tools=tools(1, parameters={"type": "object", "properties": {
+             "x": {"enum": list(range(ENUM_MEMBERS))}}}))),
+         dict(body=chat(tools=tools(1, parameters={"type": "object", "properties": {
+             "x": {"enum": list(range(ENUM_MEMBERS + 1))}}}))), 400,
+         "tools[0].function.parameters", f"the limit is {ENUM_MEMBERS}"),
+        ("limits.schemas.max_depth", dict(body=answer(nested(DEPTH))),
+         dict(body=answer(nested(DEPTH + 1))), 400,
+         "response_format.json_schema.schema" + ".properties.a" * (DEPTH // 2),
+         f"the limit is {DEPTH}"),
+        ("limits.schemas.max_pattern_chars",
+         dict(body=chat(structured_outputs={"regex": "a" * PATTERN})),
+         dict(body=chat(structured_outputs={"regex": "a" * (PATTERN + 1)})), 400,
+         "structured_outputs.regex", f"the limit is {PATTERN}"),
+        ("limits.schemas.compile_budget_s",
+         dict(body=answer({"type": "object", "properties": {"code": {
+             "type": "string", "pattern": "[a-z]{1,10}[0-9]{2,5}"}}})),
+         dict(body=answer({"type": "object", "properties": {"code": {
+             "type": "string", "pattern": SLOW_PATTERN}}})), 400,
+         "response_format.json_schema.schema", f"the limit is {BUDGET_S:.2f} s"),
         ("limits.max_tokens", dict(body=chat(max_tokens=MAX_TOKENS)),
          dict(body=chat(max_tokens=MAX_TOKENS + 1)), 400, "max_tokens",
          f"max_tokens is {MAX_TOKENS + 1}; the limit is {MAX_TOKENS}"),
@@ -197,7 +250,7 @@ def test_every_limit_holds_just_over_and_not_just_under(server, media):
 
 def test_every_config_limit_is_in_the_table(media):
     """The table above names every limit of the config's limits and multimodal sections."""
-    from engine.config import LimitsSettings, MultimodalSettings, UrlPolicy
+    from engine.config import LimitsSettings, MultimodalSettings, SchemaLimits, UrlPolicy
 
     named = {case[0].split(" ")[0] for case in limit_cases(media.url)}
     numeric = {f"limits.{k}" for k, f in LimitsSettings.model_fields.items()
@@ -206,6 +259,7 @@ def test_every_config_limit_is_in_the_table(media):
                 if k not in ("video_fps", "video_min_pixels")}
     numeric |= {f"limits.url.{k}" for k, f in UrlPolicy.model_fields.items()
                 if f.annotation in (int, float)}
+    numeric |= {f"limits.schemas.{k}" for k in SchemaLimits.model_fields}
     # video_fps is a rate and video_min_pixels a floor, not caps: their effects (the frame
     # count, the frame size) are tested below and in tests/launch/test_video.py.
     assert numeric - named == set(), numeric - named

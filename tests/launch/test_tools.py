@@ -64,16 +64,50 @@ def test_a_name_defined_twice_is_refused():
     ({"type": "object", "required": "city"}, "tools[0].function.parameters",
      "not a valid JSON Schema"),
     ({"type": "string"}, "tools[0].function.parameters.type", "of an object"),
-    ({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}},
-     "tools[0].function.parameters", "grammar cannot be built from this schema: Regex parsing "
-     "error at position 3: Lookbehind is not supported"),
-    ({"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}},
-     "tools[0].function.parameters", "Cannot find field \\$defs"),
-    ({"type": "object", "properties": {"x": {"type": "integer", "minimum": 10, "maximum": 1}}},
-     "tools[0].function.parameters", "minimum greater than maximum"),
 ])
 def test_parameters_must_be_a_json_schema_of_an_object(schema, param, match):
     rejected([tool(parameters=schema)], param, match)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required", {
+    "type": "function", "function": {"name": "get_weather"}}], ids=["auto", "required", "named"])
+def test_compact_parser_bounds_whitespace_in_every_structural_tag(tool_choice):
+    """engine.compact_json: the parser the replica registers (``launch.compact_tools``) puts
+    xgrammar's whitespace bound on every JSON schema of its structural tags, and the grammar
+    built from them accepts one whitespace character between tokens and refuses two."""
+    import xgrammar
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.tool_parsers.structural_tag_registry import get_model_structural_tag
+    from vllm.tool_parsers.tool_strict_level import ToolStrictLevel
+    from xgrammar.structural_tag import JSONSchemaFormat
+
+    from launch.compact_tools import bound_whitespace
+
+    req = ChatCompletionRequest.model_validate({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [tool(), tool("track_parcel")], "tool_choice": tool_choice})
+    tag = get_model_structural_tag(model="hermes", tools=req.tools, tool_choice=req.tool_choice,
+                                   reasoning=False, strict_level=ToolStrictLevel.PARAMETER)
+    found: list = []
+
+    def formats(node):
+        if isinstance(node, JSONSchemaFormat):
+            found.append(node)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                formats(item)
+        elif hasattr(type(node), "model_fields"):
+            for name in type(node).model_fields:
+                formats(getattr(node, name))
+
+    bound_whitespace(tag)
+    formats(tag)
+    named = isinstance(tool_choice, dict)
+    assert len(found) == (2 if named else 4) and {f.max_whitespace_cnt for f in found} == {1}  # tools x 2 forms
+    grammar = xgrammar.Grammar.from_structural_tag(tag.model_dump_json())
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city":%s"Oslo"}}\n</tool_call>'
+    assert xgrammar.testing._is_grammar_accept_string(grammar, call % " ")
+    assert not xgrammar.testing._is_grammar_accept_string(grammar, call % "  ")
 
 
 def test_auto_is_refused_where_the_config_turns_it_off():
