@@ -233,7 +233,7 @@ class SchemaLimits(_Strict):
                            "and grammars together, as compact JSON/text.")
     max_enum_members: int = Field(1024, ge=1, description="enum/const members in one request's "
                                   "schemas together.")
-    max_depth: int = Field(32, ge=1, description="Nesting of JSON objects and arrays in a "
+    max_depth: int = Field(32, ge=1, le=200, description="Nesting of JSON objects and arrays in a "
                            "schema document (a property of a property is 4 deeper than the "
                            "first: its properties map and itself).")
     max_pattern_chars: int = Field(1000, ge=1, description="Length of each regex (a schema's "

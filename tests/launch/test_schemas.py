@@ -165,3 +165,13 @@ def test_a_build_past_twice_the_budget_is_ended_and_builds_beside_it_are_served(
         assert short.proc.pid == worker and short.proc.poll() is None
     finally:
         short.close()
+
+
+def test_a_schema_nested_past_any_allowed_depth_is_a_400_not_a_recursion_error():
+    """The walk stops at the first node past the limit, so a document nested 900 deep (as
+    deep as the JSON parser takes) costs no deeper recursion than the limit."""
+    deep: dict = {"type": "string"}
+    for _ in range(450):
+        deep = {"type": "object", "properties": {"a": deep}}
+    refused(lambda: check_shape(items_of(body(**answer(deep))), SchemaLimits(max_depth=200)),
+            "response_format.json_schema.schema" + ".properties.a" * 100, "nests 201")
