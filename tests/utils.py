@@ -468,6 +468,17 @@ def documented_metrics() -> set[str]:
     return names
 
 
+def stack_metric_names() -> set[str]:
+    """The names Ray exports the stack's own metrics under, read from the calls that define
+    them (``ray_`` prefixed; counters with ``_total``)."""
+    names = set()
+    for path in (ROOT / "launch").rglob("*.py"):
+        for kind, name in re.findall(r"(inc_counter|set_gauge)\(\s*\"(qwen_vl_\w+)\"",
+                                     path.read_text()):
+            names.add(f"ray_{name}{'_total' if kind == 'inc_counter' else ''}")
+    return names
+
+
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 
 

@@ -148,18 +148,27 @@ def bad_cases(media):
 
 
 def test_bad_inputs_refused_while_a_stream_runs(server, media_servers):
+    """Every case below while a 1500-token stream runs: the stream's first token has arrived
+    before the first case is sent and its last after the last case is answered, and it loses
+    nothing."""
     cases = bad_cases(media_servers)
-    assert len(cases) >= 30
-    stream = {}
+    assert len(cases) == 34
+    stream: dict = {"seen": 0}
+    started = threading.Event()
+
+    def on_event(_):
+        stream["seen"] += 1
+        started.set()
 
     def long_stream():
         body = chat(img_bytes(utils.png(64, 64, seed=9)), max_tokens=1500, ignore_eos=True,
                     stream=True, stream_options={"include_usage": True})
-        stream["events"] = stream_events(server["base"], "/v1/chat/completions", body, key=KEY)
+        stream["events"] = stream_events(server["base"], "/v1/chat/completions", body, key=KEY,
+                                         on_event=on_event)
 
     t = threading.Thread(target=long_stream)
     t.start()
-    time.sleep(1)
+    assert started.wait(300), "the stream sent nothing"
     failures = []
     for name, build, status, etype, param, message in cases:
         code, out = request(server, "/v1/chat/completions", **build())
@@ -179,9 +188,11 @@ def test_bad_inputs_refused_while_a_stream_runs(server, media_servers):
             problems.append("internal details leaked")
         if problems:
             failures.append(f"{name}: {'; '.join(problems)}")
+    seen_during = stream["seen"]
     t.join(timeout=600)
     assert not failures, "\n".join(failures)
     events = stream["events"]
+    assert seen_during < len(events), "the stream had ended before the last case was answered"
     assert events[-1] == "[DONE]"
     usage = json.loads(events[-2])["usage"]
     assert usage["completion_tokens"] == 1500, "the concurrent stream lost tokens"
@@ -367,14 +378,24 @@ def test_key_rotation_two_keys_at_once(server):
 
 
 def test_rejections_are_counted_by_reason(server):
-    request(server, "/v1/models", key="nope")
-
-    def counted():
+    """This request's refusal is counted: the auth series, once settled (Ray exports counters
+    on an interval, so earlier tests' refusals may still arrive), grows by exactly the two
+    refusals sent here."""
+    def auth_count() -> float:
         text = utils.request(server["metrics"], timeout=30)[1]["raw"]
-        return any('reason="auth"' in ln for ln in text.splitlines()
-                   if ln.startswith("ray_qwen_vl_rejected_requests"))
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln.startswith("ray_qwen_vl_rejected_requests") and 'reason="auth"' in ln)
 
-    wait_until(counted, 60, interval=3, what="a rejected-requests metric with reason auth")
+    def settled(last=[None]):  # two reads more than an export interval (10 s) apart agree
+        now = auth_count()
+        same, last[0] = now == last[0], now
+        return same and (now,)
+
+    before = wait_until(settled, 120, interval=11, what="the auth series settled")[0]
+    assert request(server, "/v1/models", key="nope")[0] == 401
+    assert request(server, "/v1/models", key=None)[0] == 401
+    wait_until(lambda: auth_count() == before + 2, 60, interval=3,
+               what=f"the auth series at {before + 2:g}")
 
 
 def test_metrics_route_behind_key(server):

@@ -99,9 +99,7 @@ def test_requests_spread_over_both_replicas(cluster):
 
 def test_overload_gets_503_with_retry_after_then_recovers(cluster):
     base = cluster["base"]
-    t0 = time.monotonic()
     assert call(base, chat(max_tokens=16))[0] == 200
-    calm = time.monotonic() - t0
     stop = time.monotonic() + 30
     outcomes: list = []
     lock = threading.Lock()
@@ -133,9 +131,17 @@ def test_overload_gets_503_with_retry_after_then_recovers(cluster):
     assert len(ok) + len(refused) == len(outcomes), [o for o in outcomes if o[0] not in (200, 503)]
     assert ok and refused, f"{len(ok)} ok, {len(refused)} refused"
     assert all(o[1] == "overloaded" and o[2] == "3" for o in refused), refused[:3]
-    t0 = time.monotonic()
-    assert call(base, chat(max_tokens=16))[0] == 200
-    assert time.monotonic() - t0 < max(5 * calm, calm + 10), "latency did not recover"
+    # Recovered: with the burst over, the queue is empty again, so as many requests sent at
+    # once as the replicas hold in flight (2 x 4; one replica alone holds them with its queue)
+    # are all served, none refused.
+    after: list = []
+    burst = [threading.Thread(target=lambda: after.append(call(base, chat(max_tokens=4))[0]))
+             for _ in range(8)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join(timeout=300)
+    assert after == [200] * 8, after
 
 
 def stack_rss(cluster) -> int:
@@ -195,7 +201,8 @@ def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
     for t in threads:
         t.start()
     try:
-        time.sleep(5)
+        # Traffic flows before the kill: every client has had an answer and sent its next.
+        wait_until(lambda: len(results) >= 6, 300, what="an answer for every client")
         psutil.Process(core).kill()
         killed = time.monotonic()
         reported = None

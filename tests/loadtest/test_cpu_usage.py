@@ -77,14 +77,25 @@ def test_idle_rate_is_the_mean_of_the_windows_before_and_after():
 
 
 def test_meter_reads_a_real_process():
-    """A child that spins for about 0.3 s of CPU shows about that much, under its group."""
-    code = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n" \
-           "time.sleep(30)"
-    child = subprocess.Popen([sys.executable, "-c", code])
+    """A child that spins for 0.3 s of its own CPU time when the block tells it to, and says
+    when it is done: the block's reading holds those 0.3 s (to the kernel's 10 ms tick) and no
+    more than the child has spent in all, under its group."""
+    code = ("import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\nprint('done', flush=True)\n"
+            "time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+
+    def block():
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+
     try:
         meter = CpuMeter(lambda: [child.pid], idle_s=0.2)
-        reading, _ = meter.measure(lambda: __import__("time").sleep(1.5))
-        assert 0.1 < reading.spent["other"] < 0.6, reading.spent
+        reading, _ = meter.measure(block)
+        total = read_counters([child.pid])[child.pid][1]
+        assert 0.29 <= reading.spent["other"] <= total, (reading.spent, total)
         assert read_counters([child.pid, 999999999]).keys() == {child.pid}
     finally:
         child.kill()
