@@ -61,6 +61,10 @@ docs-serve: install
 test-fast: install
 	$(VENV)/bin/pytest -v -m "not slow"
 
+# The end-to-end tier: every test that starts a stack or a cluster (the *_e2e.py modules).
+test-e2e: install
+	$(VENV)/bin/pytest -v -m e2e --durations=10
+
 # Load tests (docs/load-testing.md). Each deploys what it measures and tears it down;
 # ARGS passes flags, e.g. make loadtest-card ARGS="--variants BF16,AWQ --input-lengths 1,4096".
 LOADTEST_MODEL ?= 2b

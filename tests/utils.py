@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+MODEL = "qwen2-vl-tiny"  # the served name of configs/default.yaml's embedded model
 CONFIGS = ROOT / "configs"
 
 
@@ -94,6 +95,20 @@ def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.5,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout:.0f}s")
         time.sleep(interval)
+
+
+def rejected_by(fn: Callable[[], Any], param: str | None, match: str, status: int = 400):
+    """``fn()`` raises the front door's ``RequestRejected`` with ``status``, ``param`` and a
+    message matching ``match``; returns it."""
+    import pytest
+
+    from launch.rejections import RequestRejected
+
+    with pytest.raises(RequestRejected, match=match) as exc:
+        fn()
+    assert (exc.value.status, exc.value.param) == (status, param), \
+        (exc.value.status, exc.value.param, exc.value.message)
+    return exc.value
 
 
 def is_openai_error(body: Any) -> bool:
@@ -195,6 +210,98 @@ def stop_stack(info: dict) -> None:
     assert state is not None and cluster_processes(state) == [], "processes left after stop"
 
 
+class Stack:
+    """A running stack, as vLLM's ``tests/utils.py`` ``RemoteOpenAIServer`` is a running
+    server: ``qwen-vl serve --detach`` with the default config plus ``overrides``, on free
+    ports, in a folder of its own. A context manager (started on entry, stopped and checked for
+    leftover processes on exit); ``stack["base"]`` etc. read the started stack's facts
+    (``start_stack``'s dict)."""
+
+    def __init__(self, tmp: Path, overrides: dict | None = None, env: dict | None = None):
+        self.tmp, self.overrides, self.extra_env = tmp, overrides or {}, env
+        self.info: dict | None = None
+        self.starts = 0
+
+    def start(self) -> "Stack":
+        self.starts += 1
+        folder = self.tmp / f"start-{self.starts}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.info = start_stack(folder, self.overrides, self.extra_env)
+        return self
+
+    def stop(self) -> None:
+        info, self.info = self.info, None
+        if info is not None:
+            stop_stack(info)
+
+    def restart(self) -> "Stack":
+        self.stop()
+        return self.start()
+
+    def alive(self) -> bool:
+        from launch.local_cluster import cluster_processes, read_state
+
+        if self.info is None:
+            return False
+        state = read_state(Path(self.info["env"]["QWEN_VL_RUN_DIR"]))
+        return state is not None and bool(cluster_processes(state))
+
+    def __getitem__(self, key: str):
+        assert self.info is not None, "the stack is not running"
+        return self.info[key]
+
+    def __setitem__(self, key: str, value) -> None:  # a module's own facts beside the stack's
+        assert self.info is not None, "the stack is not running"
+        self.info[key] = value
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def cfg(self):
+        return self["cfg"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self["metrics"]
+
+    def url_for(self, *parts: str) -> str:
+        return "/".join([self["base"].rstrip("/"), *(p.strip("/") for p in parts)])
+
+    def client(self, api_key: str = "unused", **kw):
+        """The official OpenAI client, pointed at the stack."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url_for("v1"), api_key=api_key, **kw)
+
+
+class Stacks:
+    """Stacks keyed by their overrides, for modules that need the same one to share one start.
+    One runs at a time (two stacks on two cores slow each other): asking for another stops the
+    one running."""
+
+    def __init__(self, tmp_factory):
+        self.tmp_factory = tmp_factory
+        self.running: tuple[str, Stack] | None = None
+
+    def get(self, overrides: dict | None = None, env: dict | None = None) -> Stack:
+        key = json.dumps([overrides or {}, env or {}], sort_keys=True)
+        if self.running is not None and self.running[0] == key and self.running[1].alive():
+            return self.running[1]
+        self.close()
+        stack = Stack(self.tmp_factory.mktemp("stack"), overrides, env).start()
+        self.running = (key, stack)
+        return stack
+
+    def close(self) -> None:
+        running, self.running = self.running, None
+        if running is not None:
+            running[1].stop()
+
+
 class Reusable:
     """A module's expensive server, started on first use and started again when a test has
     ended it (a stop or drain test), so the module's tests pass in any order. ``get()`` for a
@@ -227,7 +334,8 @@ class MediaServer:
     """A real HTTP server for media URLs: files, redirects (slow ones too), slow, dripping and
     endless responses."""
 
-    def __init__(self, host: str, files: dict[str, bytes]):
+    def __init__(self, host: str, files: dict[str, bytes], tls=None):
+        """``tls``: an ``ssl.SSLContext`` to serve HTTPS with (``tls_context``)."""
         import http.server
         import threading
         import time
@@ -295,11 +403,66 @@ class MediaServer:
 
         self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
         self.httpd.shutdown()
+
+
+def make_ca(tmp: Path, name: str = "qwen-vl-serving test CA"):
+    """A throwaway certificate authority: (key, certificate, path of its PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = tmp / f"{name.replace(' ', '-')}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def tls_context(tmp: Path, ca, dns_name: str):
+    """A server ``ssl.SSLContext`` whose certificate, for ``dns_name``, ``ca`` signed."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca_cert, _ = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = tmp / f"{dns_name}-{x509.random_serial_number()}.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    return ctx
 
 
 # ------------------------------------------------------------------------- images, videos
@@ -504,7 +667,7 @@ def commands(body: str) -> list[str]:
 # ------------------------------------------------------------ a two-node cluster (scale-out)
 # ``tests/launch/conftest.py``'s ``two_nodes``: `qwen-vl serve` in the foreground on the head,
 # `qwen-vl join` for the worker, one engine replica on each.
-ENGINE = "QwenVLServer:qwen2-vl-tiny"
+ENGINE = f"QwenVLServer:{MODEL}"
 
 
 def call(base, body=None, path="/v1/chat/completions", timeout=120):
@@ -518,7 +681,7 @@ def chat(max_tokens=8, image=False, **kw):
     if image:
         content.insert(0, {"type": "image_url", "image_url": {
             "url": data_url(png(56, 56, seed=3), "image/png")}})
-    return {"model": "qwen2-vl-tiny", "messages": [{"role": "user", "content": content}],
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}],
             "max_tokens": max_tokens, "temperature": 0, **kw}
 
 

@@ -6,6 +6,7 @@ test_capacity_check.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,28 @@ def test_embedded_2b_matches_the_official_2b_config():
     same = {k: v for k, v in vars(emb).items() if k != "checkpoint_dtype"}
     assert same == {k: v for k, v in vars(off).items() if k != "checkpoint_dtype"}
     assert off.num_kv_heads == 2 and off.head_dim == 128 and off.tied_embeddings
+
+
+PUBLISHED = json.loads((Path(__file__).parent / "data" / "qwen2_vl_published_configs.json")
+                       .read_text())
+
+
+@pytest.mark.parametrize("release", [r for r in PUBLISHED if not r.startswith("_")])
+def test_release_sizes_equal_the_published_config_json(release):
+    """engine/releases.py against the releases' own config.json values (test data with its
+    source), field by field: what the planner reads of a release it has not downloaded."""
+    ours = capacity.official_config(f"Qwen/{release}")
+    published = PUBLISHED[release]
+    base = PUBLISHED[release.split("-Instruct")[0] + "-Instruct"]
+    for key, value in {**base, **published}.items():
+        if key == "vision_config":
+            mine = {**ours["vision_config"], "in_chans": ours["vision_config"]["in_channels"]}
+            assert {k: mine[k] for k in value} == value, release
+        elif key == "quantization_config":
+            assert {k: v for k, v in value.items() if k in ours[key]} == ours[key], release
+            assert set(ours[key]) <= set(value), release
+        else:
+            assert ours[key] == value, (release, key)
 
 
 def test_official_release_names():

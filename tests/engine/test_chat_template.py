@@ -15,15 +15,6 @@ TOOLS = [{"type": "function", "function": {
 IMAGE, VIDEO = {"type": "image"}, {"type": "video"}
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from engine.embedded_model import ensure_checkpoint
-
-    return AutoTokenizer.from_pretrained(ensure_checkpoint("embedded:qwen2-vl-tiny"))
-
-
 def render(tokenizer, messages, template, **kw) -> str:
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                          add_generation_prompt=True, **kw)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests import utils
-from tests.utils import MediaServer, is_openai_error, request, start_stack, stop_stack
+from tests.utils import MODEL, MediaServer, is_openai_error, request
 from tests.utils import frames_part as frames
 from tests.utils import image_data_part as img
 from tests.utils import image_part as img_url
@@ -28,7 +28,6 @@ from tests.utils import video_data_part as vid
 
 pytestmark = pytest.mark.slow
 
-MODEL = "qwen2-vl-tiny"
 MAX_BODY, MAX_IMAGE, MAX_PIXELS_IMG = 1 << 20, 256 << 10, 1_000_000
 MAX_VIDEO, MAX_SECONDS, MAX_TOKENS, MAX_FRAMES = 512 << 10, 30, 64, 8
 FETCH_TIMEOUT, MAX_REDIRECTS = 2, 2
@@ -52,8 +51,8 @@ def media():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, media):
-    info = start_stack(tmp_path_factory.mktemp("contract"), {
+def server(stacks, media):
+    return stacks.get({
         "limits": {"max_body_bytes": MAX_BODY, "max_image_bytes": MAX_IMAGE,
                    "max_image_pixels": MAX_PIXELS_IMG, "max_video_bytes": MAX_VIDEO,
                    "max_video_seconds": MAX_SECONDS, "max_tokens": MAX_TOKENS,
@@ -67,8 +66,6 @@ def server(tmp_path_factory, media):
         "multimodal": {"max_images_per_prompt": 2, "max_videos_per_prompt": 1,
                        "video_max_frames": MAX_FRAMES, "video_max_tokens": VIDEO_TOKENS},
     })
-    yield info
-    stop_stack(info)
 
 
 def chat(*parts, text="Describe.", role="user", **kw) -> dict:

@@ -4,9 +4,8 @@ import pytest
 
 from engine.config import UrlPolicy
 from launch.fetch import fetch, is_public_address
-from launch.rejections import RequestRejected
 from tests import utils
-from tests.utils import MediaServer
+from tests.utils import MediaServer, rejected_by
 
 ALLOWED = UrlPolicy(schemes=["http", "https", "data"], allowed_networks=["127.0.0.2/32"],
                     fetch_timeout_s=2)
@@ -27,10 +26,7 @@ def loopback_host():
 
 
 def refused(url, match, policy=ALLOWED, max_bytes=1 << 20):
-    with pytest.raises(RequestRejected, match=match) as exc:
-        fetch(url, policy, max_bytes, "p")
-    assert exc.value.status == 400 and exc.value.param == "p"
-    return exc.value
+    return rejected_by(lambda: fetch(url, policy, max_bytes, "p"), "p", match)
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
@@ -154,3 +150,85 @@ def test_rebinding_to_private_refused(allowed_host, monkeypatch):
     monkeypatch.setattr(f, "resolve", lambda host, port: ["127.0.0.2", "127.0.0.1"])
     port = allowed_host.url.rsplit(":", 1)[1]
     refused(f"http://images.invalid:{port}/cat.png", r"resolves to 127\.0\.0\.1")
+
+
+# ---------------------------------------------------------------------------------- https
+# https is the default scheme. A throwaway CA made here stands in for the public ones: the
+# fetch trusts what ``certifi.where()`` names, which the tests point at that CA.
+TLS = UrlPolicy(schemes=["https"], allowed_networks=["127.0.0.2/32", "127.0.0.3/32"],
+                fetch_timeout_s=5)
+NAME = "media.example.test"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """Servers for NAME: one on 127.0.0.2 with a certificate the trusted CA signed, one on
+    127.0.0.3 with a certificate for NAME from a CA nobody trusts."""
+    tmp = tmp_path_factory.mktemp("tls")
+    trusted, stranger = utils.make_ca(tmp), utils.make_ca(tmp, "untrusted CA")
+    good = MediaServer("127.0.0.2", {"/cat.png": utils.png(40, 40)},
+                       tls=utils.tls_context(tmp, trusted, NAME))
+    other = MediaServer("127.0.0.3", {"/cat.png": utils.png(41, 41)},
+                        tls=utils.tls_context(tmp, stranger, NAME))
+    yield {"ca": str(trusted[2]), "good": good, "other": other}
+    good.close()
+    other.close()
+
+
+@pytest.fixture
+def dns(tls, monkeypatch):
+    """Names resolve as the test says (``answers[name]``: one answer per lookup, in turn); the
+    CA bundle is the test's. Returns (answers, lookups)."""
+    import certifi
+
+    import launch.fetch as f
+
+    answers: dict[str, list[list[str]]] = {}
+    lookups: list[str] = []
+
+    def resolve(host, port):
+        lookups.append(host)
+        return answers[host].pop(0)
+
+    monkeypatch.setattr(f, "resolve", resolve)
+    monkeypatch.setattr(certifi, "where", lambda: tls["ca"])
+    return answers, lookups
+
+
+def port_of(server) -> str:
+    return server.url.rsplit(":", 1)[1]
+
+
+def test_https_fetch_verifies_the_certificate_and_succeeds(tls, dns):
+    answers, lookups = dns
+    answers[NAME] = [["127.0.0.2"]]
+    url = f"https://{NAME}:{port_of(tls['good'])}/cat.png"
+    assert fetch(url, TLS, 1 << 20, "p") == utils.png(40, 40)
+    assert lookups == [NAME]
+
+
+def test_https_certificate_from_an_untrusted_ca_is_refused(tls, dns):
+    answers, _ = dns
+    answers[NAME] = [["127.0.0.3"]]
+    err = refused(f"https://{NAME}:{port_of(tls['other'])}/cat.png", "fetching the URL failed",
+                  policy=TLS)
+    assert err.reason == "url_fetch_failed"
+
+
+def test_https_certificate_for_another_name_is_refused(tls, dns):
+    """The good server's certificate is for NAME; reached as another name it is refused (the
+    pinned connection still checks the URL's host name)."""
+    answers, _ = dns
+    answers["other.example.test"] = [["127.0.0.2"]]
+    refused(f"https://other.example.test:{port_of(tls['good'])}/cat.png",
+            "fetching the URL failed", policy=TLS)
+
+
+def test_https_connection_is_pinned_to_the_checked_answer(tls, dns):
+    """A DNS answer that changes after the check (here: the second lookup would name the
+    stranger's server) is never asked for: one lookup, the checked address, the good file."""
+    answers, lookups = dns
+    answers[NAME] = [["127.0.0.2"], ["127.0.0.3"]]
+    assert fetch(f"https://{NAME}:{port_of(tls['good'])}/cat.png", TLS, 1 << 20, "p") == \
+        utils.png(40, 40)
+    assert lookups == [NAME] and answers[NAME] == [["127.0.0.3"]]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests import utils
-from tests.utils import MediaServer, start_stack, stop_stack, stream_events, wait_until
+from tests.utils import MODEL, MediaServer, stream_events, wait_until
 from tests.utils import frames_part as frames
 from tests.utils import image_data_part as img_bytes
 from tests.utils import image_part as img
@@ -37,7 +37,7 @@ def media_servers():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(stacks, tmp_path_factory):
     external = os.environ.get("QWEN_VL_FRONTDOOR_TEST_URL")  # development only
     if external:
         from pathlib import Path
@@ -48,7 +48,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frontdoor")
     keys = tmp / "api-keys"
     keys.write_text(KEY + "\n")
-    info = start_stack(tmp, overrides={
+    info = stacks.get(overrides={
         "limits": {"max_body_bytes": MAX_BODY, "max_image_bytes": MAX_IMAGE,
                    "url": {"schemes": ["https", "http", "data"],
                            "allowed_networks": ["127.0.0.2/32"], "fetch_timeout_s": 3}},
@@ -56,7 +56,6 @@ def server(tmp_path_factory):
     })
     info["keys_file"] = keys
     yield info
-    stop_stack(info)
 
 
 def request(server, path, body=None, *, key: str | None = KEY, **kw):
@@ -65,7 +64,7 @@ def request(server, path, body=None, *, key: str | None = KEY, **kw):
 
 def chat(*parts, **kw):
     content = list(parts) + [{"type": "text", "text": "What is this?"}]
-    return {"model": "qwen2-vl-tiny", "messages": [{"role": "user", "content": content}],
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}],
             "max_tokens": 4, "temperature": 0, **kw}
 
 
@@ -117,7 +116,7 @@ def bad_cases(media):
          400, "invalid_request_error", P0, "URL scheme 'ftp' is not allowed"),
         ("scheme_gopher", lambda: dict(body=chat(img("gopher://example.com/1"))),
          400, "invalid_request_error", P0, "URL scheme 'gopher' is not allowed"),
-        ("prompt_too_long", lambda: dict(body={"model": "qwen2-vl-tiny", "max_tokens": 4,
+        ("prompt_too_long", lambda: dict(body={"model": MODEL, "max_tokens": 4,
                                                "messages": [{"role": "user", "content": "hello " * 5000}]}),
          400, "invalid_request_error", None, "4096"),
         ("max_tokens_over", lambda: dict(body=chat(max_tokens=5000)),
@@ -130,11 +129,11 @@ def bad_cases(media):
          400, "invalid_request_error", "n", "n is 50; the limit is 4"),
         ("unknown_model", lambda: dict(body={**chat(), "model": "gpt-9"}),
          404, "not_found_error", "model", "model 'gpt-9' does not exist"),
-        ("malformed_json", lambda: dict(raw=b'{"model": "qwen2-vl-tiny", "messages": ['),
+        ("malformed_json", lambda: dict(raw=b'{"model": MODEL, "messages": ['),
          400, "invalid_request_error", None, ""),
         ("wrong_content_type", lambda: dict(raw=b"hello", content_type="text/plain"),
          400, "invalid_request_error", None, ""),
-        ("missing_messages", lambda: dict(body={"model": "qwen2-vl-tiny"}),
+        ("missing_messages", lambda: dict(body={"model": MODEL}),
          400, "invalid_request_error", "messages", "messages"),
         ("unknown_part_type", lambda: dict(body=chat({"type": "image_embeds", "image_embeds": "x"})),
          400, "invalid_request_error", "messages[0].content[0].type", "unsupported content part type"),

@@ -4,6 +4,7 @@ import pytest
 
 from launch import messages
 from launch.rejections import RequestRejected
+from tests.utils import rejected_by
 
 
 def parsed(msgs: list) -> list:
@@ -14,10 +15,7 @@ def parsed(msgs: list) -> list:
 
 
 def rejected(msgs: list, param: str, match: str):
-    with pytest.raises(RequestRejected, match=match) as exc:
-        messages.check_messages(parsed(msgs))
-    assert exc.value.status == 400 and exc.value.param == param
-    return exc.value
+    return rejected_by(lambda: messages.check_messages(parsed(msgs)), param, match)
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}

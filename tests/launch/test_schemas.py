@@ -17,6 +17,7 @@ from engine.embedded_model import tokenizer_files_dir
 from launch.rejections import RequestRejected
 from launch.request_models import ChatRequest
 from launch.schemas import GrammarBudget, check_shape, items_of
+from tests.utils import rejected_by
 
 VOCAB = 151936  # Qwen2-VL's embedding rows
 
@@ -39,11 +40,7 @@ def obj(**props) -> dict:
     return {"type": "object", "properties": props}
 
 
-def refused(fn, param, match):
-    with pytest.raises(RequestRejected, match=match) as exc:
-        fn()
-    assert exc.value.status == 400 and exc.value.param == param, exc.value.param
-    return exc.value
+refused = rejected_by
 
 
 @pytest.fixture(scope="module")

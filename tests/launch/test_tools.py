@@ -11,6 +11,7 @@ from engine.config import parse_config
 from launch.rejections import RequestRejected
 from launch.request_models import ChatRequest
 from launch.tools import check_tools
+from tests.utils import rejected_by
 
 
 def tool(name="get_weather", parameters=None, **fn):
@@ -32,9 +33,7 @@ def check(tools, tool_choice=None, config=None):
 
 
 def rejected(tools, param, match, **kw):
-    with pytest.raises(RequestRejected, match=match) as exc:
-        check(tools, **kw)
-    assert exc.value.status == 400 and exc.value.param == param, exc.value.param
+    return rejected_by(lambda: check(tools, **kw), param, match)
 
 
 def test_good_definitions_pass():
@@ -136,15 +135,6 @@ def parser_cls():
     from vllm.tool_parsers import ToolParserManager
 
     return ToolParserManager.get_tool_parser(cfg().tools.parser)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from engine.embedded_model import ensure_checkpoint
-
-    return AutoTokenizer.from_pretrained(ensure_checkpoint("embedded:qwen2-vl-tiny"))
 
 
 def request_with_tools():

@@ -29,15 +29,6 @@ CHATS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from engine.embedded_model import ensure_checkpoint
-
-    return AutoTokenizer.from_pretrained(ensure_checkpoint("embedded:qwen2-vl-tiny"))
-
-
 def prompt_tokens(tokenizer, messages, tools=None) -> int:
     return len(tokenizer.apply_chat_template(messages, tools=tools, tokenize=True,
                                              add_generation_prompt=True,
