@@ -25,7 +25,9 @@ from typing import Callable
 # Display order; "serving path" is everything but the engine's own computation.
 GROUPS = ("HTTP proxy", "HAProxy", "ingress replica", "ingress router", "engine replica (Python)",
           "API server (vllm serve)", "engine core", "workers", "Serve controller",
-          "quota ledger", "GCS/raylet", "Ray daemons", "other")
+          "quota ledger", "GCS/raylet", "Ray dashboard", "Ray dashboard agent",
+          "Ray runtime-env agent", "Ray log monitor", "Ray autoscaler monitor",
+          "Ray client server", "other")
 ENGINE_GROUPS = frozenset({"engine core", "workers"})
 
 # Ordered: the first mark found in a process's title or command line names its group.
@@ -44,12 +46,14 @@ MARKS = (
     ("vllm.entrypoints.openai.api_server", "API server (vllm serve)"),
     ("gcs_server", "GCS/raylet"),
     ("raylet", "GCS/raylet"),
-    ("dashboard", "Ray daemons"),
-    ("DashboardAgent", "Ray daemons"),
-    ("RuntimeEnvAgent", "Ray daemons"),
-    ("log_monitor", "Ray daemons"),
-    ("monitor.py", "Ray daemons"),
-    ("ray.util.client", "Ray daemons"),
+    # Ray's daemons one by one: which of them a request costs is what the overhead report asks.
+    ("DashboardAgent", "Ray dashboard agent"),
+    ("dashboard/agent.py", "Ray dashboard agent"),
+    ("dashboard", "Ray dashboard"),
+    ("RuntimeEnvAgent", "Ray runtime-env agent"),
+    ("log_monitor", "Ray log monitor"),
+    ("monitor.py", "Ray autoscaler monitor"),
+    ("ray.util.client", "Ray client server"),
 )
 
 

@@ -240,3 +240,37 @@ def test_every_config_shown_in_yaml_loads():
             parse_config(base)
             shown += 1
     assert shown >= 1
+
+
+def plan_transcripts() -> list[tuple[str, list[str], str]]:
+    """(page, the plan command's arguments, the output shown) for every ``$ qwen-vl plan``
+    transcript in the docs (a command, continued by ``\\`` lines, then its output)."""
+    out = []
+    for page in doc_pages():
+        for _, body, _ in fenced_blocks(page.read_text()):
+            if not body.startswith("$ qwen-vl plan "):
+                continue
+            lines = body.splitlines()
+            n = 1
+            while lines[n - 1].endswith("\\"):
+                n += 1
+            command = " ".join(line.rstrip("\\").strip() for line in lines[:n])
+            out.append((page.name, shlex.split(command)[3:], "\n".join(lines[n:]) + "\n"))
+    return out
+
+
+@pytest.mark.parametrize("page, args, shown", plan_transcripts(),
+                         ids=[f"{p}:{' '.join(a[:4])}" for p, a, _ in plan_transcripts()])
+def test_plan_transcripts_are_what_the_cli_prints(page, args, shown):
+    """A `qwen-vl plan` transcript on a page is the CLI's output for its command, line for
+    line (a device named: nothing of this machine enters the plan)."""
+    from tests.utils import run_cli
+
+    assert "--device" in args, "a transcript without --device depends on the machine"
+    r = run_cli("plan", *args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == shown, f"{page}: the transcript differs from the CLI's output"
+
+
+def test_the_docs_show_plan_transcripts():
+    assert len(plan_transcripts()) == 2  # capacity-planning.md's two worked examples

@@ -14,6 +14,8 @@ between the two.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -29,12 +31,23 @@ from tests.utils import request
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 48
+# The bar, from docs/benchmarks/2026-12-06-quantized-agreement.md (12 prompts of each kind per
+# variant): below the lowest two-prompt mean measured there, far above the control's highest.
 MIN_AGREEMENT = 0.60
+TEXTS = ["Write a long story about a lighthouse keeper.", "List twenty facts about volcanoes.",
+         "Explain how a bicycle gear works.", "Describe a busy market in the morning.",
+         "What should I pack for a week of hiking?", "Summarise the plot of a heist film.",
+         "Give me a recipe for bread.", "Why is the sky blue?", "Write a poem about rain.",
+         "Compare trains and planes for a 500 km trip.", "Teach me three chess openings.",
+         "Plan a birthday party for ten children."]
+# QWEN_VL_AGREEMENT_PROMPTS widens the run (the benchmark's command); the suite runs two.
+N_PROMPTS = int(os.environ.get("QWEN_VL_AGREEMENT_PROMPTS", "2"))
 PROMPTS = {
-    "text": ([], ["Write a long story about a lighthouse keeper.",
-                  "List twenty facts about volcanoes."]),
-    "image": ([png_url(200, 300, seed=31), png_url(120, 260, seed=32)],
-              ["Describe this picture in detail.", "What is in this image?"]),
+    "text": ([], [TEXTS[i % len(TEXTS)] for i in range(N_PROMPTS)]),
+    "image": ([png_url(120 + 40 * (i % 5), 300 - 20 * (i % 4), seed=31 + i)
+               for i in range(N_PROMPTS)],
+              [("Describe this picture in detail.", "What is in this image?")[i % 2]
+               for i in range(N_PROMPTS)]),
 }
 
 
@@ -122,7 +135,10 @@ def test_greedy_tokens_agree_with_hf_on_dequantized_weights(quantized, kind):
         assert len(generated) == MAX_NEW and len(set(generated)) > 5
         a, n = _agreement(quantized["hf"], inputs, generated)
         agree, total = agree + a, total + n
-        control_agree += _agreement(control, inputs, generated)[0]
+        c = _agreement(control, inputs, generated)[0]
+        control_agree += c
+        print(f"agreement {quantized['variant']} {kind} prompt {i}: {a / n:.3f} "
+              f"(control {c / n:.3f})")
     rate = agree / total
     print(f"{quantized['variant']} {kind}: top-1 agreement {rate:.0%} "
           f"(control {control_agree / total:.0%}) over {total} positions")

@@ -35,8 +35,9 @@ from loadtest.profile import shares, summarize
     (["/venv/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/x",
       "--dashboard_agent_command=python dashboard/agent.py ProxyActor"], "GCS/raylet"),
     (["/venv/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/x"], "GCS/raylet"),
-    (["/venv/bin/python", "/venv/ray/dashboard/dashboard.py", "--host=127.0.0.1"], "Ray daemons"),
-    (["ray::DashboardAgent"], "Ray daemons"),
+    (["/venv/bin/python", "/venv/ray/dashboard/dashboard.py", "--host=127.0.0.1"],
+     "Ray dashboard"),
+    (["ray::DashboardAgent"], "Ray dashboard agent"),
     (["ray::IDLE"], "other"),
     (["/bin/sh"], "other"),
 ])
@@ -72,8 +73,8 @@ def test_idle_rate_is_the_mean_of_the_windows_before_and_after():
     background's average, not whatever one window happened to catch."""
     from loadtest.cpu_usage import mean_rate
 
-    assert mean_rate({"Ray daemons": 0.02, "HAProxy": 0.01}, {"Ray daemons": 0.06}) == {
-        "Ray daemons": pytest.approx(0.04), "HAProxy": pytest.approx(0.005)}
+    assert mean_rate({"Ray dashboard": 0.02, "HAProxy": 0.01}, {"Ray dashboard": 0.06}) == {
+        "Ray dashboard": pytest.approx(0.04), "HAProxy": pytest.approx(0.005)}
 
 
 def test_meter_reads_a_real_process():
