@@ -111,6 +111,18 @@ def rejected_by(fn: Callable[[], Any], param: str | None, match: str, status: in
     return exc.value
 
 
+def wait_ready(ready: threading.Event, proc: subprocess.Popen, lines: list[str],
+               timeout: float, what: str) -> None:
+    """Wait for ``ready`` (set by a thread reading ``proc``'s output into ``lines``) while
+    ``proc`` runs; its last lines in the failure."""
+    deadline = time.monotonic() + timeout
+    while not ready.wait(2):
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited:\n" + "".join(lines[-40:]))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready in {timeout:.0f}s:\n" + "".join(lines[-40:]))
+
+
 def is_openai_error(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("error"), dict) and \
         set(body["error"]) == {"message", "type", "param", "code"} and \

@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.utils import ROOT, fenced_blocks, write_config
+from tests.utils import ROOT, fenced_blocks, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
@@ -66,10 +65,7 @@ def make_serve(tmp_path_factory):
     info = {"proc": proc, "lines": lines, "reader": reader, "env": env, "tmp": tmp,
             "port": data["server"]["port"], "metrics_port": data["server"]["metrics_port"]}
     try:
-        deadline = time.monotonic() + 1200
-        while not ready.wait(2):
-            assert proc.poll() is None, "make serve exited:\n" + "".join(lines[-40:])
-            assert time.monotonic() < deadline, "make serve not ready:\n" + "".join(lines[-40:])
+        wait_ready(ready, proc, lines, 1200, "make serve")
         yield info
     finally:
         if proc.poll() is None:

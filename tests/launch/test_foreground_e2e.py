@@ -9,12 +9,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.utils import ROOT, run_cli, write_config
+from tests.utils import ROOT, run_cli, wait_ready, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +36,11 @@ def foreground(tmp: Path) -> tuple[subprocess.Popen, dict, list[str], threading.
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 900
-    while not serving.wait(2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("serve did not start:\n" + "".join(lines[-40:]))
+    try:
+        wait_ready(serving, proc, lines, 900, "serve")
+    except AssertionError:
+        proc.kill()
+        raise
     return proc, {"QWEN_VL_RUN_DIR": env["QWEN_VL_RUN_DIR"],
                   "port": data["server"]["port"]}, lines, reader
 

@@ -8,8 +8,8 @@ So the check is teacher-forced top-1 agreement: HF's float32 argmax at every pos
 stack's greedy output. A correct kernel agrees on most positions; bfloat16 rounding moves some,
 and more with an image (the vision tower runs in bfloat16 too, and its features shift every
 later position). A wrong weight layout or dequantization agrees on almost none, and so does a
-control model with other weights (asserted below, on the same tokens). The bar, 60%, sits
-between the two.
+control model with other weights (asserted below, on the same tokens). The bar sits between
+the two, set from the measured distribution (docs/benchmarks/2026-12-06-quantized-agreement.md).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tests.utils import request
 pytestmark = pytest.mark.slow
 MAX_NEW = 48
 # The bar, from docs/benchmarks/2026-12-06-quantized-agreement.md (12 prompts of each kind per
-# variant): below the lowest two-prompt mean measured there, far above the control's highest.
-MIN_AGREEMENT = 0.60
+# variant): every prompt there agrees on 52% or more, the control model on 2% at most.
+MIN_AGREEMENT = 0.45
 TEXTS = ["Write a long story about a lighthouse keeper.", "List twenty facts about volcanoes.",
          "Explain how a bicycle gear works.", "Describe a busy market in the morning.",
          "What should I pack for a week of hiking?", "Summarise the plot of a heist film.",

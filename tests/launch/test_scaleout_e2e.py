@@ -245,14 +245,14 @@ def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
     # a saturated one waits on the busy engine's OpenMP threads for many minutes, which would
     # measure the machine, not the stack.
     calm = time.monotonic()
-    replaced = None
-    while time.monotonic() - calm < 600:
+
+    def replacement():
         code, rows = engine_rows(base)
-        if code == 200 and len(rows) == 2 and replica_id not in {r["replica_id"] for r in rows}:
-            replaced = time.monotonic() - calm
-            break
-        time.sleep(3)
-    assert replaced is not None, f"the replica was not replaced: {rows}"
+        return code == 200 and len(rows) == 2 and \
+            replica_id not in {r["replica_id"] for r in rows} and rows
+
+    rows = wait_until(replacement, 600, interval=3, what="the killed replica replaced")
+    replaced = time.monotonic() - calm
     assert all(r["health"] == "healthy" for r in rows), rows
     bad = [r for r in results if r.startswith("BAD")]
     assert not bad, bad[:5]

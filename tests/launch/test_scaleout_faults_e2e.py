@@ -187,13 +187,11 @@ def test_sigterm_drains_running_stream_and_refuses_new_requests(two_nodes):
     cluster = two_nodes.take()
     try:
         cluster["serve"].send_signal(signal.SIGTERM)
-        refused = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and refused is None:
+        def refusal():
             code, body, headers = call(base, chat(max_tokens=4), timeout=30)
-            if code == 503:
-                refused = (body["error"]["code"], headers.get("Retry-After"))
-            time.sleep(0.3)
+            return code == 503 and (body["error"]["code"], headers.get("Retry-After"))
+
+        refused = wait_until(refusal, 30, interval=0.3, what="a refusal while draining")
         t.join(timeout=600)
         assert refused == ("draining", "3"), refused
         assert outcome(result, 600) == "ok", result.get("exception") or result["events"][-3:]
