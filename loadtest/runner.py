@@ -79,8 +79,11 @@ class Progress:
 
 def run_step(target: Target, workload: Workload, *, concurrency: int, num_requests: int,
              out_dir: Path, tag: str, index_offset: int = 0, timeout_s: float = 3600,
-             progress_every: float = 10.0) -> StepResult:
-    """``num_requests`` requests from ``concurrency`` Locust users; all of them finish."""
+             progress_every: float = 10.0, scrape: bool = True) -> StepResult:
+    """``num_requests`` requests from ``concurrency`` Locust users; all of them finish.
+    ``scrape``: read the KV cache usage from the deployment's metrics every second; off where
+    the step's CPU is measured, since serving a scrape is the harness's load, not the
+    requests' (Ray's metrics endpoint renders every series of the node for each one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target.name}-{tag}")
     records_path = out_dir / f"records-{safe}.jsonl"
@@ -100,7 +103,8 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
     progress = Progress(f"{target.name} {tag}", num_requests, every=progress_every)
     tail = _RecordTail(records_path)
     t0 = time.time()
-    with MemorySampler(target.engine_pids, target.metrics_url, target.api_key) as mem:
+    with MemorySampler(target.engine_pids, target.metrics_url if scrape else None,
+                       target.api_key) as mem:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         limit = timeout_s * -(-num_requests // users) + 120  # every request at its timeout
         deadline = time.monotonic() + limit

@@ -102,7 +102,7 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
             n = max(requests_per_level, 4 * c)
             reading, step = meter.measure(lambda: run_step(
                 t, workload, concurrency=c, num_requests=n, out_dir=out / "steps",
-                tag=f"c{c}", progress_every=15))
+                tag=f"c{c}", progress_every=15, scrape=False))
             report.add_step(step_result(f"c{c}", t.name, c, step.records, step.duration,
                                         step.memory, workload.model_dump()), step.records)
             s = summarize(step.records, step.duration)

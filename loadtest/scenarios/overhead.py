@@ -155,7 +155,7 @@ def cpu_per_request(targets: list, workload: Workload, concurrency: int, request
              "image": workload.model_copy(update={"image_fraction": 1.0, "images_per_request": 1,
                                                   "image_size": IMAGE_SIZE})}
     print(f"overhead: CPU per request, {requests} text and {requests} image requests per target "
-          f"(an idle window of {idle_s:g} s before each)", flush=True)
+          f"(idle windows of {idle_s:g} s before and after each)", flush=True)
     readings = {}
     for t in targets:
         meter = CpuMeter(t.stack_pids or t.engine_pids, idle_s=idle_s)
@@ -164,7 +164,7 @@ def cpu_per_request(targets: list, workload: Workload, concurrency: int, request
                   if profile and t.name == "stack" else contextlib.nullcontext()):
                 reading, _ = meter.measure(lambda: run_step(
                     t, w, concurrency=concurrency, num_requests=requests, out_dir=out / "steps",
-                    tag=f"cpu-{kind}", index_offset=10**5))
+                    tag=f"cpu-{kind}", index_offset=10**5, scrape=False))
             readings[(t.name, kind)] = reading
             print(f"  {t.name} {kind}: serving path {reading.serving_path_ms(requests):.1f} ms CPU "
                   "per request", flush=True)
