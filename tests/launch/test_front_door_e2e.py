@@ -401,5 +401,18 @@ def test_metrics_route_behind_key(server):
     """access.metrics: key -> /metrics on the API port needs the key, and carries vLLM's."""
     code, out = request(server, "/metrics", key=None)
     assert code == 401
-    code, out = request(server, "/metrics", timeout=60)
-    assert code == 200 and "ray_vllm_num_requests_running" in out["raw"]
+    # Ray exports vLLM's gauges while the engine steps, on its export interval: the route is
+    # read while a long stream keeps the engine stepping.
+    long = threading.Thread(target=request, args=(server, "/v1/chat/completions", chat(
+        max_tokens=1500, ignore_eos=True)), kwargs={"timeout": 600})
+    long.start()
+
+    def exported():
+        code, out = request(server, "/metrics", timeout=60)
+        assert code == 200, out
+        return "ray_vllm_num_requests_running" in out["raw"]
+
+    try:
+        wait_until(exported, 60, interval=2, what="vLLM's gauges on the API's /metrics")
+    finally:
+        long.join(timeout=600)
