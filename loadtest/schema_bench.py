@@ -77,7 +77,7 @@ def measure(url, key, model, n, heavy=None) -> dict:
     got: list[tuple[int, float]] = []
 
     def hammer():
-        rng = random.Random()  # unseeded: no schema of an earlier run is cached
+        rng = random.Random()  # unseeded: each run sends schemas neither side has cached
         while not stop.is_set():
             got.append(post(url, key, answer(model, heavy(rng), max_tokens=1)))
 
