@@ -11,6 +11,7 @@ it to 1: at most one whitespace character between tokens, so the arguments end.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 MAX_WHITESPACE = 1  # xgrammar's least (0 is refused)
@@ -38,17 +39,23 @@ def register(parser_name: str) -> None:
     ToolParserManager.tool_parsers[parser_name] = Compact
 
 
-def bound_whitespace(node: Any) -> None:
+def bound_whitespace(tag: Any) -> None:
     """Set ``max_whitespace_cnt`` on every JSON-schema format inside a structural tag."""
+    for fmt in json_schema_formats(tag):
+        if fmt.max_whitespace_cnt is None:
+            fmt.max_whitespace_cnt = MAX_WHITESPACE
+
+
+def json_schema_formats(node: Any) -> Iterator[Any]:
+    """Every xgrammar ``JSONSchemaFormat`` inside a structural tag (its pydantic models and
+    their lists)."""
     from xgrammar.structural_tag import JSONSchemaFormat
 
     if isinstance(node, JSONSchemaFormat):
-        if node.max_whitespace_cnt is None:
-            node.max_whitespace_cnt = MAX_WHITESPACE
-        return
-    if isinstance(node, (list, tuple)):
+        yield node
+    elif isinstance(node, (list, tuple)):
         for item in node:
-            bound_whitespace(item)
+            yield from json_schema_formats(item)
     elif hasattr(type(node), "model_fields"):
         for name in type(node).model_fields:
-            bound_whitespace(getattr(node, name))
+            yield from json_schema_formats(getattr(node, name))

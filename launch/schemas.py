@@ -89,29 +89,33 @@ def check_shape(items: list[tuple[str, Any, str]], lim: SchemaLimits) -> None:
             _pattern(spec, param, lim)
         if kind == "choice":
             members += len(spec)
-        if kind != "json":
-            continue
-        for path, depth, node in _walk(spec, param):
-            if depth > lim.max_depth:
-                raise bad_request(f"the schema nests {depth} objects and arrays deep here; the "
-                                  f"limit is {lim.max_depth} (limits.schemas.max_depth)", path,
-                                  "schema_shape")
-            if not isinstance(node, dict):
-                continue
-            members += len(node["enum"]) if isinstance(node.get("enum"), list) else 0
-            members += 1 if "const" in node else 0
-            if isinstance(node.get("pattern"), str):
-                _pattern(node["pattern"], f"{path}.pattern", lim)
-            for key in node.get("patternProperties") or {}:
-                _pattern(key, f"{path}.patternProperties", lim)
+        elif kind == "json":
+            members += _check_document(spec, param, lim)
         if members > lim.max_enum_members:
-            raise bad_request(f"the request's schemas have {members} enum and const members "
-                              f"together by this one; the limit is {lim.max_enum_members} "
+            counted = f"{members} choices" if kind == "choice" else (
+                f"the request's schemas have {members} enum and const members together by "
+                "this one")
+            raise bad_request(f"{counted}; the limit is {lim.max_enum_members} "
                               "(limits.schemas.max_enum_members)", param, "schema_shape")
-    if members > lim.max_enum_members:
-        raise bad_request(f"{members} choices; the limit is {lim.max_enum_members} "
-                          "(limits.schemas.max_enum_members)", "structured_outputs.choice",
-                          "schema_shape")
+
+
+def _check_document(schema: Any, param: str, lim: SchemaLimits) -> int:
+    """Nesting and regex lengths of one schema document; its enum and const members."""
+    members = 0
+    for path, depth, node in _walk(schema, param):
+        if depth > lim.max_depth:
+            raise bad_request(f"the schema nests {depth} objects and arrays deep here; the "
+                              f"limit is {lim.max_depth} (limits.schemas.max_depth)", path,
+                              "schema_shape")
+        if not isinstance(node, dict):
+            continue
+        members += len(node["enum"]) if isinstance(node.get("enum"), list) else 0
+        members += 1 if "const" in node else 0
+        if isinstance(node.get("pattern"), str):
+            _pattern(node["pattern"], f"{path}.pattern", lim)
+        for key in node.get("patternProperties") or {}:
+            _pattern(key, f"{path}.patternProperties", lim)
+    return members
 
 
 def _pattern(text: str, param: str, lim: SchemaLimits) -> None:

@@ -78,29 +78,16 @@ def test_compact_parser_bounds_whitespace_in_every_structural_tag(tool_choice):
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.tool_parsers.structural_tag_registry import get_model_structural_tag
     from vllm.tool_parsers.tool_strict_level import ToolStrictLevel
-    from xgrammar.structural_tag import JSONSchemaFormat
 
-    from launch.compact_tools import bound_whitespace
+    from launch.compact_tools import bound_whitespace, json_schema_formats
 
     req = ChatCompletionRequest.model_validate({
         "model": "m", "messages": [{"role": "user", "content": "hi"}],
         "tools": [tool(), tool("track_parcel")], "tool_choice": tool_choice})
     tag = get_model_structural_tag(model="hermes", tools=req.tools, tool_choice=req.tool_choice,
                                    reasoning=False, strict_level=ToolStrictLevel.PARAMETER)
-    found: list = []
-
-    def formats(node):
-        if isinstance(node, JSONSchemaFormat):
-            found.append(node)
-        elif isinstance(node, (list, tuple)):
-            for item in node:
-                formats(item)
-        elif hasattr(type(node), "model_fields"):
-            for name in type(node).model_fields:
-                formats(getattr(node, name))
-
     bound_whitespace(tag)
-    formats(tag)
+    found = list(json_schema_formats(tag))
     named = isinstance(tool_choice, dict)
     assert len(found) == (2 if named else 4) and {f.max_whitespace_cnt for f in found} == {1}  # tools x 2 forms
     grammar = xgrammar.Grammar.from_structural_tag(tag.model_dump_json())
