@@ -93,6 +93,8 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
         "deployment_config": deployment_config(cfg),
         "runtime_env": {"env_vars": engine_env(cfg)},
         "log_engine_metrics": True,
+        # The model is local or on the Hub (vLLM fetches it): Ray's per-node fetch is a no-op.
+        "callback_config": {"callback_class": "launch.ray_compat.SkipNodeInit"},
     }
     if d.device == "cpu":
         out["accelerator_config"] = {"kind": "cpu"}

@@ -391,7 +391,12 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
     if read_state() == state:  # a foreground `serve` of this cluster sees the stop begin
         state.stopping = True
         write_state(state)
-    if state.role != "worker":
+    # A head of ours whose GCS server is gone answers no Serve call: ``ray.init`` would wait
+    # out the whole deadline below for nothing, so its processes are ended at once.
+    head_gone = state.started_by_us and state.role != "worker" and not head_alive(state)
+    if head_gone and not quiet:
+        say("the Ray head is gone (its GCS server); ending the cluster's processes")
+    if state.role != "worker" and not head_gone:
         done = threading.Event()
 
         def serve_down():

@@ -139,3 +139,23 @@ def test_ray_fast_paths_become_node_environment():
                              "RAY_SERVE_ENABLE_HA_PROXY": "1",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.5",
                              "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+
+
+def test_rays_per_node_model_fetch_is_skipped():
+    """The stack's model sources need no cloud-mirror fetch: the engine replica starts without
+    Ray's per-node download task (launch.ray_compat.SkipNodeInit)."""
+    import asyncio
+    import importlib
+
+    from ray.serve.llm import LLMConfig
+
+    from launch.ray_compat import SkipNodeInit
+
+    cfg = load_config(CONFIGS / "default.yaml")
+    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
+    module, name = llm.callback_config.callback_class.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is SkipNodeInit
+    callback = SkipNodeInit(llm_config=llm)
+    assert callback.ctx.run_init_node is True  # Ray's default: the task runs
+    asyncio.run(callback.run_callback("on_before_node_init"))
+    assert callback.ctx.run_init_node is False
