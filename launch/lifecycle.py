@@ -341,6 +341,7 @@ class _stderr_muted:
 
 
 SHUTDOWN_GRACE_S = 90  # connect + Serve shutdown, on top of the drain timeout
+STOPPED_GRACE_S = 2  # SIGTERM to SIGKILL for a cluster whose Serve has shut down
 
 
 def drain_application(state: ClusterState, quiet: bool = False) -> None:
@@ -396,6 +397,7 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
     head_gone = state.started_by_us and state.role != "worker" and not head_alive(state)
     if head_gone and not quiet:
         say("the Ray head is gone (its GCS server); ending the cluster's processes")
+    served_down = threading.Event()  # Serve shut down: no replica holds a request
     if state.role != "worker" and not head_gone:
         done = threading.Event()
 
@@ -414,6 +416,7 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
                     else:
                         serve.delete(state.app_name)
                         drain.clear(state.app_name)
+                    served_down.set()
                     ray.shutdown()
             except Exception as err:  # the cluster may be gone; processes are reaped below
                 if not quiet:
@@ -426,7 +429,9 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
             say(f"serve shutdown: no answer from the cluster in "
                  f"{state.drain_timeout_s + SHUTDOWN_GRACE_S:.0f}s; ending its processes")
     if state.started_by_us:
-        stop_processes(state)
+        # With Serve down nothing in flight is left to lose, and Ray's daemons (GCS server,
+        # raylet, agents) take SIGTERM as a request to linger: a short grace before SIGKILL.
+        stop_processes(state, grace_s=STOPPED_GRACE_S if served_down.is_set() else 10)
     clear_state()
 
 
