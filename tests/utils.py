@@ -308,6 +308,13 @@ class Stacks:
         self.running = (key, stack)
         return stack
 
+    def take(self, overrides: dict | None = None, env: dict | None = None) -> Stack:
+        """``get``, for a test that ends the stack itself (a stop or drain test): it is no
+        longer held, and the next ``get`` starts another."""
+        stack = self.get(overrides, env)
+        self.running = None
+        return stack
+
     def close(self) -> None:
         running, self.running = self.running, None
         if running is not None:
@@ -688,13 +695,37 @@ def call(base, body=None, path="/v1/chat/completions", timeout=120):
     return r[0], r[1], r.headers
 
 
-def chat(max_tokens=8, image=False, **kw):
-    content = [{"type": "text", "text": "Describe this."}]
-    if image:
-        content.insert(0, {"type": "image_url", "image_url": {
-            "url": data_url(png(56, 56, seed=3), "image/png")}})
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}],
+def chat_body(content: str | list, *, max_tokens: int = 8, role: str = "user", **kw) -> dict:
+    """A chat completion request of one message (``content``: a string or a list of parts),
+    greedy; ``kw`` adds or overrides fields (``stream``, ``tools``, ``model``...)."""
+    return {"model": MODEL, "messages": [{"role": role, "content": content}],
             "max_tokens": max_tokens, "temperature": 0, **kw}
+
+
+def with_text(*parts: dict, text: str = "Describe this.") -> list[dict]:
+    """Content parts (images, videos) followed by the question as a text part."""
+    return [*parts, {"type": "text", "text": text}]
+
+
+def chat(max_tokens=8, image=False, **kw):
+    """A small chat, with one 56x56 PNG as a data URL when ``image``."""
+    parts = [{"type": "image_url", "image_url": {"url": data_url(png(56, 56, seed=3),
+                                                                 "image/png")}}] if image else []
+    return chat_body(with_text(*parts), max_tokens=max_tokens, **kw)
+
+
+def stream_chunks(events: list[str]) -> list[dict]:
+    """The chunks of a stream that ended as OpenAI's protocol says (every event JSON, then
+    ``[DONE]``); fails naming the last events otherwise."""
+    assert events and events[-1] == "[DONE]", f"the stream did not end with [DONE]: {events[-3:]}"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def stream_usage(events: list[str]) -> dict:
+    """The usage a complete stream ends with (``stream_options.include_usage``)."""
+    usage = stream_chunks(events)[-1].get("usage")
+    assert usage, f"the stream's last chunk carries no usage: {events[-2:]}"
+    return usage
 
 
 def stream(base, max_tokens, started: threading.Event | None = None, timeout=600) -> dict:

@@ -68,10 +68,8 @@ def server(stacks, media):
     })
 
 
-def chat(*parts, text="Describe.", role="user", **kw) -> dict:
-    content = list(parts) + [{"type": "text", "text": text}]
-    return {"model": MODEL, "messages": [{"role": role, "content": content}], "max_tokens": 1,
-            "temperature": 0, **kw}
+def chat(*parts, text="Describe.", **kw) -> dict:
+    return utils.chat_body(utils.with_text(*parts, text=text), **{"max_tokens": 1, **kw})
 
 
 def flat_png(w: int, h: int) -> bytes:
@@ -443,9 +441,7 @@ class StreamsBeside:
         while not self.done.is_set():
             try:
                 events = stream_events(self.server["base"], "/v1/chat/completions", body)
-                usage = json.loads(events[-2])["usage"]
-                self.results.append(events[-1] == "[DONE]"
-                                    and usage["completion_tokens"] == MAX_TOKENS)
+                self.results.append(utils.stream_usage(events)["completion_tokens"] == MAX_TOKENS)
             except Exception as err:  # a broken stream is a failure, reported below
                 self.results.append(repr(err))
 

@@ -23,9 +23,9 @@ from launch.local_cluster import read_state
 from launch.monitoring import ALERT_NAMES, dashboard, dashboard_queries, metric_names, rules
 from loadtest.dashboard import render_png
 from loadtest.prometheus import LocalPrometheus
-from tests.utils import (documented_metrics, ensure_prometheus, image_data_part, png, request,
-                         stack_metric_names, start_stack, stop_stack, stream_events,
-                         wait_until)
+from tests.utils import (chat_body, documented_metrics, ensure_prometheus, image_data_part, png,
+                         request, stack_metric_names, stream_chunks,
+                         stream_events, wait_until)
 
 pytestmark = pytest.mark.slow
 KEYS = {"default": "sk-e2e-default-" + "d" * 24, "team-a": "sk-e2e-team-a-" + "a" * 24,
@@ -38,12 +38,13 @@ ERRORS: list[str] = []  # every error body the module's requests got (no secret 
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(stacks, tmp_path_factory):
+    """The module's stack (through ``stacks``) with a real Prometheus scraping it."""
     ensure_prometheus()
     tmp = tmp_path_factory.mktemp("monitoring")
     (tmp / "api-keys").write_text(KEYS["default"] + "\n")
     (tmp / "scrape-key").write_text(KEYS["default"])
-    info = start_stack(tmp, overrides={
+    info = stacks.get(overrides={
         "deployment": {"max_ongoing_requests": 4, "max_queued_requests": 8},
         "access": {"api_keys_env": None, "api_keys_file": str(tmp / "api-keys"),
                    "metrics": "key",
@@ -56,28 +57,22 @@ def live(tmp_path_factory):
             # Ray's metrics reach the agent every second (default 10 s): the test's waits
             "RAY_metrics_report_interval_ms": "1000"})
     ray_target = info["metrics"].split("//", 1)[1].split("/", 1)[0]
-    try:
-        prom = LocalPrometheus(tmp / "prometheus", [
-            LocalPrometheus.job("ray", ray_target),
-            # the API's /metrics is the same text behind the key: scraped to prove the key
-            # works from a credentials file, stored nowhere (the series would count twice)
-            LocalPrometheus.job("api", info["base"].split("//", 1)[1],
-                                credentials_file=str(tmp / "scrape-key"), keep_none=True),
-        ], rules(info["cfg"]))
-    except Exception:
-        stop_stack(info)
-        raise
+    prom = LocalPrometheus(tmp / "prometheus", [
+        LocalPrometheus.job("ray", ray_target),
+        # the API's /metrics is the same text behind the key: scraped to prove the key
+        # works from a credentials file, stored nowhere (the series would count twice)
+        LocalPrometheus.job("api", info["base"].split("//", 1)[1],
+                            credentials_file=str(tmp / "scrape-key"), keep_none=True),
+    ], rules(info["cfg"]))
     info["prom"], info["started"] = prom, time.time()
     yield info
     prom.close()
-    stop_stack(info)
 
 
 def chat(live, key: str, *, stream: bool = False, usage: bool = False, max_tokens: int = 16,
          content="Say something.") -> dict:
     """One chat completion: status, Retry-After, error, and the usage the client saw."""
-    body = {"model": live["model"], "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": content}]}
+    body = chat_body(content, max_tokens=max_tokens, model=live["model"])
     if stream:
         body["stream"] = True
         if usage:
@@ -88,7 +83,7 @@ def chat(live, key: str, *, stream: bool = False, usage: bool = False, max_token
             out = {"status": err.code, "retry_after": err.headers.get("retry-after"),
                    "error": json.loads(err.read())}
         else:
-            found = [json.loads(e).get("usage") for e in events if e != "[DONE]"]
+            found = [c.get("usage") for c in stream_chunks(events)]
             out = {"status": 200, "usage": next((u for u in reversed(found) if u), None)}
     else:
         r = request(live["base"], "/v1/chat/completions", body, key=KEYS[key])

@@ -20,12 +20,13 @@ import pytest
 import torch
 
 from tests.utils import (
+    chat_body,
     image_from_data_url,
     image_part,
     png_url,
-    start_stack,
-    stop_stack,
+    stream_chunks,
     stream_events,
+    with_text,
 )
 from tests.utils import request
 
@@ -52,23 +53,20 @@ PROMPTS = {
 
 
 @pytest.fixture(scope="module", params=["gptq-int4", "awq"])
-def quantized(request, tmp_path_factory):
+def quantized(request, stacks, tmp_path_factory):
+    """The variant's stack (through ``stacks``: the next variant's start stops it) and, beside
+    it, the same weights dequantized in Hugging Face transformers."""
     from engine.quantize import write_dequantized_checkpoint
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     variant = request.param
-    tmp = tmp_path_factory.mktemp(f"serve-{variant}")
-    info = start_stack(tmp, {"model": {"source": f"embedded:qwen2-vl-tiny-{variant}"}})
-    try:
-        ckpt = info["cfg"].model_path()
-        ref = tmp / "dequantized"
-        ref.mkdir()
-        write_dequantized_checkpoint(ckpt, ref)
-        model = Qwen2VLForConditionalGeneration.from_pretrained(ref, dtype=torch.float32).eval()
-        info.update(variant=variant, hf=model, processor=AutoProcessor.from_pretrained(ckpt))
-        yield info
-    finally:
-        stop_stack(info)
+    stack = stacks.get({"model": {"source": f"embedded:qwen2-vl-tiny-{variant}"}})
+    ckpt = stack.cfg.model_path()
+    ref = tmp_path_factory.mktemp(f"dequantized-{variant}")
+    write_dequantized_checkpoint(ckpt, ref)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(ref, dtype=torch.float32).eval()
+    return {**stack.info, "variant": variant, "hf": model,
+            "processor": AutoProcessor.from_pretrained(ckpt)}
 
 
 def _control_model():
@@ -148,14 +146,10 @@ def test_greedy_tokens_agree_with_hf_on_dequantized_weights(quantized, kind):
 
 def test_usage_and_streaming(quantized):
     """The quantized engine behind the same API: usage, streaming, an image."""
-    import json
-
-    body = {"model": quantized["model"], "max_tokens": 8, "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": [
-                image_part(png_url(100, 100, seed=5)), {"type": "text", "text": "Hi"}]}]}
+    body = chat_body(with_text(image_part(png_url(100, 100, seed=5)), text="Hi"),
+                     model=quantized["model"], stream=True,
+                     stream_options={"include_usage": True})
     events = stream_events(quantized["base"], "/v1/chat/completions", body, timeout=120)
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
+    chunks = stream_chunks(events)
     assert chunks[-1]["usage"]["completion_tokens"] == 8
     assert sum(1 for c in chunks if c.get("choices")) >= 8

@@ -7,6 +7,7 @@ started (development only; the stop/cleanup checks are then skipped).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,7 +23,6 @@ from tests import utils
 from tests.utils import (
     CONFIGS,
     ROOT,
-    Reusable,
     frames_part,
     image_data_part,
     image_from_data_url,
@@ -30,9 +30,9 @@ from tests.utils import (
     png_url,
     request,
     run_cli,
-    start_stack,
-    stop_stack,
+    stream_chunks,
     stream_events,
+    stream_usage,
     wait_until,
 )
 
@@ -41,41 +41,38 @@ MAX_NEW = 12
 
 
 # ------------------------------------------------------------------------------ helpers
-def chat_body(server, content, **kw) -> dict:
-    return {"model": server["model"], "messages": [{"role": "user", "content": content}],
-            "max_tokens": MAX_NEW, "temperature": 0, **kw}
+chat_body = functools.partial(utils.chat_body, max_tokens=MAX_NEW)
 
 
 # ------------------------------------------------------------------------------ fixture
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The module's stack; the drain test ends it, and a test after that gets a new one."""
-    external = os.environ.get("QWEN_VL_TEST_URL")
-    if external:
-        from engine.config import load_config
+# A long drain timeout: the drain test stops the stack while a long stream runs.
+OVERRIDES = {"deployment": {"drain_timeout_s": 300}}
 
-        cfg = load_config(CONFIGS / "default.yaml")
-        info = {"base": external, "model": cfg.model.served_name, "cfg": cfg, "env": None,
-                "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
-        yield Reusable(lambda: info, lambda _: None)
-        return
-    # A long drain timeout: the drain test stops the stack while a long stream runs.
-    holder = Reusable(lambda: start_stack(tmp_path_factory.mktemp("serve"),
-                                          {"deployment": {"drain_timeout_s": 300}}), stop_stack)
-    yield holder
-    holder.close()
+
+def external() -> dict | None:
+    """The server QWEN_VL_TEST_URL names (development only), as a stack's facts."""
+    url = os.environ.get("QWEN_VL_TEST_URL")
+    if not url:
+        return None
+    from engine.config import load_config
+
+    cfg = load_config(CONFIGS / "default.yaml")
+    return {"base": url, "model": cfg.model.served_name, "cfg": cfg, "env": None,
+            "metrics": f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"}
 
 
 @pytest.fixture
-def server(stack):
-    return stack.get()
+def server(stacks):
+    """The module's stack (shared through ``stacks``); the drain test ends it, and a test
+    after that gets a new one."""
+    return external() or stacks.get(OVERRIDES)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(stack):
+def tokenizer(stacks):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(stack.get()["cfg"].model_path())
+    return AutoTokenizer.from_pretrained((external() or stacks.get(OVERRIDES))["cfg"].model_path())
 
 
 def expected_prompt_tokens(tokenizer, server, content_kinds: list, text: str, sizes=()) -> int:
@@ -115,7 +112,7 @@ def test_models(server):
 def test_chat_one_image(server, tokenizer):
     url = png_url(200, 300, seed=1)
     code, out = request(server["base"], "/v1/chat/completions",
-                     chat_body(server, [image_part(url), {"type": "text", "text": "What is this?"}]))
+                     chat_body([image_part(url), {"type": "text", "text": "What is this?"}]))
     assert code == 200, out
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
@@ -127,8 +124,7 @@ def test_chat_one_image(server, tokenizer):
 @pytest.mark.parametrize("h,w", [(200, 300), (30, 40), (1000, 800), (56, 1400), (28, 28)])
 def test_token_accounting_after_smart_resize(server, tokenizer, h, w):
     """usage.prompt_tokens = text tokens + (h/28)(w/28) after smart_resize(min/max pixels)."""
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(
-        server, [image_part(png_url(h, w, seed=h + w)), {"type": "text", "text": "Hi"}],
+    code, out = request(server["base"], "/v1/chat/completions", chat_body([image_part(png_url(h, w, seed=h + w)), {"type": "text", "text": "Hi"}],
         max_tokens=1))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
@@ -148,12 +144,11 @@ def test_planned_tokens_per_image_equal_usage(server):
 
     mm = server["cfg"].multimodal
     text = [{"type": "text", "text": "Hi"}]
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, text, max_tokens=1))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(text, max_tokens=1))
     assert code == 200, out
     base = out["usage"]["prompt_tokens"]
     for h, w in PLAN_SIZES:
-        code, out = request(server["base"], "/v1/chat/completions", chat_body(
-            server, [image_data_part(utils.gradient_png(h, w))] + text, max_tokens=1))
+        code, out = request(server["base"], "/v1/chat/completions", chat_body([image_data_part(utils.gradient_png(h, w))] + text, max_tokens=1))
         assert code == 200, (h, w, out)
         planned = image_tokens(h, w, mm.min_pixels, mm.max_pixels)["prompt_tokens"]
         assert out["usage"]["prompt_tokens"] - base == planned, (h, w)
@@ -163,7 +158,7 @@ def test_chat_two_images(server, tokenizer):
     sizes = [(200, 300), (120, 90)]
     content = [image_part(png_url(h, w, seed=i)) for i, (h, w) in enumerate(sizes)]
     content.append({"type": "text", "text": "Compare them."})
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(content))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
         tokenizer, server, ["image", "image"], "Compare them.", sizes)
@@ -172,7 +167,7 @@ def test_chat_two_images(server, tokenizer):
 def test_chat_video_as_frames(server, tokenizer):
     """A video given as a list of JPEG frames (vLLM's data:video/jpeg;base64,f1,f2,...)."""
     content = [frames_part(4, size=112), {"type": "text", "text": "What happens?"}]
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(content))
     assert code == 200, out
     text_only = expected_prompt_tokens(tokenizer, server, [], "What happens?")
     # The <|vision_start|><|video_pad|><|vision_end|> frame: 4 frames -> 2 temporal patches of
@@ -183,7 +178,7 @@ def test_chat_video_as_frames(server, tokenizer):
 
 def test_chat_text_only(server, tokenizer):
     code, out = request(server["base"], "/v1/chat/completions",
-                     chat_body(server, "Tell me a story."))
+                     chat_body("Tell me a story."))
     assert code == 200, out
     assert out["usage"]["prompt_tokens"] == expected_prompt_tokens(
         tokenizer, server, [], "Tell me a story.")
@@ -192,16 +187,15 @@ def test_chat_text_only(server, tokenizer):
 def test_streaming_chunks_and_usage(server):
     """Chunks arrive one SSE event per token; the last event carries usage; text matches."""
     content = [image_part(png_url(64, 64, seed=5)), {"type": "text", "text": "Stream"}]
-    body = chat_body(server, content, stream=True, stream_options={"include_usage": True})
+    body = chat_body(content, stream=True, stream_options={"include_usage": True})
     events = stream_events(server["base"], "/v1/chat/completions", body, timeout=120)
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
+    chunks = stream_chunks(events)
     content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert len(content_chunks) >= MAX_NEW - 1  # one event per generated token (detokenizer may merge)
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == MAX_NEW
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, content))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body(content))
     assert streamed == out["choices"][0]["message"]["content"]
 
 
@@ -229,7 +223,7 @@ def test_stream_reaches_the_client_while_the_engine_generates(server):
         return wait_until(check, 180, interval=11, what="the token counter settled")[0]
 
     before = settled()
-    body = chat_body(server, "Tell me a very long story.", max_tokens=asked, ignore_eos=True,
+    body = chat_body("Tell me a very long story.", max_tokens=asked, ignore_eos=True,
                      stream=True)
     req = urllib.request.Request(server["base"] + "/v1/chat/completions",
                                  json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -291,7 +285,7 @@ def test_openai_client(server):
 
 
 def test_unknown_model_is_404_openai_error(server):
-    body = chat_body(server, "hi")
+    body = chat_body("hi")
     body["model"] = "no-such-model"
     code, out = request(server["base"], "/v1/chat/completions", body)
     assert code == 404
@@ -301,7 +295,7 @@ def test_unknown_model_is_404_openai_error(server):
 
 
 def test_bad_requests_get_openai_errors(server):
-    code, out = request(server["base"], "/v1/chat/completions", chat_body(server, "hi", max_tokens=100000))
+    code, out = request(server["base"], "/v1/chat/completions", chat_body("hi", max_tokens=100000))
     assert code == 400
     assert out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == "max_tokens"
     assert "4096" in out["error"]["message"] and "ray.llm" not in out["error"]["message"]
@@ -315,7 +309,7 @@ def test_metrics_include_vllm(server):
     """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...)."""
     wanted = {"ray_vllm_num_requests_running", "ray_vllm_kv_cache_usage_perc",
               "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_generation_tokens_total"}
-    request(server["base"], "/v1/chat/completions", chat_body(server, "warm the metrics"))
+    request(server["base"], "/v1/chat/completions", chat_body("warm the metrics"))
     names: set = set()
 
     def exported():
@@ -348,11 +342,11 @@ def test_status_cli(server):
 
 # ------------------------------------------------------------------------------ correctness
 @pytest.fixture(scope="module")
-def hf_model(stack):
+def hf_model(stacks):
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    path = stack.get()["cfg"].model_path()
+    path = (external() or stacks.get(OVERRIDES))["cfg"].model_path()
     model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(path)
 
@@ -384,7 +378,7 @@ def test_greedy_tokens_equal_hf_transformers(server, hf_model, case):
     text = "Describe this picture in detail."
     content = [image_part(u) for u in urls] + [{"type": "text", "text": text}]
     code, out = request(server["base"], "/v1/chat/completions",
-                     chat_body(server, content, return_token_ids=True))
+                     chat_body(content, return_token_ids=True))
     assert code == 200, out
     hf_prompt, hf_tokens = hf_greedy(hf_model, server, text, [image_from_data_url(u) for u in urls])
     assert out["prompt_token_ids"] == hf_prompt
@@ -396,8 +390,7 @@ def test_greedy_output_depends_on_image(server):
     """Guards the correctness test: a different image gives different greedy tokens."""
     outs = []
     for seed in (21, 22):
-        code, out = request(server["base"], "/v1/chat/completions", chat_body(
-            server, [image_part(png_url(200, 300, seed=seed)), {"type": "text", "text": "Hi"}],
+        code, out = request(server["base"], "/v1/chat/completions", chat_body([image_part(png_url(200, 300, seed=seed)), {"type": "text", "text": "Hi"}],
             return_token_ids=True))
         assert code == 200
         outs.append(out["choices"][0]["token_ids"])
@@ -429,7 +422,7 @@ def tool_turn(server, **kw) -> dict:
                {"type": "text", "text": "Is this flight on time?"}]
     # 128 tokens: the random-weight model spells the call's envelope out a character at a
     # time, which takes about 66.
-    return chat_body(server, content, tools=TOOLS, max_tokens=128, **kw)
+    return chat_body(content, tools=TOOLS, max_tokens=128, **kw)
 
 
 def calls_of(server, body: dict, stream: bool) -> list[tuple[str, dict]]:
@@ -440,10 +433,8 @@ def calls_of(server, body: dict, stream: bool) -> list[tuple[str, dict]]:
     if stream:
         events = stream_events(server["base"], "/v1/chat/completions",
                                {**body, "stream": True}, timeout=300)
-        assert events[-1] == "[DONE]", events[-3:]
         calls: dict[int, dict] = {}
-        for e in events[:-1]:
-            chunk = json.loads(e)
+        for chunk in stream_chunks(events):
             for choice in chunk["choices"]:
                 for d in choice["delta"].get("tool_calls") or ():
                     entry = calls.setdefault(d["index"], {"name": "", "arguments": "", "ids": set()})
@@ -491,7 +482,7 @@ def test_json_schema_answer_is_complete_compact_and_valid(server):
                              "delay": {"type": "string", "enum": ["none", "short", "long"]}}}
     content = [image_part(png_url(96, 64, seed=7)),
                {"type": "text", "text": "Is this flight on time? Answer in JSON."}]
-    body = chat_body(server, content, max_tokens=64, response_format={
+    body = chat_body(content, max_tokens=64, response_format={
         "type": "json_schema", "json_schema": {"name": "status", "schema": schema}})
     code, out = request(server["base"], "/v1/chat/completions", body, timeout=300)
     assert code == 200, out
@@ -570,14 +561,13 @@ def test_prompt_with_tools_equals_transformers_rendering(server, tokenizer):
         in text and "<tool_response>\nsnow\n</tool_response>" in text
 
 
-def test_stop_drains_running_stream(stack):
+def test_stop_drains_running_stream(stacks):
     """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
     once, the stream ends with all its tokens, then the cluster is gone. It ends the module's
     stack; a test after it gets a new one."""
-    server = stack.get()
-    if server["env"] is None:
+    if external():
         pytest.skip("external server")
-    server = stack.take()
+    server = stacks.take(OVERRIDES)
     from launch.local_cluster import cluster_processes, read_state
 
     # A long stream, held in flight until the drain is seen: the client reads its first event,
@@ -585,7 +575,7 @@ def test_stop_drains_running_stream(stack):
     # (far smaller than the reply) and the request is still running on the server however
     # long the stop takes to start a Python process, join the cluster and set the drain.
     n = server["cfg"].engine.max_model_len - 96
-    body = chat_body(server, [{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
+    body = chat_body([{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, resume, events = threading.Event(), threading.Event(), []
 
@@ -612,7 +602,7 @@ def test_stop_drains_running_stream(stack):
                                 stderr=subprocess.STDOUT, text=True)
         refused = None
         deadline = time.monotonic() + 180
-        hi = chat_body(server, [{"type": "text", "text": "Hi"}])
+        hi = chat_body([{"type": "text", "text": "Hi"}])
         while refused is None and time.monotonic() < deadline and t.is_alive():
             try:
                 r = request(server["base"], "/v1/chat/completions", hi, timeout=60)
@@ -636,7 +626,6 @@ def test_stop_drains_running_stream(stack):
             run_cli("stop", env=server["env"], timeout=300)
     retry = str(server["cfg"].deployment.retry_after_s)
     assert refused == (503, "draining", retry), refused
-    assert events and events[-1] == "[DONE]", events[-3:]
-    assert json.loads(events[-2])["usage"]["completion_tokens"] == n, events[-2]
+    assert stream_usage(events)["completion_tokens"] == n, events[-2]
     assert stop.returncode == 0 and "stopped" in out, out
     assert cluster_processes(state) == [], "processes left after stop"
