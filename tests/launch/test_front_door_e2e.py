@@ -67,7 +67,7 @@ def request(server, path, body=None, *, key: str | None = KEY, **kw):
 
 
 def chat(*parts, **kw):
-    return chat_body(with_text(*parts, text="What is this?"), max_tokens=4, **kw)
+    return chat_body(with_text(*parts, text="What is this?"), **{"max_tokens": 4, **kw})
 
 
 # (name, request kwargs builder, status, error type, param (substring) or None, message substring)
