@@ -33,6 +33,7 @@ from engine.config import ServingConfig
 from . import drain
 from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body, validation_error_body
+from .frames import STORE
 from .front_door import FrontDoor
 from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
@@ -391,6 +392,7 @@ class _Accounting:
             state.inflight -= 1
         if self.slot:
             state.slots.release()
+        STORE.release(self.tally.frame_keys)
         # A request refused after admission (503: engine lost) used nothing: its quota is
         # given back.
         self.quotas.settle(self.lease, sum(self.usage) if self.usage else None,

@@ -27,6 +27,7 @@ from engine.config import ServingConfig
 
 from . import media, video
 from .fetch import fetch
+from .frames import STORE
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
 from .rejections import RequestRejected
 from .schemas import GrammarBudget, check_shape, items_of
@@ -122,12 +123,12 @@ class FrontDoor:
                 part.clear()
                 part.update(new_part)
                 continue
-            new = await asyncio.to_thread(self._video, url, param, pixels, tally)
+            new, key = await asyncio.to_thread(self._video, url, param, pixels, tally)
             if isinstance(holder, dict):
                 holder["url"] = new
             else:
                 part[ptype] = {"url": new}
-            part["uuid"] = media.content_key(new.encode(), pixels)
+            part["uuid"] = key
 
     async def check_schemas(self, body: Any) -> None:
         """Tool definitions, then every schema, regex and grammar of the request under
@@ -194,7 +195,11 @@ class FrontDoor:
             tally.add_image(data, decoded.size, pixels)
         return {"type": "image_pil", "image_pil": decoded.image, "uuid": decoded.uuid}
 
-    def _video(self, url: str, param: str, pixels: tuple[int, int], tally: MediaTally) -> str:
+    def _video(self, url: str, param: str, pixels: tuple[int, int],
+               tally: MediaTally) -> tuple[str, str]:
+        """The URL the engine gets for a video and the video's cache key. A JPEG frame list
+        is checked and passed on (the engine decodes each frame once); a video file's sampled
+        frames are handed over decoded (``launch.frames``)."""
         if url.startswith("data:video/jpeg;base64,"):
             _, payload = media.decode_data_url(url, param)
             size = media.check_frames(payload, self.limits, self.video.max_frames, param)
@@ -202,7 +207,7 @@ class FrontDoor:
             per_pair = image_tokens(size[1], size[0], *pixels)["image_tokens"]
             tally.add_video(len(payload) * 3 // 4, (frames + 1) // 2 * per_pair
                             + VISION_EXTRA_TOKENS)
-            return url
+            return url, media.content_key(url.encode(), pixels)
         mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
         if mime is not None and not mime.startswith("video/"):
             raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
@@ -210,7 +215,9 @@ class FrontDoor:
         frames, p = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
                                  max_pixels=pixels[1], param=param)
         tally.add_video(len(data), p.tokens + VISION_EXTRA_TOKENS)
-        return "data:video/jpeg;base64," + ",".join(frames)
+        key = media.content_key(data, pixels)
+        tally.frame_keys.append(key)
+        return STORE.put(key, frames), key
 
     def pixel_bounds(self, body: Any) -> tuple[int, int]:
         """(min_pixels, max_pixels) in force for a request: the config's, or the lower ones its

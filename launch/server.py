@@ -20,7 +20,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from engine.config import ServingConfig
 
-from . import compact_tools
+from . import compact_tools, frames
 from .api import ApiState, make_api
 
 
@@ -29,6 +29,7 @@ class QwenVLServer(LLMServer):
 
     async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
         cfg = ServingConfig.model_validate(serving_config)
+        frames.install()  # video files reach vLLM decoded (launch.frames)
         if cfg.engine.compact_json and cfg.tools.auto:
             compact_tools.register(cfg.tools.parser)  # before vLLM builds its serving objects
         with _serve_log_handlers_kept():

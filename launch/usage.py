@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.capacity import image_tokens
@@ -41,6 +41,8 @@ class MediaTally:
     videos: int = 0
     video_tokens: int = 0
     video_bytes: int = 0
+    # Keys of the decoded video frames this request holds in ``launch.frames.STORE``.
+    frame_keys: list[str] = field(default_factory=list)
 
     def add_image(self, data: bytes, size: tuple[int, int], pixels: tuple[int, int]) -> None:
         self.images += 1

@@ -9,18 +9,19 @@ spaced from first to last, and each is resized with ``smart_resize`` to at most
 ``total_pixels / frames * 2`` pixels (so that frames x pixels fit the video's token budget),
 never below the per-frame floor, and within the pixel bounds a request sets. A video that does
 not fit its budget even at the floor is refused, naming the budget. The engine gets the frames
-as a JPEG frame list (``data:video/jpeg;base64,f1,f2,...``), whose size its processor keeps as
-it is, so a video costs ``frames / 2 * (height / 28) * (width / 28)`` tokens plus its two
-markers.
+decoded (``launch.frames``: in the engine replica's process, so nothing is encoded again for a
+second decode), at a size its processor keeps as it is, so a video costs
+``frames / 2 * (height / 28) * (width / 28)`` tokens plus its two markers.
 
-Decoding streams: frames are decoded one at a time and only the sampled ones are kept (as JPEG),
-so a long video never sits decoded in memory.
+Decoding streams: frames are decoded one at a time and only the sampled ones are kept, at
+their target size, so a long video never sits decoded in memory: what is kept is bounded by
+the video's token budget (3 bytes a pixel, 28 x 28 x 2 pixels a token).
 """
 
 from __future__ import annotations
 
-import base64
 import io
+
 import numpy as np
 from PIL import Image
 
@@ -30,12 +31,11 @@ from engine.video_plan import VideoPlan, plan
 from .media import check_geometry
 from .rejections import RequestRejected
 
-JPEG_QUALITY = 95
-
 
 def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixels: int,
-           max_pixels: int, param: str) -> tuple[list[str], VideoPlan]:
-    """Decode a video file; returns its sampled frames (base64 JPEG) and the plan."""
+           max_pixels: int, param: str) -> tuple[np.ndarray, VideoPlan]:
+    """Decode a video file; returns its sampled frames (``frames x height x width x 3``,
+    uint8 RGB) and the plan."""
     import av
 
     def bad(message: str, reason: str = "bad_video") -> RequestRejected:
@@ -79,7 +79,7 @@ def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixe
     # A header may count more frames than decode: the last decoded frame stands in for the
     # missing ones, so the frame count (and the tokens) stay what the plan says.
     frames += [frames[-1]] * (p.frames - len(frames))
-    return frames, p
+    return np.stack(frames), p
 
 
 def _count_frames(container, stream) -> int:
@@ -87,20 +87,17 @@ def _count_frames(container, stream) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def _decode(container, stream, wanted: list[int], size: tuple[int, int]) -> list[str]:
-    out: list[str] = []
+def _decode(container, stream, wanted: list[int], size: tuple[int, int]) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
     pending = iter(wanted)
     target = next(pending, None)
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index != target:
                 continue
-            image = frame.to_image().convert("RGB").resize(size, Image.BICUBIC)
-            buf = io.BytesIO()
-            image.save(buf, "JPEG", quality=JPEG_QUALITY)
-            encoded = base64.b64encode(buf.getvalue()).decode()
+            image = np.asarray(frame.to_image().convert("RGB").resize(size, Image.BICUBIC))
             while target == index:
-                out.append(encoded)
+                out.append(image)
                 target = next(pending, None)
             if target is None:
                 break

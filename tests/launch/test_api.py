@@ -238,3 +238,22 @@ def test_health_names_this_replicas_dead_engine_and_says_ok_otherwise(state):
     assert out["models"] == {MODEL: "unhealthy"}
     state.server.dead, state.draining = False, True
     assert json.loads(asyncio.run(api._health(state)).body)["error"]["message"] == "draining"
+
+
+def test_a_requests_decoded_video_frames_leave_the_store_when_it_ends(state):
+    """Frames the front door stored for a request (launch.frames) are released once, with
+    the request, whether it was served or refused."""
+    import numpy as np
+
+    from launch.frames import STORE
+
+    async def check(b, tally):
+        STORE.put("video-key", np.zeros((2, 28, 28, 3), np.uint8))
+        tally.frame_keys.append("video-key")
+
+    async def handler(b, request):
+        assert STORE.get("video-key") is not None  # held while vLLM reads it
+        raise EngineDeadError("gone")
+
+    out = asyncio.run(api._serve(state, body(), REQUEST, handler, check))
+    assert out.status_code == 503 and STORE.get("video-key") is None
