@@ -81,7 +81,10 @@ def test_the_store_keeps_a_video_while_any_request_holds_it():
 def test_install_points_vllm_at_the_connector(monkeypatch):
     from vllm import envs
 
-    monkeypatch.delenv("VLLM_MEDIA_CONNECTOR", raising=False)
+    # Recorded first, so the variable is put back as it was: a connector name left in this
+    # process would reach every vLLM the later tests start from it (bare `vllm serve` has no
+    # such connector).
+    monkeypatch.setenv("VLLM_MEDIA_CONNECTOR", "http")
     frames_mod.install()
     assert envs.VLLM_MEDIA_CONNECTOR == frames_mod.CONNECTOR
 
