@@ -171,6 +171,11 @@ def cpu_per_request(targets: list, workload: Workload, concurrency: int, request
     return readings
 
 
+# The process groups a request passes through before the engine core, in any target.
+REQUEST_PATH = frozenset({"HTTP proxy", "HAProxy", "ingress replica", "ingress router",
+                          "engine replica (Python)", "API server (vllm serve)"})
+
+
 def cpu_report(report: Report, readings: dict[tuple[str, str], CpuReading],
                requests: int) -> None:
     """The CPU table (groups x target/kind, ms per request) and the serving-path target."""
@@ -178,7 +183,10 @@ def cpu_report(report: Report, readings: dict[tuple[str, str], CpuReading],
     per = {col: readings[key].per_request_ms(requests) for col, key in zip(cols, readings)}
     rows = []
     for g in GROUPS:
-        if any(g in per[c] and per[c][g] >= 0.05 for c in cols):
+        # A process's CPU counters tick every 10 ms: in a short block a light process (HAProxy)
+        # may read 0. The groups a request passes through keep their row whenever a target
+        # has them, so a row says which processes were found; the others show when they cost.
+        if any(g in per[c] and (per[c][g] >= 0.05 or g in REQUEST_PATH) for c in cols):
             rows.append({"group": g, **{c: per[c].get(g) for c in cols}})
     rows.append({"group": "serving path (all but engine core, workers)",
                  **{c: readings[k].serving_path_ms(requests) for c, k in zip(cols, readings)}})

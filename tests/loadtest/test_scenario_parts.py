@@ -168,3 +168,21 @@ def test_checkpoint_dtype(tmp_path):
                                  ("torch_dtype", "float32", "float32"), ("dtype", "int8", None)]:
         (tmp_path / "config.json").write_text(json.dumps({key: value}))
         assert checkpoint_dtype(str(tmp_path)) == expected
+
+
+def test_cpu_table_keeps_a_request_path_process_that_read_zero(tmp_path):
+    """A process's CPU counters tick every 10 ms, so in a short block HAProxy may read 0: its
+    row stays (the process was found), while a daemon that cost nothing anywhere is left out."""
+    from loadtest.cpu_usage import CpuReading
+    from loadtest.report import Report
+    from loadtest.scenarios.overhead import cpu_report
+
+    report = Report("overhead", tmp_path, {})
+    stack = CpuReading(2.0, {"HAProxy": 0.0, "engine replica (Python)": 0.1,
+                             "Ray log monitor": 0.0}, {})
+    bare = CpuReading(2.0, {"API server (vllm serve)": 0.05}, {})
+    cpu_report(report, {("stack", "text"): stack, ("vllm-serve", "text"): bare}, requests=8)
+    rows = {r["group"]: r for r in report.data["cpu_per_request_ms"]}
+    assert rows["HAProxy"]["stack text"] == 0.0 and rows["HAProxy"]["vllm-serve text"] is None
+    assert rows["engine replica (Python)"]["stack text"] == 12.5
+    assert "Ray log monitor" not in rows
