@@ -9,7 +9,7 @@ request back to back (the contention any second client brings); (b) while it sen
 schemas at the default size and shape limits (a 1024-member enum in just under 32 KiB, each
 one new, so nothing is cached), which the engine compiles; (c) while another client sends short
 regexes with nested repetition, which take seconds to compile and are refused at
-``compile_budget_s``; (d) the issue's case, a 100,000-member enum (refused by size). Prints
+``compile_budget_s``; (d) a 100,000-member enum, refused by its size before any compile. Prints
 each median, its ratio to (a), and what the heavy client got (statuses, median time).
 """
 
