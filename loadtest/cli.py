@@ -7,6 +7,7 @@ tears it down, shows progress with an ETA and writes a results folder.
     qwen-vl-loadtest baseline  [--model tiny|2b]
     qwen-vl-loadtest ceiling   [--fast-paths]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
+    qwen-vl-loadtest soak --run-dir DIR --config F  # the stack `qwen-vl serve` runs here
 
 Results: ``results/<scenario>-<model>-<time>/`` (``--out`` to choose): ``report.md``,
 ``results.json`` (``vllm bench serve`` key names), ``results.csv``, ``records.jsonl``, PNG plots.
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--images-per-request", type=int, default=1)
         sp.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
 
+    def run_dir_flag(sp):  # scenarios that can measure a stack already running here
+        sp.add_argument("--run-dir", type=Path,
+                        help="measure the stack `qwen-vl serve` runs on this machine from this "
+                             "run directory (its QWEN_VL_RUN_DIR) instead of deploying one: "
+                             "its URL, ports and processes (CPU, memory, KV cache) are read "
+                             "from there, --config is the config it serves; it is neither "
+                             "started nor stopped")
+
     def one_model(sp):
         common(sp)
         sp.add_argument("--variant", type=lambda t: _variants(t)[0], default="BF16",
@@ -109,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--url", help="measure this running deployment instead of deploying")
     sweep.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                        help="with --url (default: $OPENAI_API_KEY)")
+    run_dir_flag(sweep)
     sweep.add_argument("--max-concurrency", type=int)
     sweep.add_argument("--min-requests", type=int, help="requests per level at least")
     mixed_workload_flags(sweep)
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     over = one_model(sub.add_parser("overhead", help="our stack vs bare vllm serve"))
     mixed_workload_flags(over)
+    run_dir_flag(over)
     over.add_argument("--concurrency", type=int)
     over.add_argument("--rounds", type=int)
     over.add_argument("--requests", type=int, help="requests per round")
@@ -145,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--url", help="load this running deployment instead of deploying")
     soak.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                       help="with --url (default: $OPENAI_API_KEY)")
+    run_dir_flag(soak)
     soak.add_argument("--duration", type=float, help="seconds (default 600; --quick: 30)")
     soak.add_argument("--concurrency", type=int)
     mixed_workload_flags(soak)
@@ -154,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ceil.add_argument("--fast-paths", action="store_true",
                       help="every Ray Serve fast path on (server.ray_throughput_optimized "
                            "besides server.ray_ha_proxy)")
+    run_dir_flag(ceil)
     ceil.add_argument("--levels", type=_ints,
                       help="concurrency levels, rising (default 1,2,4,...,64; --quick: 1,4)")
     ceil.add_argument("--requests", type=int,
@@ -216,7 +229,16 @@ def _grid(args, device: str) -> Grid:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run_dir", None) and getattr(args, "url", None):
+        parser.error("--url and --run-dir each name the deployment to measure: give one")
+    if getattr(args, "run_dir", None) and args.model:
+        parser.error("--model picks a model to deploy; with --run-dir the running stack's "
+                     "config (--config) names its model")
+    if getattr(args, "run_dir", None) and args.scenario == "ceiling" and args.fast_paths:
+        parser.error("--fast-paths sets up a stack the scenario deploys; with --run-dir the "
+                     "running stack's config (server.ray_throughput_optimized) decides")
     args.config = args.config.resolve()  # paths as given, before moving to the project root
     if args.out:
         args.out = args.out.resolve()
@@ -265,23 +287,34 @@ def _run_other(args, device: str, out: Path, label: str):
 
     d = DEFAULTS["quick" if args.quick else device]
     n_in, n_out = _opt(args, "input_tokens", d), _opt(args, "output_tokens", d)
-    settings = {"config": str(args.config), "model": args.model, "quick": args.quick}
+    settings = {"config": str(args.config), "model": args.model, "quick": args.quick,
+                **({"run_dir": str(args.run_dir)} if getattr(args, "run_dir", None) else {})}
     if args.scenario == "baseline":
         data = _scenario_data(args, max_model_len=n_in + n_out + 32, prefix_caching=False)
+    elif getattr(args, "run_dir", None):  # the running stack's config, as it serves it
+        data = _scenario_data(args)
     else:
         data = _scenario_data(args, max_model_len=n_in * 2 + 2048 + n_out)
     cfg, reason = check(data, args.scenario)
     if reason:
         raise SystemExit(f"cannot run {args.scenario} with this model here: {reason}")
     what = f"{cfg.model.served_name}, {label}"
+
+    def stack_target(data: dict):
+        """The stack to measure: a running one (--url, --run-dir) or one deployed here."""
+        if getattr(args, "url", None):
+            return deploy.remote(args.url, None, args.api_key)
+        if getattr(args, "run_dir", None):
+            return deploy.running(args.run_dir.resolve(), cfg)
+        return deploy.stack(data, out / "deploy")
+
     if args.scenario == "sweep":
         from .scenarios import sweep
 
         from .plan_check import plan_for_sweep
 
         w = mixed_workload(args, d, n_in, n_out)
-        target = (deploy.remote(args.url, None, args.api_key) if args.url
-                  else deploy.stack(data, out / "deploy"))
+        target = stack_target(data)
         plan = plan_for_sweep(cfg, w, label)
         if args.url:
             what = f"{args.url}, load generated on {label}"
@@ -295,8 +328,7 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "soak":
         from .scenarios import soak
 
-        target = (deploy.remote(args.url, None, args.api_key) if args.url
-                  else deploy.stack(data, out / "deploy"))
+        target = stack_target(data)
         if args.url:
             what = f"{args.url}, load generated on {label}"
         return soak.run(deployment=target, workload=mixed_workload(args, d, n_in, n_out),
@@ -306,7 +338,8 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "overhead":
         from .scenarios import overhead
 
-        return overhead.run(data=data, workload=mixed_workload(args, d, n_in, n_out),
+        return overhead.run(data=data, stack=stack_target(data),
+                            workload=mixed_workload(args, d, n_in, n_out),
                             concurrency=_opt(args, "concurrency", d),
                             requests_per_round=_opt(args, "requests", d),
                             rounds=_opt(args, "rounds", d), out=out,
@@ -322,7 +355,8 @@ def _run_other(args, device: str, out: Path, label: str):
 
         if args.fast_paths:
             data = with_fast_paths(data)
-        return ceiling.run(data=data, levels=args.levels or d["ceiling_levels"],
+        return ceiling.run(data=data, deployment=stack_target(data),
+                           levels=args.levels or d["ceiling_levels"],
                            requests_per_level=args.requests or d["ceiling_requests"], out=out,
                            title=f"Serving-path ceiling: {what}", settings=settings,
                            idle_s=d["idle_s"])

@@ -7,6 +7,8 @@
 - ``bare_vllm``: ``vllm serve`` with the engine arguments the same config produces
   (``ServingConfig.to_engine_kwargs``) and the same engine environment: the reference the
   overhead scenario compares our stack with.
+- ``running``: a stack ``qwen-vl serve`` started on this machine (``--run-dir``), measured like
+  one deployed here (its processes found from its run directory); nothing is started or stopped.
 - ``remote``: a deployment that is already running (``--url``); nothing is started or stopped.
 """
 
@@ -101,6 +103,52 @@ def ray_serve_llm(data: dict, work: Path, name: str = "ray-serve-llm",
         yield t
 
 
+def running(run_dir: Path, cfg: ServingConfig,
+            name: str = "stack") -> contextlib.AbstractContextManager[Target]:
+    """The stack ``qwen-vl serve`` started on this machine with ``run_dir`` as its run directory
+    (``QWEN_VL_RUN_DIR``), serving ``cfg``: measured as one deployed here is (its URL, ports and
+    processes read from its state), neither started nor stopped. The run directory is read
+    at once: a scenario without its stack fails before it deploys anything beside it."""
+    from launch.local_cluster import read_state
+
+    state = read_state(Path(run_dir))
+    if state is None:
+        raise RuntimeError(f"no stack runs from {run_dir}: `qwen-vl serve` records the one it "
+                           "starts in its run directory (QWEN_VL_RUN_DIR)")
+
+    @contextlib.contextmanager
+    def measured() -> Iterator[Target]:
+        print(f"measuring {name}: the running stack of {run_dir} ({state.address}); it is "
+              "left running", flush=True)
+        yield _cluster_target(name, state, cfg)
+
+    return measured()
+
+
+def _cluster_target(name: str, state, cfg: ServingConfig) -> Target:
+    """A local cluster's stack as a target: its URL and metrics port from the cluster's state,
+    its processes (all of them, and the engine replicas' trees) from its temp dir."""
+    from launch.local_cluster import cluster_processes
+
+    def engine_pids() -> list[int]:
+        import psutil
+
+        replicas = []
+        for pid in cluster_processes(state):
+            try:
+                if any(m in " ".join(psutil.Process(pid).cmdline()) for m in ENGINE_MARKS):
+                    replicas.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return process_tree(replicas)
+
+    return Target(name=name, base_url=base_url(state.http_host, state.http_port),
+                  model=cfg.model.served_name, api_key=_api_key(cfg), engine_pids=engine_pids,
+                  metrics_url=f"http://127.0.0.1:{state.metrics_port}/metrics",
+                  stack_pids=lambda: cluster_processes(state),
+                  kv_cache_tokens=lambda: kv_tokens_from_logs(state.temp_dir))
+
+
 def haproxy_env() -> dict[str, str]:
     """HAProxy's metrics and stats ports and its metrics socket moved off their fixed defaults,
     so that several deployments on one machine each run their own HAProxy."""
@@ -117,7 +165,7 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
                    env: dict[str, str] | None = None) -> Iterator[Target]:
     """``python -m module START`` (``{config}``: the written config file) in a private run
     directory, returning once the application runs; ``qwen-vl stop`` there afterwards."""
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.local_cluster import read_state
 
     data = json.loads(json.dumps(data))
     data.setdefault("server", {}).update(port=free_port(), metrics_port=free_port())
@@ -135,27 +183,8 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
         _cli(env, "stop")
         raise RuntimeError(f"{name} failed to start; see {log}:\n{log.read_text()[-3000:]}")
     print(f"  {name} ready in {fmt_s(time.monotonic() - t0)}", flush=True)
-    state = read_state(Path(env["QWEN_VL_RUN_DIR"]))
-
-    def engine_pids() -> list[int]:
-        import psutil
-
-        replicas = []
-        for pid in cluster_processes(state):
-            try:
-                if any(m in " ".join(psutil.Process(pid).cmdline()) for m in ENGINE_MARKS):
-                    replicas.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return process_tree(replicas)
-
-    base = base_url(cfg.server.host, cfg.server.port)
     try:
-        yield Target(name=name, base_url=base, model=cfg.model.served_name,
-                     api_key=_api_key(cfg), engine_pids=engine_pids,
-                     metrics_url=f"http://127.0.0.1:{cfg.server.metrics_port}/metrics",
-                     stack_pids=lambda: cluster_processes(state),
-                     kv_cache_tokens=lambda: kv_tokens_from_logs(state.temp_dir))
+        yield _cluster_target(name, read_state(Path(env["QWEN_VL_RUN_DIR"])), cfg)
     finally:
         stop = _cli(env, "stop")
         print(f"  {name} stopped" + ("" if stop.returncode == 0 else f" (code {stop.returncode})"),

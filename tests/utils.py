@@ -66,15 +66,19 @@ def request(base: str, path: str = "", body: Any = None, *, raw: bytes | None = 
 
 
 def stream_events(base: str, path: str, body: dict, *, key: str | None = None,
-                  on_event: Callable[[str], Any] | None = None, timeout: float = 600) -> list[str]:
+                  on_event: Callable[[str], Any] | None = None,
+                  on_open: Callable[[], Any] | None = None, timeout: float = 600) -> list[str]:
     """The ``data:`` payloads of an SSE response, in order (``[DONE]`` included);
-    ``on_event`` sees each as it arrives. An HTTP error status raises ``HTTPError``."""
+    ``on_event`` sees each as it arrives, ``on_open`` the response's start (status 200 and
+    headers received). An HTTP error status raises ``HTTPError``."""
     hdrs = {"Content-Type": "application/json"}
     if key:
         hdrs["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(base + path, json.dumps(body).encode(), hdrs)
     events = []
     with urllib.request.urlopen(req, timeout=timeout) as r:
+        if on_open is not None:
+            on_open()
         for line in r:
             line = line.decode().strip()
             if line.startswith("data: "):
@@ -729,13 +733,16 @@ def stream_usage(events: list[str]) -> dict:
 
 
 def stream(base, max_tokens, started: threading.Event | None = None, timeout=600) -> dict:
-    """A streamed chat; returns its events, or the error that ended it."""
+    """A streamed chat; returns its events, or the error that ended it (``opened``: whether
+    the response had begun, status 200 and headers received, before it)."""
     body = chat(max_tokens=max_tokens, ignore_eos=True, stream=True,
                 stream_options={"include_usage": True})
     events: list[str] = []
+    opened: list[bool] = []
     try:
         stream_events(base, "/v1/chat/completions", body, timeout=timeout,
-                      on_event=lambda e: (events.append(e), started and started.set()))
+                      on_event=lambda e: (events.append(e), started and started.set()),
+                      on_open=lambda: opened.append(True))
     except urllib.error.HTTPError as err:  # refused before the stream started
         try:
             body = json.loads(err.read())
@@ -744,7 +751,7 @@ def stream(base, max_tokens, started: threading.Event | None = None, timeout=600
         return {"events": events, "status": err.code, "body": body,
                 "retry_after": err.headers.get("Retry-After")}
     except Exception as err:  # recorded, judged by the test
-        return {"events": events, "exception": repr(err)}
+        return {"events": events, "exception": repr(err), "opened": bool(opened)}
     return {"events": events}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from contextlib import AbstractContextManager
 import os
 import time
 import urllib.error
@@ -22,7 +23,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from .. import deploy
 from ..cpu_usage import CpuMeter, read_counters
 from ..metrics import summarize
 from ..report import Report, plot, step_result
@@ -79,8 +79,11 @@ def http_request_routes(t: Target, wait_s: float = 45) -> list[str]:
         time.sleep(3)
 
 
-def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, title: str,
-        settings: dict, idle_s: float) -> Report:
+def run(*, data: dict, deployment: AbstractContextManager[Target], levels: list[int],
+        requests_per_level: int, out: Path, title: str, settings: dict,
+        idle_s: float) -> Report:
+    """``data``: the config the stack serves; ``deployment``: the stack, as ``data`` deploys
+    it or one already running."""
     replicas = (data.get("deployment") or {}).get("replicas", 1)
     report = Report("ceiling", out, {**settings, "levels": levels, "replicas": replicas,
                                      "requests_per_level": requests_per_level})
@@ -89,7 +92,7 @@ def run(*, data: dict, levels: list[int], requests_per_level: int, out: Path, ti
           f"{levels} until requests/s stop growing", flush=True)
     max_n = (data.get("limits") or {}).get("max_n", 4)
     with contextlib.ExitStack() as up:
-        t = up.enter_context(deploy.stack(data, out / "deploy"))
+        t = up.enter_context(deployment)
         ok, answer = front_door_answers(t, max_n)
         report.target("front door refuses n over limits.max_n (400, param n)", None,
                       "400 with param n", ok, answer)

@@ -19,6 +19,7 @@ our layer's part (informational rows, no goal).
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from engine.config import RAY_FAST_PATH_ENV
@@ -28,7 +29,7 @@ from ..cpu_usage import ENGINE_GROUPS, GROUPS, CpuMeter, CpuReading
 from ..metrics import summarize
 from ..profile import LIBRARIES, profiled, shares
 from ..report import Report, plot, step_result
-from ..runner import Progress, run_step, warm_up
+from ..runner import Progress, Target, run_step, warm_up
 from ..workload import Workload
 from .common import with_fast_paths
 
@@ -55,7 +56,8 @@ DIRECT_ENV = {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
               **dict.fromkeys(RAY_FAST_PATH_ENV.values(), "1")}
 
 
-def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round: int,
+def run(*, data: dict, stack: AbstractContextManager[Target], workload: Workload,
+        concurrency: int, requests_per_round: int,
         rounds: int, out: Path, title: str, settings: dict, ray_serve_llm: bool = False,
         fast_paths: bool = False, direct_streaming: bool = False, cpu_requests: int = 0,
         idle_s: float = 5.0, profile: bool = False) -> Report:
@@ -71,7 +73,7 @@ def run(*, data: dict, workload: Workload, concurrency: int, requests_per_round:
     per: dict[str, dict] = {}
     with contextlib.ExitStack() as up:
         targets = deploy.start_all(up, [
-            deploy.stack(data, out / "deploy", name="stack"),
+            stack,  # the stack as `data` deploys it, or one already running
             *([deploy.stack(with_fast_paths(data), out / "deploy", name=FAST)]
               if fast_paths else []),
             *([deploy.ray_serve_llm(data, out / "deploy")] if ray_serve_llm else []),

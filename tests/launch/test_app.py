@@ -1,5 +1,7 @@
 """The Ray Serve application derived from the config, built but not started."""
 
+import pytest
+
 from engine.config import load_config, parse_config
 from launch.app import build_app, deployment_config, llm_config_dict
 from tests.utils import CONFIGS
@@ -43,6 +45,18 @@ def test_gpu_llm_config_takes_tp_gpus():
     assert d["placement_group_config"]["bundle_per_worker"] == {"GPU": 1, "CPU": 1}
     assert d["engine_kwargs"]["tensor_parallel_size"] == 2
     assert d["engine_kwargs"]["gpu_memory_utilization"] == 0.9
+
+
+@pytest.mark.parametrize("deployment, placement", [
+    ({"cpus_per_replica": 64}, {"bundles": [{"CPU": 64}]}),
+    ({"device": "gpu"}, {"bundle_per_worker": {"GPU": 1, "CPU": 1}, "strategy": "PACK"}),
+])
+def test_a_replica_asks_ray_for_its_devices(deployment, placement):
+    """What Ray places per replica (Ray adds the replica actor's own CPU): a CPU replica's
+    cores in one bundle, a GPU replica one GPU and a CPU per engine worker."""
+    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
+                        "deployment": deployment})
+    assert llm_config_dict(cfg, model_path="/ckpt")["placement_group_config"] == placement
 
 
 def test_autoscaling_maps_to_ray_serve():

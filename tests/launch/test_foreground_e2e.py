@@ -20,7 +20,11 @@ pytestmark = pytest.mark.slow
 
 def foreground(tmp: Path) -> tuple[subprocess.Popen, dict, list[str], threading.Thread]:
     """`qwen-vl serve` in the foreground, returned once it says it is serving."""
-    cfg, data = write_config(tmp, {"engine": {"cpu_kv_cache_gib": 0.25}})
+    # Text only (no image or video per prompt): these tests send no request, and vLLM then
+    # skips its multimodal warm-up and encoder profiling, much of a start.
+    cfg, data = write_config(tmp, {"engine": {"cpu_kv_cache_gib": 0.25},
+                                   "multimodal": {"max_images_per_prompt": 0,
+                                                  "max_videos_per_prompt": 0}})
     env = {**os.environ, "QWEN_VL_RUN_DIR": str(tmp / "run"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve", "--config", str(cfg)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

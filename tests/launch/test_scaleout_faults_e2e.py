@@ -34,8 +34,9 @@ REQUEST_TIMEOUT_S = 120  # a request still open after this is a hang
 
 def one_request(base: str, i: int) -> tuple[str, float, float]:
     """(what the client saw, start, end): 'ok'; 'error:<code>' (an OpenAI error: a shaped 503
-    with Retry-After, or a stream's error event); 'cut' (a stream that ended without [DONE]
-    or an error event); 'dropped' (the connection closed before any answer); 'refused' (no
+    with Retry-After, or a stream's error event); 'cut' (a stream whose response had begun,
+    status 200 and headers, that ended without [DONE] or an error event, with or without
+    events before); 'dropped' (the connection closed before any answer); 'refused' (no
     connection); 'plain:<status>' (an error page that is not OpenAI JSON); 'BAD: ...' (a hang,
     anything else)."""
     t0 = time.monotonic()
@@ -46,7 +47,7 @@ def one_request(base: str, i: int) -> tuple[str, float, float]:
             what = f"BAD: hung {err}"
         elif what.startswith("BAD") and err:
             what = ("refused" if "Connection refused" in err
-                    else "cut" if result["events"] else "dropped")
+                    else "cut" if result["opened"] else "dropped")
         elif what.startswith("BAD: no [DONE]"):  # the connection closed between events
             what = "cut"
         elif what.startswith("BAD") and "status" in result and result["body"] is None:
@@ -106,13 +107,13 @@ def test_killing_a_serving_process(cluster, victim):
     base = cluster["base"]
     wait_until(lambda: two_healthy(base), 600, interval=3, what="two healthy replicas")
     pid = serving_pid(cluster, victim)
-    results: list[tuple[str, float, float]] = []
+    results: list[tuple[str, float, float, str]] = []  # what, start, end, which kind of request
     stop = threading.Event()
     first = [threading.Event() for _ in range(USERS)]
 
     def user(i):
         while not stop.is_set():
-            results.append(one_request(base, i))
+            results.append((*one_request(base, i), "stream" if i % 2 else "whole answer"))
             first[i].set()
             if results[-1][0] == "refused":  # as a client would: not in a tight loop
                 time.sleep(0.2)

@@ -47,6 +47,10 @@ chat_body = functools.partial(utils.chat_body, max_tokens=MAX_NEW)
 # ------------------------------------------------------------------------------ fixture
 # A long drain timeout: the drain test stops the stack while a long stream runs.
 OVERRIDES = {"deployment": {"drain_timeout_s": 300}}
+# Ray exports the engine's metrics every second (its default is 10 s): a counter read settles
+# within seconds.
+EXPORT_S = 1
+ENV = {"RAY_metrics_report_interval_ms": str(EXPORT_S * 1000)}
 
 
 def external() -> dict | None:
@@ -65,14 +69,14 @@ def external() -> dict | None:
 def server(stacks):
     """The module's stack (shared through ``stacks``); the drain test ends it, and a test
     after that gets a new one."""
-    return external() or stacks.get(OVERRIDES)
+    return external() or stacks.get(OVERRIDES, ENV)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(stacks):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained((external() or stacks.get(OVERRIDES))["cfg"].model_path())
+    return AutoTokenizer.from_pretrained((external() or stacks.get(OVERRIDES, ENV))["cfg"].model_path())
 
 
 def expected_prompt_tokens(tokenizer, server, content_kinds: list, text: str, sizes=()) -> int:
@@ -213,14 +217,15 @@ def test_stream_reaches_the_client_while_the_engine_generates(server):
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ray_vllm_generation_tokens_total"))
 
-    def settled():  # two reads more than an export interval (10 s) apart agree
+    def settled():  # two reads more than an export interval apart agree
         last = [None]
 
         def check():
             now = generated()
             same, last[0] = now == last[0], now
             return same and (now,)
-        return wait_until(check, 180, interval=11, what="the token counter settled")[0]
+        return wait_until(check, 180, interval=EXPORT_S + 1.5,
+                          what="the token counter settled")[0]
 
     before = settled()
     body = chat_body("Tell me a very long story.", max_tokens=asked, ignore_eos=True,
@@ -346,7 +351,7 @@ def hf_model(stacks):
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    path = (external() or stacks.get(OVERRIDES))["cfg"].model_path()
+    path = (external() or stacks.get(OVERRIDES, ENV))["cfg"].model_path()
     model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(path)
 
@@ -567,14 +572,13 @@ def test_stop_drains_running_stream(stacks):
     stack; a test after it gets a new one."""
     if external():
         pytest.skip("external server")
-    server = stacks.take(OVERRIDES)
+    server = stacks.take(OVERRIDES, ENV)
     from launch.local_cluster import cluster_processes, read_state
 
-    # A long stream, held in flight until the drain is seen: the client reads its first event,
-    # then nothing until a new request is refused, so the reply backs up in the socket buffers
-    # (far smaller than the reply) and the request is still running on the server however
-    # long the stop takes to start a Python process, join the cluster and set the drain.
-    n = server["cfg"].engine.max_model_len - 96
+    # A stream that outlasts the stop's start (a Python process that joins the cluster and
+    # sets the drain): the stop's own count proves it was running when the drain began. The
+    # client reads its first event, then nothing until a new request is refused.
+    n = 1500
     body = chat_body([{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, resume, events = threading.Event(), threading.Event(), []
@@ -627,5 +631,6 @@ def test_stop_drains_running_stream(stacks):
     retry = str(server["cfg"].deployment.retry_after_s)
     assert refused == (503, "draining", retry), refused
     assert stream_usage(events)["completion_tokens"] == n, events[-2]
+    assert "draining: 1 requests still running" in out, out  # the stream, held by the drain
     assert stop.returncode == 0 and "stopped" in out, out
     assert cluster_processes(state) == [], "processes left after stop"

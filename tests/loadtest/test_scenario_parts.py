@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,33 @@ def test_cli_unreachable_url_is_one_line_not_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err and "Connection refused" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--url", "http://h:8000", "--run-dir", "r"], "--url and --run-dir"),
+    (["soak", "--model", "2b", "--run-dir", "r"], "--model picks a model to deploy"),
+    (["ceiling", "--fast-paths", "--run-dir", "r"], "the running stack's config"),
+])
+def test_cli_run_dir_conflicts_are_usage_errors(argv, message, capsys):
+    from loadtest.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scenario", ["sweep", "soak", "ceiling", "overhead"])
+def test_cli_run_dir_without_a_stack_is_one_line(scenario, tmp_path, capsys):
+    """--run-dir names a folder where no stack runs: one line saying so, exit 2, nothing
+    deployed (no deploy/ folder in the results)."""
+    from loadtest.cli import main
+
+    code = main([scenario, "--run-dir", str(tmp_path / "run"), "--quick",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"qwen-vl-loadtest {scenario}: no stack runs from ")
+    assert "Traceback" not in err and not (tmp_path / "r" / "deploy").exists()
+
+
 def test_every_documented_flag_parses():
     from loadtest.cli import build_parser
 
@@ -158,6 +186,8 @@ def test_every_documented_flag_parses():
     a = p.parse_args(["soak", "--duration", "600", "--concurrency", "4", "--image-fraction",
                       "0.5", "--url", "http://h:8000", "--api-key", "k"])
     assert (a.duration, a.concurrency, a.url) == (600, 4, "http://h:8000")
+    for scenario in ("sweep", "soak", "ceiling", "overhead"):
+        assert p.parse_args([scenario, "--run-dir", "r"]).run_dir == Path("r")
 
 
 def test_checkpoint_dtype(tmp_path):

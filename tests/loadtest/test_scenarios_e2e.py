@@ -1,5 +1,8 @@
-"""Every scenario in quick mode, end to end: the command deploys the real stack (and bare
-``vllm serve``), Locust drives real HTTP, the results folder is checked for structure and sanity."""
+"""Every scenario in quick mode, end to end: Locust drives real HTTP, the results folder is
+checked for structure and sanity. ``card``, ``baseline`` and ``ceiling`` deploy the stacks they
+measure (the deploy path every scenario shares); ``sweep``, ``soak`` and ``overhead`` measure one
+running stack (``--run-dir``: its processes found from its run directory), beside which
+``overhead`` deploys bare ``vllm serve`` and Ray Serve LLM's app."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from PIL import Image
 
 from loadtest.metrics import read_records
+from tests import utils
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_KEYS = ("completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
@@ -20,6 +24,14 @@ VLLM_KEYS = ("completed", "failed", "duration", "total_input_tokens", "total_out
              "mean_itl_ms", "median_e2el_ms", "ttfts", "itls", "latencies", "output_lens")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+RUNNING: dict = {}  # the running stack: the default config
+
+
+@pytest.fixture
+def running(stacks) -> list[str]:
+    """The flags that point a scenario at the module's running stack."""
+    stack = stacks.get(RUNNING)
+    return ["--run-dir", stack["env"]["QWEN_VL_RUN_DIR"], "--config", stack["cfg_path"]]
 
 
 def run_scenario(tmp: Path, *args: str) -> tuple[Path, dict, str]:
@@ -83,97 +95,6 @@ def test_card_quick(tmp_path):
     assert "(float32)" in target["detail"]
 
 
-def test_sweep_quick(tmp_path):
-    out, data, _ = run_scenario(tmp_path, "sweep")
-    check_folder(out, data, ["throughput.png", "latency.png"])
-    table = data["table"]
-    # Quick mode plans levels 1 and 2; a level that saturates is measured and reported too.
-    assert [r["concurrency"] for r in table] == [1, 2]
-    kinds = {r.kind for r in read_records(out / "records.jsonl")}
-    assert kinds == {"text", "image"}  # the mixed workload really sent images
-    cap = data["capacity"]
-    for r in table:  # each level judged against the SLO from its own measured figures
-        assert r["meets_slo"] is (r["failed"] == 0 and r["p99_ttft_ms"] <= cap["slo_ttft_ms"]
-                                  and r["p99_tpot_ms"] <= cap["slo_tpot_ms"]), r
-    assert cap["max_concurrency_meeting_slo"] == max(
-        [r["concurrency"] for r in table if r["meets_slo"]], default=0)
-    peak = max(table, key=lambda r: r["output_throughput"])
-    assert cap["peak_output_throughput"] == peak["output_throughput"] > 0
-    assert cap["peak_at_concurrency"] == peak["concurrency"]
-    assert all(r["request_goodput"] is not None for r in data["table"])
-    # qwen-vl plan's prediction beside the measurement; the KV cache size is exact.
-    rows = {r["what"]: r for r in data["plan_vs_measured"]}
-    kv = rows["KV cache tokens"]
-    assert kv["measured"] == kv["planned"] and kv["ratio"] == 1.0, kv
-    one = rows["decode tokens/s, one stream (bound)"]
-    assert one["measured"] and 0 < one["ratio"] < 1.5, one  # a bound (noise allowed)
-    assert "## Plan vs measured" in (out / "report.md").read_text()
-
-
-def test_soak_quick(tmp_path):
-    """The 30-second soak (the default is 10 minutes): no failed request, memory growth bounded."""
-    out, data, stdout = run_scenario(tmp_path, "soak")
-    check_folder(out, data, ["soak.png"])
-    assert sum(r["completed"] for r in data["table"]) > 0
-    assert sum(r["failed"] for r in data["table"]) == 0
-    assert data["table"][-1]["elapsed_s"] >= 30
-    kinds = {r.kind for r in read_records(out / "records.jsonl")}
-    assert kinds == {"text", "image"}
-    targets = {t["target"]: t for t in data["targets"]}
-    assert targets["failed valid requests"]["met"] is True
-    mem = data["memory"]
-    assert mem["start_gib"] > 0.5 and mem["end_gib"] > 0.5  # the whole stack, not one process
-    assert targets["resident memory growth"]["measured"] == round(mem["growth"], 4)
-    assert "stack resident memory at start" in stdout and "at the end" in stdout
-
-
-def test_overhead_quick(tmp_path):
-    """With the third target: Ray Serve LLM's own app from the same config, between the two."""
-    out, data, stdout = run_scenario(tmp_path, "overhead", "--ray-serve-llm")
-    check_folder(out, data, ["overhead.png"])
-    assert [r["target"] for r in data["table"]] == ["stack", "ray-serve-llm", "vllm-serve"]
-    assert {s["target"] for s in data["steps"]} == {"stack", "ray-serve-llm", "vllm-serve"}
-    targets = {t["target"]: t for t in data["targets"]}
-    goals = ["stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
-             "stack serving-path CPU / vllm serve API server CPU, per text request",
-             "stack serving-path CPU / vllm serve API server CPU, per image request"]
-    assert list(targets) == [
-        *goals[:2], "ray-serve-llm / bare vllm serve output tokens/s",
-        "ray-serve-llm - bare vllm serve TTFT p50 (ms)",
-        "stack / ray-serve-llm output tokens/s", "stack - ray-serve-llm TTFT p50 (ms)",
-        *goals[2:]]
-    # Every goal is a measured number judged against its bound; the figures themselves belong
-    # in the benchmark files.
-    for name in goals:
-        assert isinstance(targets[name]["measured"], float), targets[name]
-        assert isinstance(targets[name]["met"], bool), targets[name]
-        assert targets[name]["goal"].startswith(("<=", ">=")), targets[name]
-    assert targets["stack / ray-serve-llm output tokens/s"]["met"] is None  # informational
-    # The reference is Ray's own ingress in front of Ray's own engine deployment.
-    ray_log = (out / "deploy" / "ray-serve-llm-serve.log").read_text()
-    assert "ray-serve-llm: running on" in ray_log
-    assert "deployments: LLMServer:qwen2-vl-tiny, OpenAiIngress" in ray_log, ray_log[-2000:]
-    argv = json.loads((out / "deploy" / "vllm-serve-argv.json").read_text())
-    assert "--max-model-len" in argv and "--limit-mm-per-prompt" in argv
-    for name in ("stack", "ray-serve-llm", "vllm-serve"):
-        assert f"{name} stopped" in stdout
-    # CPU per request by process group, side by side (ms): each target's own processes found.
-    cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
-    for group, who in (("engine replica (Python)", "stack"), ("HTTP proxy", "ray-serve-llm"),
-                       ("ingress replica", "ray-serve-llm")):
-        assert cpu[group][f"{who} text"] > 0 and cpu[group][f"{who} image"] > 0, group
-        assert cpu[group]["vllm-serve text"] is None, group  # vllm serve has no such process
-    # One hop: HAProxy in front of the stack's engine replica, no ingress replica. (Ray's proxy
-    # actor still runs beside HAProxy, which it manages: it serves no request.)
-    assert cpu["HAProxy"]["stack text"] is not None and cpu["HAProxy"]["ray-serve-llm text"] is None
-    assert cpu["ingress replica"]["stack text"] is None
-    assert cpu["API server (vllm serve)"]["vllm-serve text"] > 0
-    assert cpu["API server (vllm serve)"]["stack text"] is None
-    assert cpu["engine core + workers"]["stack text"] > 0
-    assert cpu["engine core + workers"]["vllm-serve text"] > 0
-    assert "## CPU per request (ms)" in (out / "report.md").read_text()
-
-
 def test_baseline_quick(tmp_path):
     out, data, _ = run_scenario(tmp_path, "baseline")
     check_folder(out, data, ["baseline.png"])
@@ -207,3 +128,98 @@ def test_ceiling_quick_with_fast_paths(tmp_path):
     # application's prefix, so no /v1/ route appears there.
     routes = data["http_request_routes"]
     assert "/" in routes and not any(r.startswith("/v1/") for r in routes), routes
+
+
+def test_sweep_quick(tmp_path, running):
+    out, data, _ = run_scenario(tmp_path, "sweep", *running)
+    check_folder(out, data, ["throughput.png", "latency.png"])
+    table = data["table"]
+    # Quick mode plans levels 1 and 2; a level that saturates is measured and reported too.
+    assert [r["concurrency"] for r in table] == [1, 2]
+    kinds = {r.kind for r in read_records(out / "records.jsonl")}
+    assert kinds == {"text", "image"}  # the mixed workload really sent images
+    cap = data["capacity"]
+    for r in table:  # each level judged against the SLO from its own measured figures
+        assert r["meets_slo"] is (r["failed"] == 0 and r["p99_ttft_ms"] <= cap["slo_ttft_ms"]
+                                  and r["p99_tpot_ms"] <= cap["slo_tpot_ms"]), r
+    assert cap["max_concurrency_meeting_slo"] == max(
+        [r["concurrency"] for r in table if r["meets_slo"]], default=0)
+    peak = max(table, key=lambda r: r["output_throughput"])
+    assert cap["peak_output_throughput"] == peak["output_throughput"] > 0
+    assert cap["peak_at_concurrency"] == peak["concurrency"]
+    assert all(r["request_goodput"] is not None for r in data["table"])
+    # qwen-vl plan's prediction beside the measurement; the KV cache size is exact.
+    rows = {r["what"]: r for r in data["plan_vs_measured"]}
+    kv = rows["KV cache tokens"]
+    assert kv["measured"] == kv["planned"] and kv["ratio"] == 1.0, kv
+    one = rows["decode tokens/s, one stream (bound)"]
+    assert one["measured"] and 0 < one["ratio"] < 1.5, one  # a bound (noise allowed)
+    assert "## Plan vs measured" in (out / "report.md").read_text()
+
+
+def test_soak_quick(tmp_path, running):
+    """The 30-second soak (the default is 10 minutes): no failed request, memory growth bounded."""
+    out, data, stdout = run_scenario(tmp_path, "soak", *running)
+    check_folder(out, data, ["soak.png"])
+    assert sum(r["completed"] for r in data["table"]) > 0
+    assert sum(r["failed"] for r in data["table"]) == 0
+    assert data["table"][-1]["elapsed_s"] >= 30
+    kinds = {r.kind for r in read_records(out / "records.jsonl")}
+    assert kinds == {"text", "image"}
+    targets = {t["target"]: t for t in data["targets"]}
+    assert targets["failed valid requests"]["met"] is True
+    mem = data["memory"]
+    assert mem["start_gib"] > 0.5 and mem["end_gib"] > 0.5  # the whole stack, not one process
+    assert targets["resident memory growth"]["measured"] == round(mem["growth"], 4)
+    assert "stack resident memory at start" in stdout and "at the end" in stdout
+
+
+def test_overhead_quick(tmp_path, running, stacks):
+    """With the third target: Ray Serve LLM's own app from the same config, between the two."""
+    out, data, stdout = run_scenario(tmp_path, "overhead", "--ray-serve-llm", *running)
+    check_folder(out, data, ["overhead.png"])
+    assert [r["target"] for r in data["table"]] == ["stack", "ray-serve-llm", "vllm-serve"]
+    assert {s["target"] for s in data["steps"]} == {"stack", "ray-serve-llm", "vllm-serve"}
+    targets = {t["target"]: t for t in data["targets"]}
+    goals = ["stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
+             "stack serving-path CPU / vllm serve API server CPU, per text request",
+             "stack serving-path CPU / vllm serve API server CPU, per image request"]
+    assert list(targets) == [
+        *goals[:2], "ray-serve-llm / bare vllm serve output tokens/s",
+        "ray-serve-llm - bare vllm serve TTFT p50 (ms)",
+        "stack / ray-serve-llm output tokens/s", "stack - ray-serve-llm TTFT p50 (ms)",
+        *goals[2:]]
+    # Every goal is a measured number judged against its bound; the figures themselves belong
+    # in the benchmark files.
+    for name in goals:
+        assert isinstance(targets[name]["measured"], float), targets[name]
+        assert isinstance(targets[name]["met"], bool), targets[name]
+        assert targets[name]["goal"].startswith(("<=", ">=")), targets[name]
+    assert targets["stack / ray-serve-llm output tokens/s"]["met"] is None  # informational
+    # The reference is Ray's own ingress in front of Ray's own engine deployment.
+    ray_log = (out / "deploy" / "ray-serve-llm-serve.log").read_text()
+    assert "ray-serve-llm: running on" in ray_log
+    assert "deployments: LLMServer:qwen2-vl-tiny, OpenAiIngress" in ray_log, ray_log[-2000:]
+    argv = json.loads((out / "deploy" / "vllm-serve-argv.json").read_text())
+    assert "--max-model-len" in argv and "--limit-mm-per-prompt" in argv
+    for name in ("ray-serve-llm", "vllm-serve"):  # what it deployed, it stopped
+        assert f"{name} stopped" in stdout
+    # The running stack was measured, not deployed, and it still serves.
+    assert "measuring stack: the running stack of" in stdout and "stack stopped" not in stdout
+    assert data["settings"]["run_dir"] == running[1]
+    assert utils.request(stacks.get(RUNNING)["base"], "/health")[0] == 200
+    # CPU per request by process group, side by side (ms): each target's own processes found.
+    cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
+    for group, who in (("engine replica (Python)", "stack"), ("HTTP proxy", "ray-serve-llm"),
+                       ("ingress replica", "ray-serve-llm")):
+        assert cpu[group][f"{who} text"] > 0 and cpu[group][f"{who} image"] > 0, group
+        assert cpu[group]["vllm-serve text"] is None, group  # vllm serve has no such process
+    # One hop: HAProxy in front of the stack's engine replica, no ingress replica. (Ray's proxy
+    # actor still runs beside HAProxy, which it manages: it serves no request.)
+    assert cpu["HAProxy"]["stack text"] is not None and cpu["HAProxy"]["ray-serve-llm text"] is None
+    assert cpu["ingress replica"]["stack text"] is None
+    assert cpu["API server (vllm serve)"]["vllm-serve text"] > 0
+    assert cpu["API server (vllm serve)"]["stack text"] is None
+    assert cpu["engine core + workers"]["stack text"] > 0
+    assert cpu["engine core + workers"]["vllm-serve text"] > 0
+    assert "## CPU per request (ms)" in (out / "report.md").read_text()
