@@ -231,17 +231,20 @@ def _grid(args, device: str) -> Grid:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "run_dir", None) and getattr(args, "url", None):
+    args.run_dir = getattr(args, "run_dir", None)  # scenarios without the flag: none
+    if args.run_dir and getattr(args, "url", None):
         parser.error("--url and --run-dir each name the deployment to measure: give one")
-    if getattr(args, "run_dir", None) and args.model:
+    if args.run_dir and args.model:
         parser.error("--model picks a model to deploy; with --run-dir the running stack's "
                      "config (--config) names its model")
-    if getattr(args, "run_dir", None) and args.scenario == "ceiling" and args.fast_paths:
+    if args.run_dir and args.scenario == "ceiling" and args.fast_paths:
         parser.error("--fast-paths sets up a stack the scenario deploys; with --run-dir the "
                      "running stack's config (server.ray_throughput_optimized) decides")
     args.config = args.config.resolve()  # paths as given, before moving to the project root
     if args.out:
         args.out = args.out.resolve()
+    if args.run_dir:
+        args.run_dir = args.run_dir.resolve()
     os.chdir(ROOT)  # Locust, `qwen-vl serve` and `vllm serve` run from the project root
     if not args.config.is_file():
         raise SystemExit(f"qwen-vl-loadtest: --config {args.config}: no such file")
@@ -288,10 +291,10 @@ def _run_other(args, device: str, out: Path, label: str):
     d = DEFAULTS["quick" if args.quick else device]
     n_in, n_out = _opt(args, "input_tokens", d), _opt(args, "output_tokens", d)
     settings = {"config": str(args.config), "model": args.model, "quick": args.quick,
-                **({"run_dir": str(args.run_dir)} if getattr(args, "run_dir", None) else {})}
+                **({"run_dir": str(args.run_dir)} if args.run_dir else {})}
     if args.scenario == "baseline":
         data = _scenario_data(args, max_model_len=n_in + n_out + 32, prefix_caching=False)
-    elif getattr(args, "run_dir", None):  # the running stack's config, as it serves it
+    elif args.run_dir:  # the running stack's config, as it serves it
         data = _scenario_data(args)
     else:
         data = _scenario_data(args, max_model_len=n_in * 2 + 2048 + n_out)
@@ -304,8 +307,8 @@ def _run_other(args, device: str, out: Path, label: str):
         """The stack to measure: a running one (--url, --run-dir) or one deployed here."""
         if getattr(args, "url", None):
             return deploy.remote(args.url, None, args.api_key)
-        if getattr(args, "run_dir", None):
-            return deploy.running(args.run_dir.resolve(), cfg)
+        if args.run_dir:
+            return deploy.running(args.run_dir, cfg)
         return deploy.stack(data, out / "deploy")
 
     if args.scenario == "sweep":

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from contextlib import AbstractContextManager
 import os
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..cpu_usage import CpuMeter, read_counters

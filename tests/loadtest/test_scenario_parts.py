@@ -169,6 +169,16 @@ def test_cli_run_dir_without_a_stack_is_one_line(scenario, tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "r" / "deploy").exists()
 
 
+def test_cli_run_dir_is_taken_from_where_the_command_runs(tmp_path, monkeypatch, capsys):
+    """A relative --run-dir names a folder under the caller's directory, not under the project
+    root the command moves to."""
+    from loadtest.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--run-dir", "run", "--quick", "--out", "r"]) == 2
+    assert f"no stack runs from {tmp_path / 'run'}:" in capsys.readouterr().err
+
+
 def test_every_documented_flag_parses():
     from loadtest.cli import build_parser
 
