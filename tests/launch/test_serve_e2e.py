@@ -311,20 +311,45 @@ def test_bad_requests_get_openai_errors(server):
 
 
 def test_metrics_include_vllm(server):
-    """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...)."""
+    """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...). The gauges
+    are exported while the engine steps (Ray evicts a gauge not refreshed within two export
+    intervals, as docs/operations.md says), so the scrapes run while a long stream generates."""
+    import urllib.request
+
     wanted = {"ray_vllm_num_requests_running", "ray_vllm_kv_cache_usage_perc",
               "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_generation_tokens_total"}
-    request(server["base"], "/v1/chat/completions", chat_body("warm the metrics"))
+    body = chat_body("Tell me a very long story.", max_tokens=3000, ignore_eos=True, stream=True)
+    req = urllib.request.Request(server["base"] + "/v1/chat/completions",
+                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
     names: set = set()
+    streaming, done = threading.Event(), threading.Event()
+
+    def stream():  # reads until the scrapes are done, then hangs up
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                if line.startswith(b"data: "):
+                    streaming.set()
+                if done.is_set():
+                    break
+        streaming.set()
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    assert streaming.wait(120), "the stream never began"
 
     def exported():
         code, out = request(server["metrics"])
-        text = out.get("raw", "")
-        names.update(ln.split("{")[0].split(" ")[0] for ln in text.splitlines()
+        assert code == 200, out
+        names.update(ln.split("{")[0].split(" ")[0] for ln in out["raw"].splitlines()
                      if ln and ln[0] != "#")
-        return code == 200 and wanted <= names
+        return wanted <= names or not reader.is_alive()
 
-    wait_until(exported, 60, interval=3, what=f"metrics {sorted(wanted)}")
+    try:
+        wait_until(exported, 60, interval=0.5, what="the stream's metrics")
+    finally:
+        done.set()
+        reader.join(30)
+    assert wanted <= names, f"not exported while the engine generated: {sorted(wanted - names)}"
 
 
 def test_metrics_route_off_by_default(server):
