@@ -9,6 +9,8 @@ imports torch or vLLM itself before then.
 - ``torchvision._meta_registrations`` (before it runs): ``engine.torchvision_shim``.
 - ``vllm.model_executor.kernels.linear.mixed_precision.cpu`` (after it runs):
   ``engine.cpu_kernels`` (a PyTorch 4-bit GEMM where vLLM's CPU library has none).
+- ``vllm.v1.executor.multiproc_executor`` (after it runs): ``engine.worker_start`` (the engine
+  core forks its worker, as under ``vllm serve``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ Hook = Callable[[object], None]
 
 def _hooks() -> dict[str, tuple[Hook | None, Hook | None]]:
     """Module name -> (run before its code, run after its code)."""
-    from . import cpu_kernels, torchvision_shim
+    from . import cpu_kernels, torchvision_shim, worker_start
 
     return {
         torchvision_shim.TARGET: (torchvision_shim.before_import, None),
         cpu_kernels.TARGET: (None, cpu_kernels.after_import),
+        worker_start.TARGET: (None, worker_start.after_import),
     }
 
 
