@@ -14,6 +14,7 @@ def pytest_collection_modifyitems(config, items):
     """Every test of a ``*_e2e.py`` module is marked ``e2e`` (it starts a stack or a cluster:
     ``make test-e2e``) and ``slow``; GPU tests are skipped (not deleted) where no NVIDIA GPU is
     visible."""
+    items[:] = shared_stacks_together(items)
     config.stash[STACK_MODULES] = {item.path for item in items if "stacks" in item.fixturenames}
     for item in items:
         if item.path.name.endswith("_e2e.py"):
@@ -31,6 +32,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def shared_stacks_together(items: list) -> list:
+    """The tests of each ``shares_stack`` name moved to where the first of them is, in their
+    order, those that end the stack (``ends=True``) last: one stack start serves them all."""
+    groups: dict[str, list] = {}
+    for item in items:
+        mark = item.get_closest_marker("shares_stack")
+        if mark is not None:
+            groups.setdefault(mark.args[0], []).append(item)
+    ordered, placed = [], set()
+    for item in items:
+        mark = item.get_closest_marker("shares_stack")
+        if mark is None:
+            ordered.append(item)
+        elif mark.args[0] not in placed:
+            placed.add(mark.args[0])
+            group = groups[mark.args[0]]
+            ends = [i for i in group if i.get_closest_marker("shares_stack").kwargs.get("ends")]
+            ordered += [i for i in group if i not in ends] + ends
+    return ordered
 
 
 @pytest.fixture(scope="session")

@@ -294,6 +294,16 @@ class Stack:
         return OpenAI(base_url=self.url_for("v1"), api_key=api_key, **kw)
 
 
+# Stacks that tests of several modules share (``@pytest.mark.shares_stack(name)``: conftest runs
+# them one after another, so one start serves them all): name -> (overrides, environment).
+SHARED_STACKS = {
+    # The serve module's and the load scenarios' running stack: a long drain timeout (the drain
+    # test stops it while a long stream runs) and Ray's metrics exported every second (its
+    # default is 10 s), so a counter read settles within seconds.
+    "serve": ({"deployment": {"drain_timeout_s": 300}}, {"RAY_metrics_report_interval_ms": "1000"}),
+}
+
+
 class Stacks:
     """Stacks keyed by their overrides, for modules that need the same one to share one start.
     One runs at a time (two stacks on two cores slow each other): asking for another stops the

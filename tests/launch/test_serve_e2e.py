@@ -23,6 +23,7 @@ from tests import utils
 from tests.utils import (
     CONFIGS,
     ROOT,
+    SHARED_STACKS,
     frames_part,
     image_data_part,
     image_from_data_url,
@@ -36,7 +37,7 @@ from tests.utils import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shares_stack("serve")]
 MAX_NEW = 12
 
 
@@ -45,12 +46,10 @@ chat_body = functools.partial(utils.chat_body, max_tokens=MAX_NEW)
 
 
 # ------------------------------------------------------------------------------ fixture
-# A long drain timeout: the drain test stops the stack while a long stream runs.
-OVERRIDES = {"deployment": {"drain_timeout_s": 300}}
-# Ray exports the engine's metrics every second (its default is 10 s): a counter read settles
-# within seconds.
-EXPORT_S = 1
-ENV = {"RAY_metrics_report_interval_ms": str(EXPORT_S * 1000)}
+# The stack the load scenarios' running-stack tests share (tests.utils.SHARED_STACKS): a long
+# drain timeout (the drain test stops it while a long stream runs), Ray's metrics every second.
+OVERRIDES, ENV = SHARED_STACKS["serve"]
+EXPORT_S = int(ENV["RAY_metrics_report_interval_ms"]) / 1000
 
 
 def external() -> dict | None:
@@ -591,6 +590,7 @@ def test_prompt_with_tools_equals_transformers_rendering(server, tokenizer):
         in text and "<tool_response>\nsnow\n</tool_response>" in text
 
 
+@pytest.mark.shares_stack("serve", ends=True)
 def test_stop_drains_running_stream(stacks):
     """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
     once, the stream ends with all its tokens, then the cluster is gone. It ends the module's

@@ -24,13 +24,16 @@ VLLM_KEYS = ("completed", "failed", "duration", "total_input_tokens", "total_out
              "mean_itl_ms", "median_e2el_ms", "ttfts", "itls", "latencies", "output_lens")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
-RUNNING: dict = {}  # the running stack: the default config
+# The running stack: the default config with the serve module's drain timeout and metrics
+# interval, so that one start serves both modules (conftest runs their tests together).
+RUNNING = utils.SHARED_STACKS["serve"]
+on_running_stack = pytest.mark.shares_stack("serve")
 
 
 @pytest.fixture
 def running(stacks) -> list[str]:
-    """The flags that point a scenario at the module's running stack."""
-    stack = stacks.get(RUNNING)
+    """The flags that point a scenario at the running stack."""
+    stack = stacks.get(*RUNNING)
     return ["--run-dir", stack["env"]["QWEN_VL_RUN_DIR"], "--config", stack["cfg_path"]]
 
 
@@ -130,6 +133,7 @@ def test_ceiling_quick_with_fast_paths(tmp_path):
     assert "/" in routes and not any(r.startswith("/v1/") for r in routes), routes
 
 
+@on_running_stack
 def test_sweep_quick(tmp_path, running):
     out, data, _ = run_scenario(tmp_path, "sweep", *running)
     check_folder(out, data, ["throughput.png", "latency.png"])
@@ -157,6 +161,7 @@ def test_sweep_quick(tmp_path, running):
     assert "## Plan vs measured" in (out / "report.md").read_text()
 
 
+@on_running_stack
 def test_soak_quick(tmp_path, running):
     """The 30-second soak (the default is 10 minutes): no failed request, memory growth bounded."""
     out, data, stdout = run_scenario(tmp_path, "soak", *running)
@@ -174,6 +179,7 @@ def test_soak_quick(tmp_path, running):
     assert "stack resident memory at start" in stdout and "at the end" in stdout
 
 
+@on_running_stack
 def test_overhead_quick(tmp_path, running, stacks):
     """With the third target: Ray Serve LLM's own app from the same config, between the two."""
     out, data, stdout = run_scenario(tmp_path, "overhead", "--ray-serve-llm", *running)
@@ -207,7 +213,7 @@ def test_overhead_quick(tmp_path, running, stacks):
     # The running stack was measured, not deployed, and it still serves.
     assert "measuring stack: the running stack of" in stdout and "stack stopped" not in stdout
     assert data["settings"]["run_dir"] == running[1]
-    assert utils.request(stacks.get(RUNNING)["base"], "/health")[0] == 200
+    assert utils.request(stacks.get(*RUNNING)["base"], "/health")[0] == 200
     # CPU per request by process group, side by side (ms): each target's own processes found.
     cpu = {r["group"]: r for r in data["cpu_per_request_ms"]}
     for group, who in (("engine replica (Python)", "stack"), ("HTTP proxy", "ray-serve-llm"),
