@@ -11,6 +11,8 @@ imports torch or vLLM itself before then.
   ``engine.cpu_kernels`` (a PyTorch 4-bit GEMM where vLLM's CPU library has none).
 - ``vllm.v1.executor.multiproc_executor`` (after it runs): ``engine.worker_start`` (the engine
   core forks its worker, as under ``vllm serve``).
+- ``transformers.processing_utils`` (after it runs): ``engine.processor_load`` (a processor
+  built around the tokenizer it is given loads and copies no other).
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ Hook = Callable[[object], None]
 
 def _hooks() -> dict[str, tuple[Hook | None, Hook | None]]:
     """Module name -> (run before its code, run after its code)."""
-    from . import cpu_kernels, torchvision_shim, worker_start
+    from . import cpu_kernels, processor_load, torchvision_shim, worker_start
 
     return {
         torchvision_shim.TARGET: (torchvision_shim.before_import, None),
         cpu_kernels.TARGET: (None, cpu_kernels.after_import),
         worker_start.TARGET: (None, worker_start.after_import),
+        processor_load.TARGET: (None, processor_load.after_import),
     }
 
 
