@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="every Ray Serve fast path on (server.ray_throughput_optimized "
                            "besides server.ray_ha_proxy)")
     run_dir_flag(ceil)
+    ceil.add_argument("--vllm-serve", action="store_true",
+                      help="then measure bare `vllm serve` from the same config the same way "
+                           "(after the stack, on the same cores) and report the stack's "
+                           "ceiling against its API server's")
     ceil.add_argument("--levels", type=_ints,
                       help="concurrency levels, rising (default 1,2,4,...,64; --quick: 1,4)")
     ceil.add_argument("--requests", type=int,
@@ -359,6 +363,8 @@ def _run_other(args, device: str, out: Path, label: str):
         if args.fast_paths:
             data = with_fast_paths(data)
         return ceiling.run(data=data, deployment=stack_target(data),
+                           reference=(deploy.bare_vllm(data, out / "deploy")
+                                      if args.vllm_serve else None),
                            levels=args.levels or d["ceiling_levels"],
                            requests_per_level=args.requests or d["ceiling_requests"], out=out,
                            title=f"Serving-path ceiling: {what}", settings=settings,

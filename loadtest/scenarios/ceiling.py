@@ -9,6 +9,10 @@ near one core per process is the one that saturated; the engine's columns and th
 whether the engine, or the whole machine, was the limit instead. Before the load, one request
 over ``limits.max_n`` checks that the front door still answers (400, OpenAI error JSON naming
 ``n``), which matters when a Ray fast path changes what serves HTTP.
+
+With a reference (``--vllm-serve``), bare ``vllm serve`` from the same config is measured the same
+way after the stack, on the same cores (a stack the scenario deployed is stopped by then), and the report sets the stack's ceiling against its API
+server's: the stack's serving path should sustain at least as many requests per second.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -30,15 +35,17 @@ from ..runner import Target, run_step, warm_up
 from ..workload import Workload
 
 COLUMNS = [
-    ("concurrency", "concurrency"), ("requests", "requests"), ("failed", "failed"),
+    ("target", "target"), ("concurrency", "concurrency"), ("requests", "requests"), ("failed", "failed"),
     ("request_throughput", "requests/s"), ("median_ttft_ms", "TTFT p50 ms"),
     ("serving_cpu_ms", "serving-path CPU ms/request"), ("proxy_cores", "proxy cores"),
     ("engine_replica_cores", "engine replica (Python) cores"),
+    ("api_server_cores", "API server (vllm serve) cores"),
     ("engine_core_cores", "engine core cores"), ("workers_cores", "workers cores"),
     ("all_cores", "all processes cores"), ("busiest", "busiest serving process"),
 ]
 GROWTH = 1.05
 FLAT_LEVELS = 2
+REFERENCE = "vllm-serve"
 
 
 def front_door_answers(t: Target, max_n: int) -> tuple[bool, str]:
@@ -79,59 +86,89 @@ def http_request_routes(t: Target, wait_s: float = 45) -> list[str]:
         time.sleep(3)
 
 
+def measure_levels(t: Target, workload: Workload, levels: list[int], requests_per_level: int,
+                   out: Path, idle_s: float) -> list[dict]:
+    """One row per concurrency level until requests/s stop growing, with CPU by process group
+    (every process of ``t``)."""
+    meter = CpuMeter(t.stack_pids or t.engine_pids, idle_s=idle_s)
+    rows, best, flat = [], 0.0, 0
+    for c in levels:
+        n = max(requests_per_level, 4 * c)
+        reading, step = meter.measure(lambda: run_step(
+            t, workload, concurrency=c, num_requests=n, out_dir=out / "steps",
+            tag=f"{t.name}-c{c}", progress_every=15, scrape=False))
+        rows.append((step, _row(t, c, n, step, reading)))
+        row = rows[-1][1]
+        print(f"  {t.name}, concurrency {c}: {row['request_throughput']:.1f} requests/s; "
+              f"busiest serving process: {row['busiest']}", flush=True)
+        if row["request_throughput"] > best * GROWTH:
+            best, flat = max(best, row["request_throughput"]), 0
+        else:
+            best, flat = max(best, row["request_throughput"]), flat + 1
+            if flat >= FLAT_LEVELS:
+                break
+    return rows
+
+
+def _row(t: Target, c: int, n: int, step, reading) -> dict:
+    s = summarize(step.records, step.duration)
+    cores = {g: v / reading.seconds for g, v in reading.spent.items()}
+    group, busy = reading.busiest()
+    return {"target": t.name, "concurrency": c, "requests": n, "failed": s["failed"],
+            "request_throughput": s["request_throughput"],
+            "median_ttft_ms": s["median_ttft_ms"],
+            "serving_cpu_ms": reading.serving_path_ms(n),
+            "proxy_cores": cores.get("HTTP proxy", 0.0) + cores.get("HAProxy", 0.0),
+            "engine_replica_cores": cores.get("engine replica (Python)", 0.0),
+            "api_server_cores": cores.get("API server (vllm serve)", 0.0),
+            "engine_core_cores": cores.get("engine core", 0.0),
+            "workers_cores": cores.get("workers", 0.0),
+            "all_cores": sum(cores.values()),
+            "busiest": f"{group} ({busy:.2f} cores)", "busiest_cores": busy}
+
+
 def run(*, data: dict, deployment: AbstractContextManager[Target], levels: list[int],
         requests_per_level: int, out: Path, title: str, settings: dict,
-        idle_s: float) -> Report:
+        idle_s: float, reference: AbstractContextManager[Target] | None = None) -> Report:
     """``data``: the config the stack serves; ``deployment``: the stack, as ``data`` deploys
-    it or one already running."""
+    it or one already running; ``reference``: bare ``vllm serve`` from the same config, started
+    once the stack's levels are measured and measured after them (a stack this run deployed is
+    stopped by then)."""
     replicas = (data.get("deployment") or {}).get("replicas", 1)
     report = Report("ceiling", out, {**settings, "levels": levels, "replicas": replicas,
-                                     "requests_per_level": requests_per_level})
+                                     "requests_per_level": requests_per_level,
+                                     "reference": REFERENCE if reference else None})
     workload = Workload(endpoint="chat", input_tokens=16, output_tokens=1)
     print(f"ceiling: {workload.describe()}, {replicas} replica(s), concurrency "
-          f"{levels} until requests/s stop growing", flush=True)
+          f"{levels} until requests/s stop growing"
+          + (f"; then {REFERENCE} from the same config" if reference else ""), flush=True)
     max_n = (data.get("limits") or {}).get("max_n", 4)
-    with contextlib.ExitStack() as up:
-        t = up.enter_context(deployment)
-        ok, answer = front_door_answers(t, max_n)
-        report.target("front door refuses n over limits.max_n (400, param n)", None,
-                      "400 with param n", ok, answer)
-        warm_up(t, workload, output_tokens=1, out_dir=out / "steps")
-        report.data["processes"] = dict(Counter(
-            g for g, _ in read_counters(t.stack_pids()).values()))
-        meter = CpuMeter(t.stack_pids, idle_s=idle_s)
-        best, flat = 0.0, 0
-        for c in levels:
-            n = max(requests_per_level, 4 * c)
-            reading, step = meter.measure(lambda: run_step(
-                t, workload, concurrency=c, num_requests=n, out_dir=out / "steps",
-                tag=f"c{c}", progress_every=15, scrape=False))
-            report.add_step(step_result(f"c{c}", t.name, c, step.records, step.duration,
-                                        step.memory, workload.model_dump()), step.records)
-            s = summarize(step.records, step.duration)
-            cores = {g: v / reading.seconds for g, v in reading.spent.items()}
-            group, busy = reading.busiest()
-            row = {"concurrency": c, "requests": n, "failed": s["failed"],
-                   "request_throughput": s["request_throughput"],
-                   "median_ttft_ms": s["median_ttft_ms"],
-                   "serving_cpu_ms": reading.serving_path_ms(n),
-                   "proxy_cores": cores.get("HTTP proxy", 0.0) + cores.get("HAProxy", 0.0),
-                   "engine_replica_cores": cores.get("engine replica (Python)", 0.0),
-                   "engine_core_cores": cores.get("engine core", 0.0),
-                   "workers_cores": cores.get("workers", 0.0),
-                   "all_cores": sum(cores.values()),
-                   "busiest": f"{group} ({busy:.2f} cores)", "busiest_cores": busy}
-            report.data["table"].append(row)
-            print(f"  concurrency {c}: {row['request_throughput']:.1f} requests/s; busiest "
-                  f"serving process: {row['busiest']}", flush=True)
-            if row["request_throughput"] > best * GROWTH:
-                best, flat = max(best, row["request_throughput"]), 0
-            else:
-                best, flat = max(best, row["request_throughput"]), flat + 1
-                if flat >= FLAT_LEVELS:
-                    break
-        report.data["http_request_routes"] = http_request_routes(t)
-    rows = report.data["table"]
+    with contextlib.ExitStack() as refs:
+        starting = None
+        with contextlib.ExitStack() as up:
+            t = up.enter_context(deployment)
+            ok, answer = front_door_answers(t, max_n)
+            report.target("front door refuses n over limits.max_n (400, param n)", None,
+                          "400 with param n", ok, answer)
+            warm_up(t, workload, output_tokens=1, out_dir=out / "steps")
+            report.data["processes"] = dict(Counter(
+                g for g, _ in read_counters(t.stack_pids()).values()))
+            measured = measure_levels(t, workload, levels, requests_per_level, out, idle_s)
+            if reference is not None:  # it starts while the stack is read and stopped
+                starting = refs.enter_context(ThreadPoolExecutor(1)).submit(reference.__enter__)
+                refs.callback(lambda: starting.exception() is None
+                              and reference.__exit__(None, None, None))
+            report.data["http_request_routes"] = http_request_routes(t)
+        if starting is not None:
+            ref = starting.result()
+            warm_up(ref, workload, output_tokens=1, out_dir=out / "steps")
+            measured += measure_levels(ref, workload, levels, requests_per_level, out, idle_s)
+    for step, row in measured:
+        report.add_step(step_result(f"{row['target']}-c{row['concurrency']}", row["target"],
+                                    row["concurrency"], step.records, step.duration,
+                                    step.memory, workload.model_dump()), step.records)
+        report.data["table"].append(row)
+    rows = [r for r in report.data["table"] if r["target"] != REFERENCE]
     top = max(rows, key=lambda r: r["request_throughput"])
     cpus = os.cpu_count() or 1
     report.target(f"ceiling, {replicas} replica(s) (requests/s)",
@@ -147,9 +184,22 @@ def run(*, data: dict, deployment: AbstractContextManager[Target], levels: list[
                       top["request_throughput"] / top["busiest_cores"], "(informational)", None,
                       f"{top['busiest']} at {top['request_throughput']:.1f} requests/s, scaled "
                       "to one core")
-    plots = [plot(out / "ceiling.png", "Requests/s by concurrency (max_tokens 1)",
-                  [r["concurrency"] for r in rows],
-                  {"requests/s": [r["request_throughput"] for r in rows]},
+    ref_rows = [r for r in report.data["table"] if r["target"] == REFERENCE]
+    if ref_rows:
+        ref_top = max(ref_rows, key=lambda r: r["request_throughput"])
+        ratio = top["request_throughput"] / ref_top["request_throughput"]
+        report.target(f"stack ceiling / {REFERENCE} API server ceiling (requests/s)", ratio,
+                      ">= 1", ratio >= 1.0,
+                      f"{top['request_throughput']:.1f} vs {ref_top['request_throughput']:.1f} "
+                      f"requests/s (concurrency {top['concurrency']} and "
+                      f"{ref_top['concurrency']}); busiest serving process {top['busiest']} vs "
+                      f"{ref_top['busiest']}")
+    xs = sorted({r["concurrency"] for r in report.data["table"]})
+    series = {}  # requests/s per target at each level it measured (a gap where it stopped)
+    for r in report.data["table"]:
+        ys = series.setdefault(r["target"], [float("nan")] * len(xs))
+        ys[xs.index(r["concurrency"])] = r["request_throughput"]
+    plots = [plot(out / "ceiling.png", "Requests/s by concurrency (max_tokens 1)", xs, series,
                   "concurrency", "requests/s", logx=True)]
     report.write(COLUMNS, title, plots)
     return report

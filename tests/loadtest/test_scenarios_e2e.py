@@ -111,19 +111,29 @@ def test_baseline_quick(tmp_path):
 
 def test_ceiling_quick_with_fast_paths(tmp_path):
     """HAProxy straight to the engine replica, throughput-optimized Serve: the front door still
-    refuses with its OpenAI error, and the levels report requests/s and CPU by process."""
-    out, data, _ = run_scenario(tmp_path, "ceiling", "--fast-paths")
+    refuses with its OpenAI error, and the levels report requests/s and CPU by process; then
+    bare `vllm serve` from the same config, measured the same way, is the reference."""
+    out, data, _ = run_scenario(tmp_path, "ceiling", "--fast-paths", "--vllm-serve")
     check_folder(out, data, ["ceiling.png"])
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["front door refuses n over limits.max_n (400, param n)"]["met"] is True
     assert data["processes"]["engine replica (Python)"] == 1  # the API runs there
     assert "ingress replica" not in data["processes"]
     assert data["processes"]["HAProxy"] >= 1  # server.ray_ha_proxy: HAProxy serves HTTP
-    rows = data["table"]
+    rows = [r for r in data["table"] if r["target"] == "stack"]
     assert [r["concurrency"] for r in rows] == [1, 4]
     for r in rows:
         assert r["request_throughput"] > 0 and r["failed"] == 0
         assert r["engine_replica_cores"] > 0 and r["serving_cpu_ms"] > 0
+    reference = [r for r in data["table"] if r["target"] == "vllm-serve"]
+    assert [r["concurrency"] for r in reference] == [1, 4]
+    assert len(data["table"]) == len(rows) + len(reference)
+    for r in reference:  # its API server, not ours, serves it
+        assert r["request_throughput"] > 0 and r["failed"] == 0
+        assert r["api_server_cores"] > 0 and r["engine_replica_cores"] == 0
+    versus = targets["stack ceiling / vllm-serve API server ceiling (requests/s)"]
+    assert isinstance(versus["measured"], float) and isinstance(versus["met"], bool), versus
+    assert versus["goal"] == ">= 1"
     assert targets["ceiling, 1 replica(s) (requests/s)"]["measured"] > 0
     assert targets["projected: busiest serving process at one core (requests/s)"]["measured"] > 0
     # Why the rules and the dashboard count requests with the API's own counter: Ray's HTTP
