@@ -122,13 +122,18 @@ class CpuReading:
         """Net CPU ms per request of every group but the engine's computation."""
         return 1000 * sum(v for g, v in self.net.items() if g not in ENGINE_GROUPS) / requests
 
-    def busiest(self) -> tuple[str, float]:
-        """(group, cores used on average over the block) of the busiest serving-path group."""
-        serving = {g: v for g, v in self.spent.items() if g not in ENGINE_GROUPS}
-        if not serving or self.seconds <= 0:
+    def cores(self, span: float) -> dict[str, float]:
+        """Net cores per group over ``span`` seconds: the time the load was on, inside a block
+        that also holds the load generator's start-up, when the deployment idles."""
+        return {g: v / span for g, v in self.net.items()} if span > 0 else {}
+
+    def busiest(self, span: float) -> tuple[str, float]:
+        """(group, net cores over ``span``) of the busiest serving-path group."""
+        serving = {g: c for g, c in self.cores(span).items() if g not in ENGINE_GROUPS}
+        if not serving:
             return "none", 0.0
         g = max(serving, key=serving.get)
-        return g, serving[g] / self.seconds
+        return g, serving[g]
 
 
 class CpuMeter:

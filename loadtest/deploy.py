@@ -180,15 +180,29 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
     r = _cli(env, *[str(config) if a == "{config}" else a for a in start], log=log,
              module=module)
     if r.returncode != 0:
-        _cli(env, "stop")
+        stop_through(env, name)
         raise RuntimeError(f"{name} failed to start; see {log}:\n{log.read_text()[-3000:]}")
     print(f"  {name} ready in {fmt_s(time.monotonic() - t0)}", flush=True)
     try:
         yield _cluster_target(name, read_state(Path(env["QWEN_VL_RUN_DIR"])), cfg)
     finally:
-        stop = _cli(env, "stop")
-        print(f"  {name} stopped" + ("" if stop.returncode == 0 else f" (code {stop.returncode})"),
-              flush=True)
+        code = stop_through(env, name)
+        print(f"  {name} stopped" + ("" if code == 0 else f" (code {code})"), flush=True)
+
+
+def stop_through(env: dict, name: str, argv: list[str] | None = None) -> int:
+    """``qwen-vl stop`` for a deployment of ours, run to its end even when the run is
+    interrupted (Ctrl-C): an interrupted stop would leave the stack's processes behind. It runs
+    in a session of its own, so a terminal's Ctrl-C does not reach it; the stop has deadlines
+    of its own (the drain timeout, then every process ended). ``argv``: another command (tests)."""
+    proc = subprocess.Popen(argv or [sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            print(f"  stopping {name} first: it ends every process of it", flush=True)
 
 
 def _api_key(cfg: ServingConfig) -> str | None:

@@ -111,9 +111,13 @@ def measure_levels(t: Target, workload: Workload, levels: list[int], requests_pe
 
 
 def _row(t: Target, c: int, n: int, step, reading) -> dict:
+    """A level's figures. Cores are net CPU (the idle rate taken off) over the span the
+    requests were in flight: the block also holds the load generator's start-up, when the
+    deployment idles."""
     s = summarize(step.records, step.duration)
-    cores = {g: v / reading.seconds for g, v in reading.spent.items()}
-    group, busy = reading.busiest()
+    span = step.duration if step.duration > 0 else reading.seconds
+    cores = reading.cores(span)
+    group, busy = reading.busiest(span)
     return {"target": t.name, "concurrency": c, "requests": n, "failed": s["failed"],
             "request_throughput": s["request_throughput"],
             "median_ttft_ms": s["median_ttft_ms"],

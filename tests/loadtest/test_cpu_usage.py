@@ -63,7 +63,10 @@ def test_differences_by_group_and_idle_subtracted():
     assert ms["ingress replica"] == pytest.approx(50.0)
     assert list(ms) == [g for g in cpu_usage.GROUPS if g in ms]  # display order
     assert r.serving_path_ms(10) == pytest.approx(1000 * (0.5 + 0.2 + 0.3) / 10)
-    assert r.busiest() == ("ingress replica", pytest.approx(0.25))
+    # The load ran 1 s of the 2 s block: 0.5 net CPU seconds over it is half a core.
+    assert r.cores(1.0)["ingress replica"] == pytest.approx(0.5)
+    assert r.busiest(1.0) == ("ingress replica", pytest.approx(0.5))
+    assert r.busiest(2.0) == ("ingress replica", pytest.approx(0.25))
     # Idle noise larger than the block's own use never goes negative.
     assert CpuReading(1.0, {"x": 0.01}, {"x": 1.0}).net["x"] == 0.0
 
