@@ -48,7 +48,7 @@ def _install(mixin) -> None:
     get_arguments = mixin._get_arguments_from_pretrained.__func__
     load_tokenizer = mixin._load_tokenizer_from_pretrained.__func__
 
-    def held(cls, path, kwargs: dict, call):
+    def held(cls, kwargs: dict, call):
         names = _tokenizer_attributes(cls, kwargs)
         if not names:
             return call(kwargs), {}
@@ -63,12 +63,12 @@ def _install(mixin) -> None:
     @classmethod
     def patched_get_processor_dict(cls, path, **kwargs):
         (processor_dict, unused), given = held(
-            cls, path, kwargs, lambda rest: get_processor_dict(cls, path, **rest))
+            cls, kwargs, lambda rest: get_processor_dict(cls, path, **rest))
         return processor_dict, {**unused, **given}  # the processor is made with them
 
     @classmethod
     def patched_get_arguments(cls, path, processor_dict=None, **kwargs):
-        return held(cls, path, kwargs,
+        return held(cls, kwargs,
                     lambda rest: get_arguments(cls, path, processor_dict, **rest))[0]
 
     @classmethod

@@ -10,9 +10,10 @@ whether the engine, or the whole machine, was the limit instead. Before the load
 over ``limits.max_n`` checks that the front door still answers (400, OpenAI error JSON naming
 ``n``), which matters when a Ray fast path changes what serves HTTP.
 
-With a reference (``--vllm-serve``), bare ``vllm serve`` from the same config is measured the same
-way after the stack, on the same cores (a stack the scenario deployed is stopped by then), and the report sets the stack's ceiling against its API
-server's: the stack's serving path should sustain at least as many requests per second.
+With a reference (``--vllm-serve``), bare ``vllm serve`` from the same config is measured the
+same way after the stack, on the same cores (a stack the scenario deployed is stopped by then),
+and the report sets the stack's ceiling against its API server's: the stack's serving path
+should sustain at least as many requests per second.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..cpu_usage import CpuMeter, read_counters
+from ..cpu_usage import CpuMeter, CpuReading, read_counters
 from ..metrics import summarize
 from ..report import Report, plot, step_result
-from ..runner import Target, run_step, warm_up
+from ..runner import StepResult, Target, run_step, warm_up
 from ..workload import Workload
 
 COLUMNS = [
-    ("target", "target"), ("concurrency", "concurrency"), ("requests", "requests"), ("failed", "failed"),
+    ("target", "target"), ("concurrency", "concurrency"), ("requests", "requests"),
+    ("failed", "failed"),
     ("request_throughput", "requests/s"), ("median_ttft_ms", "TTFT p50 ms"),
     ("serving_cpu_ms", "serving-path CPU ms/request"), ("proxy_cores", "proxy cores"),
     ("engine_replica_cores", "engine replica (Python) cores"),
@@ -87,9 +89,9 @@ def http_request_routes(t: Target, wait_s: float = 45) -> list[str]:
 
 
 def measure_levels(t: Target, workload: Workload, levels: list[int], requests_per_level: int,
-                   out: Path, idle_s: float) -> list[dict]:
-    """One row per concurrency level until requests/s stop growing, with CPU by process group
-    (every process of ``t``)."""
+                   out: Path, idle_s: float) -> list[tuple[StepResult, dict]]:
+    """(step, row) per concurrency level until requests/s stop growing, the row with CPU by
+    process group (every process of ``t``)."""
     meter = CpuMeter(t.stack_pids or t.engine_pids, idle_s=idle_s)
     rows, best, flat = [], 0.0, 0
     for c in levels:
@@ -97,8 +99,8 @@ def measure_levels(t: Target, workload: Workload, levels: list[int], requests_pe
         reading, step = meter.measure(lambda: run_step(
             t, workload, concurrency=c, num_requests=n, out_dir=out / "steps",
             tag=f"{t.name}-c{c}", progress_every=15, scrape=False))
-        rows.append((step, _row(t, c, n, step, reading)))
-        row = rows[-1][1]
+        row = _row(t, c, n, step, reading)
+        rows.append((step, row))
         print(f"  {t.name}, concurrency {c}: {row['request_throughput']:.1f} requests/s; "
               f"busiest serving process: {row['busiest']}", flush=True)
         if row["request_throughput"] > best * GROWTH:
@@ -110,7 +112,7 @@ def measure_levels(t: Target, workload: Workload, levels: list[int], requests_pe
     return rows
 
 
-def _row(t: Target, c: int, n: int, step, reading) -> dict:
+def _row(t: Target, c: int, n: int, step: StepResult, reading: CpuReading) -> dict:
     """A level's figures. Cores are net CPU (the idle rate taken off) over the span the
     requests were in flight: the block also holds the load generator's start-up, when the
     deployment idles."""
