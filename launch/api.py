@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +33,7 @@ from . import drain
 from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body, validation_error_body
 from .frames import STORE
+from .metrics_route import metrics_text
 from .front_door import FrontDoor
 from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
@@ -173,30 +173,13 @@ def make_api(state: ApiState, vllm_app) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        return await _metrics(cfg)
+        return await metrics_text(cfg)
 
     app.add_middleware(OpenAIErrors)  # every error leaves in one shape
     app.add_middleware(  # outermost: keys and body size before anything is parsed
         AccessGate, max_body_bytes=cfg.limits.max_body_bytes, access=cfg.access,
         open_paths=frozenset({"/metrics"} if cfg.access.metrics == "open" else ()))
     return app
-
-
-async def _metrics(cfg: ServingConfig) -> Response:
-    """The Prometheus text of this node's Ray metrics agent (vLLM's included)."""
-    if cfg.access.metrics == "off":
-        return JSONResponse(error_body(404, "Not Found"), status_code=404)
-    url = f"http://127.0.0.1:{cfg.server.metrics_port}/metrics"
-
-    def scrape() -> bytes:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.read()
-
-    try:
-        text = await asyncio.to_thread(scrape)
-    except OSError:
-        return JSONResponse(error_body(503, "metrics agent unavailable"), status_code=503)
-    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 async def _serve(state: ApiState, body, request: Request, call, check):

@@ -31,7 +31,7 @@ class QwenVLServer(LLMServer):
     async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
         cfg = ServingConfig.model_validate(serving_config)
         frames.install()  # video files reach vLLM decoded (launch.frames)
-        worker_start.mark_replica()  # the engine core forks its worker (engine.worker_start)
+        worker_start.mark_replica()  # the engine core may fork its worker (engine.worker_start)
         if cfg.engine.compact_json and cfg.tools.auto:
             compact_tools.register(cfg.tools.parser)  # before vLLM builds its serving objects
         with _serve_log_handlers_kept():

@@ -369,6 +369,29 @@ def test_status_cli(server):
     assert "health:  ok" in r.stdout
 
 
+def test_engine_worker_is_bound_as_vllm_binds_it(server):
+    """vLLM binds its CPU worker's threads to the cores it computes for it
+    (``VLLM_CPU_OMP_THREADS_BIND=auto``, a core kept for the engine core); the stack's worker,
+    forked from the engine core or spawned (``engine.worker_start``), runs on exactly those."""
+    if server["env"] is None:
+        pytest.skip("external server")
+    import types
+
+    import psutil
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    one_rank = types.SimpleNamespace(
+        parallel_config=types.SimpleNamespace(local_world_size=1, data_parallel_rank_local=None,
+                                              _api_process_count=1),
+        kv_transfer_config=None)
+    expected = OMPProcessManager(one_rank).cpu_lists
+    r = run_cli("status", env=server["env"], timeout=120)
+    replica = int(re.search(r"QwenVLServer:\S+\s.*?pid (\d+)", r.stdout).group(1))
+    workers = [p for p in psutil.Process(replica).children(recursive=True)
+               if p.cmdline()[:1] == ["VLLM::Worker"]]
+    assert [sorted(w.cpu_affinity()) for w in workers] == expected, r.stdout
+
+
 # ------------------------------------------------------------------------------ correctness
 @pytest.fixture(scope="module")
 def hf_model(stacks):
