@@ -39,8 +39,8 @@ from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
 from .replicas import ReplicaView
 from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
-from .usage import (MediaTally, StreamUsage, record, response_usage, set_gauge,
-                    token_reservation)
+from .usage import (MediaTally, StreamUsage, flush_counters, record, response_usage,
+                    set_gauge, token_reservation)
 
 HEALTH_TIMEOUT_S = 10.0
 NO_ROOM_FOR_OUTPUT = "max_tokens must be at least 1, got 0"
@@ -79,10 +79,12 @@ class ApiState:
         self.draining = False
 
     async def watch(self) -> None:
-        """Follow the application's drain flag (``launch.drain``); report what we hold; keep
-        the replica view fresh for ``/health`` (which never waits on the Serve controller)."""
+        """Follow the application's drain flag (``launch.drain``); report what we hold and
+        the requests counted since the last round (``usage.flush_counters``); keep the replica
+        view fresh for ``/health`` (which never waits on the Serve controller)."""
         app = self.cfg.server.app_name
         while True:
+            flush_counters()
             try:
                 self.draining = await asyncio.to_thread(drain.is_draining, app)
                 set_gauge("qwen_vl_draining", "1 while the application drains (qwen-vl stop, "

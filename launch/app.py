@@ -57,6 +57,10 @@ def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
         "max_ongoing_requests": d.max_ongoing_requests + d.max_queued_requests + 1,
         "max_queued_requests": -1,
         "health_check_period_s": d.health_check_period_s,
+        # The API writes one access-log line per request itself (key name, route, status,
+        # tokens, duration: ``launch.usage.record``); Ray's own line would be a second log
+        # record per request, written and flushed on the request path.
+        "logging_config": {"enable_access_log": False},
         **drain_options(cfg),
     }
     if d.autoscaling is not None:

@@ -20,7 +20,8 @@ def test_cpu_llm_config():
     assert d["deployment_config"] == {
         "max_ongoing_requests": 32 + 64 + 1, "num_replicas": 1, "max_queued_requests": -1,
         "health_check_period_s": 5, "graceful_shutdown_timeout_s": 60,
-        "graceful_shutdown_wait_loop_s": 1}
+        "graceful_shutdown_wait_loop_s": 1,
+        "logging_config": {"enable_access_log": False}}  # the API writes its own access line
     assert d["log_engine_metrics"] is True
 
 
@@ -36,6 +37,7 @@ def test_resilience_settings_reach_ray_serve_deployments():
     dc = build_llm_deployment(llm)._bound_deployment._deployment_config
     assert (dc.max_ongoing_requests, dc.max_queued_requests, dc.health_check_period_s,
             dc.graceful_shutdown_timeout_s) == (13, -1, 3, 42)
+    assert dc.logging_config["enable_access_log"] is False
 
 
 def test_gpu_llm_config_takes_tp_gpus():
