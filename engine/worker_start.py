@@ -65,13 +65,13 @@ def after_import(module) -> None:
     def _init_executor(self):
         from vllm.platforms import current_platform
 
-        is_cpu = current_platform.is_cpu()
-        manager = module.OMPProcessManager(self.vllm_config) if is_cpu else None
-        skipped = bool(getattr(manager, "skip_setup", True))
-        lists = list(getattr(manager, "cpu_lists", []))
+        is_cpu, skipped, lists = current_platform.is_cpu(), True, []
+        if is_cpu:  # vLLM's own binding, computed as its executor computes it below
+            manager = module.OMPProcessManager(self.vllm_config)
+            skipped, lists = manager.skip_setup, manager.cpu_lists
         method = start_method(is_cpu, skipped, lists)
         os.environ[METHOD] = method
-        if method == "fork" and is_cpu and not skipped:
+        if method == "fork" and not skipped:
             _bind_forked_workers(module.WorkerProc, lists)
         return init_executor(self)
 

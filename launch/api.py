@@ -33,8 +33,8 @@ from . import drain
 from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body, validation_error_body
 from .frames import STORE
-from .metrics_route import metrics_text
 from .front_door import FrontDoor
+from .metrics_route import metrics_text
 from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
 from .replicas import ReplicaView
