@@ -81,9 +81,9 @@ loadtest-soak: install  # the config's own model (the embedded default), 10 minu
 # values.schema.json serving part and README, its dashboard and rules, the config reference in
 # docs/configuration.md, the benchmark index. Tests fail when one is stale.
 generate: install
-	$(PY) -m launch.chart schema
-	$(PY) -m launch.chart readme
-	$(PY) -m launch.chart monitoring
+	$(PY) -m launch.generate.chart schema
+	$(PY) -m launch.generate.chart readme
+	$(PY) -m launch.generate.chart monitoring
 	$(PY) -m engine.config_reference
 	$(PY) -m loadtest.benchmark_index
 

@@ -144,7 +144,7 @@ VIDEO_FRAME_CAP = 768
 
 @dataclass(frozen=True)
 class VideoBudget:
-    """How a video file becomes frames (``launch.video`` applies it): ``fps`` frames per second
+    """How a video file becomes frames (``launch.api.video`` applies it): ``fps`` frames per second
     of video, at most ``max_frames``, each at least ``min_pixels`` and at most ``max_pixels``,
     all of them within ``max_tokens``."""
 
@@ -648,7 +648,7 @@ class ServingConfig(_Strict):
             "enable_prefix_caching": e.enable_prefix_caching,
             "kv_cache_dtype": e.kv_cache_dtype,
             "enforce_eager": e.enforce_eager,
-            # xgrammar is the backend the front door measures schemas with (launch.schemas).
+            # xgrammar is the backend the front door measures schemas with (launch.api.schemas).
             "structured_outputs_config": {"backend": "xgrammar",
                                           "disable_any_whitespace": e.compact_json},
             "seed": e.seed,
@@ -660,7 +660,7 @@ class ServingConfig(_Strict):
             "mm_processor_kwargs": self.mm_processor_kwargs(),
             "media_io_kwargs": {"video": {"num_frames": self.video_budget().max_frames,
                                           "fps": mm.video_fps}},
-            # Requests may send mm_processor_kwargs: the front door (launch/front_door.py) lets
+            # Requests may send mm_processor_kwargs: the front door (launch/api/front_door.py) lets
             # them only lower min/max_pixels, so vLLM may trust what reaches it.
             "trust_request_mm_kwargs": True,
             "chat_template": self.tools.template_path(),

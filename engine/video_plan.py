@@ -1,7 +1,7 @@
 """What a video becomes, from its header alone: the frame count and frame size the model's
 toolkit (qwen-vl-utils ``fetch_video``) gives it under a ``VideoBudget``, and so its tokens.
 
-The front door samples every video file by it (``launch.video``) and ``qwen-vl plan`` counts a
+The front door samples every video file by it (``launch.api.video``) and ``qwen-vl plan`` counts a
 workload's videos by it, so the two cannot disagree.
 """
 

@@ -1,7 +1,7 @@
 """Derive the Ray Serve application from the one typed config.
 
 One ``LLMConfig`` (Ray Serve LLM) and one deployment: each replica owns one vLLM engine and
-serves the API in front of it (``launch.server``), so a request crosses one Python process
+serves the API in front of it (``launch.api.server``), so a request crosses one Python process
 before the engine core. Everything here is derived from ``engine.config.ServingConfig``;
 nothing is configured twice.
 """
@@ -51,14 +51,14 @@ def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     d = cfg.deployment
     out: dict[str, Any] = {
         # The replica's API holds max_ongoing_requests at the engine and max_queued_requests
-        # waiting, and answers every request past both with its own 503 (``launch.api``):
+        # waiting, and answers every request past both with its own 503 (``launch.api.routes``):
         # Ray Serve admits one more than that, so the 503 is ours, and queues nothing itself
         # (its own refusal is a plain-text 503).
         "max_ongoing_requests": d.max_ongoing_requests + d.max_queued_requests + 1,
         "max_queued_requests": -1,
         "health_check_period_s": d.health_check_period_s,
         # The API writes one access-log line per request itself (key name, route, status,
-        # tokens, duration: ``launch.usage.record``); Ray's own line would be a second log
+        # tokens, duration: ``launch.api.usage.record``); Ray's own line would be a second log
         # record per request, written and flushed on the request path.
         "logging_config": {"enable_access_log": False},
         **drain_options(cfg),
@@ -120,7 +120,7 @@ def build_app(cfg: ServingConfig):
     from ray import serve
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    from .server import QwenVLServer
+    from launch.api.server import QwenVLServer
 
     llm_config = LLMConfig.model_validate(llm_config_dict(cfg))
     # Marks the model as vision-capable (Ray does this only inside its own builder, by

@@ -7,7 +7,7 @@
     qwen-vl plan --config F [--device L4] [--rps 2] ...   (capacity plan, nothing started)
 
 A failed command exits non-zero with its cause in one line (exit 2: bad config; 1: anything
-else). The work itself is ``launch.lifecycle``'s; this module parses arguments and prints.
+else). The work itself is ``launch.cluster.lifecycle``'s; this module parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 
 from engine.config import ConfigError, ServerSettings, load_config
 
-from .errors import one_line
-from .lifecycle import (
+from launch.api.errors import one_line
+from launch.cluster.lifecycle import (
     LaunchError,
     abandon_start,
     base_url,
@@ -39,7 +39,7 @@ from .lifecycle import (
     use_token_auth,
     wait_healthy,
 )
-from .local_cluster import ClusterError, free_port, read_state
+from launch.cluster.local_cluster import ClusterError, free_port, read_state
 from .try_it import curl_example
 
 # How often a foreground `serve` checks that its cluster still runs (stopped elsewhere, died).
@@ -176,7 +176,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_chart_values(args) -> int:
-    from .chart import chart_values
+    from launch.generate.chart import chart_values
 
     sys.stdout.write(chart_values(args.config))
     return 0
@@ -187,7 +187,7 @@ def cmd_monitoring(args) -> int:
 
     from engine.config import load_config
 
-    from .monitoring import write_files
+    from launch.generate.monitoring import write_files
 
     for path in write_files(load_config(args.config), Path(args.out)):
         print(f"wrote {path}")

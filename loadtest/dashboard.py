@@ -5,7 +5,7 @@
 deploys the default config (named keys with quotas), starts a local Prometheus (Debian's
 ``prometheus``) scraping it with the shipped rules, drives a mixed load (text and image chats,
 streams, bad requests, a burst beyond capacity, two keys over their quotas), and draws each
-panel of ``launch.monitoring.dashboard()`` with its own queries, as Grafana would (time series,
+panel of ``launch.generate.monitoring.dashboard()`` with its own queries, as Grafana would (time series,
 one line per series, the panel's legend format). ``render_png`` alone draws from any Prometheus.
 """
 
@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from launch.monitoring import dashboard, rules
+from launch.generate.monitoring import dashboard, rules
 
 from .prometheus import LocalPrometheus
 

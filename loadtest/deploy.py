@@ -28,10 +28,10 @@ from typing import Iterator
 import yaml
 
 from engine.config import ServingConfig, parse_config
-from launch.access import KeySource
+from launch.api.access import KeySource
 from launch.app import ENGINE_PREFIX
-from launch.lifecycle import base_url, http_get
-from launch.local_cluster import free_port
+from launch.cluster.lifecycle import base_url, http_get
+from launch.cluster.local_cluster import free_port
 
 from .memory import process_tree
 from .plan_check import kv_tokens_from_logs
@@ -109,7 +109,7 @@ def running(run_dir: Path, cfg: ServingConfig,
     (``QWEN_VL_RUN_DIR``), serving ``cfg``: measured as one deployed here is (its URL, ports and
     processes read from its state), neither started nor stopped. The run directory is read
     at once: a scenario without its stack fails before it deploys anything beside it."""
-    from launch.local_cluster import read_state
+    from launch.cluster.local_cluster import read_state
 
     state = read_state(Path(run_dir))
     if state is None:
@@ -128,7 +128,7 @@ def running(run_dir: Path, cfg: ServingConfig,
 def _cluster_target(name: str, state, cfg: ServingConfig) -> Target:
     """A local cluster's stack as a target: its URL and metrics port from the cluster's state,
     its processes (all of them, and the engine replicas' trees) from its temp dir."""
-    from launch.local_cluster import cluster_processes
+    from launch.cluster.local_cluster import cluster_processes
 
     def engine_pids() -> list[int]:
         import psutil
@@ -165,7 +165,7 @@ def _local_cluster(data: dict, work: Path, name: str, module: str, *start: str,
                    env: dict[str, str] | None = None) -> Iterator[Target]:
     """``python -m module START`` (``{config}``: the written config file) in a private run
     directory, returning once the application runs; ``qwen-vl stop`` there afterwards."""
-    from launch.local_cluster import read_state
+    from launch.cluster.local_cluster import read_state
 
     data = json.loads(json.dumps(data))
     data.setdefault("server", {}).update(port=free_port(), metrics_port=free_port())
@@ -276,8 +276,8 @@ def start_all(up: contextlib.ExitStack, deployments: list) -> list[Target]:
     concurrent heads cannot each write a different one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from launch.lifecycle import use_token_auth
-    from launch.local_cluster import ensure_auth_token
+    from launch.cluster.lifecycle import use_token_auth
+    from launch.cluster.local_cluster import ensure_auth_token
 
     use_token_auth()
     ensure_auth_token()

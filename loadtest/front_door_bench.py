@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from engine.config import load_config
-from launch.front_door import FrontDoor
-from launch.rejections import RequestRejected
+from launch.api.front_door import FrontDoor
+from launch.api.rejections import RequestRejected
 
 from .machine import describe
 

@@ -25,10 +25,12 @@ from .cpu_usage import read_counters
 PROFILED_GROUPS = {"ingress replica": "ingress", "engine replica (Python)": "engine-replica"}
 RATE_HZ = 250
 # A frame reads "function (path/to/file.py:line)", the path relative to its sys.path entry; this
-# project's modules show by file name alone (Ray's workers import them from the working dir).
+# project's modules show by their path inside the package, or by file name alone (Ray's workers
+# import them from the working dir).
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("(launch/", "(engine/") + tuple(
-    f"({p.name}:" for pkg in ("launch", "engine") for p in (ROOT / pkg).glob("*.py"))
+    f"({name}:" for pkg in ("launch", "engine") for p in (ROOT / pkg).rglob("*.py")
+    if p.name != "__init__.py" for name in {p.name, p.relative_to(ROOT / pkg).as_posix()})
 LIBRARIES = {"ours (launch/, engine/)": OURS, "Ray Serve": ("(ray/serve/",),
              "Ray Serve LLM": ("(ray/llm/",), "Ray core": ("(ray/_private/", "(ray/_raylet"),
              "vLLM": ("(vllm/",), "FastAPI/Starlette": ("(fastapi/", "(starlette/"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from launch.local_cluster import free_port
+from launch.cluster.local_cluster import free_port
 
 
 class PrometheusError(RuntimeError):

@@ -20,7 +20,7 @@ import sys
 
 from engine.config import load_config
 from launch.app import llm_config_dict
-from launch.lifecycle import connect, ensure_cluster, shutdown, use_token_auth
+from launch.cluster.lifecycle import connect, ensure_cluster, shutdown, use_token_auth
 
 
 def reference_app(cfg):

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from engine.config import parse_config
-from launch.front_door import FrontDoor
+from launch.api.front_door import FrontDoor
 
 from .machine import describe
 

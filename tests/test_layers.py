@@ -29,7 +29,7 @@ def test_the_tree_keeps_its_layers():
 
 @pytest.mark.parametrize("package, line, broken", [
     ("launch", "import loadtest.bandwidth", "launch.zz_layer_probe -> loadtest.bandwidth"),
-    ("engine", "import launch.errors", "engine.zz_layer_probe -> launch.errors"),
+    ("engine", "import launch.api.errors", "engine.zz_layer_probe -> launch.api.errors"),
     ("loadtest", "import tests.utils", "loadtest.zz_layer_probe -> tests.utils"),
     ("launch", "import launch.cli", "launch.zz_layer_probe -> launch.cli"),
 ])

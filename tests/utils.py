@@ -106,7 +106,7 @@ def rejected_by(fn: Callable[[], Any], param: str | None, match: str, status: in
     message matching ``match``; returns it."""
     import pytest
 
-    from launch.rejections import RequestRejected
+    from launch.api.rejections import RequestRejected
 
     with pytest.raises(RequestRejected, match=match) as exc:
         fn()
@@ -138,7 +138,7 @@ def qwen_video_frames(total_frames: int, fps: float, height: int, width: int, *,
                       video_fps: float, max_frames: int, min_pixels: int, max_pixels: int,
                       total_pixels: float | None = None) -> tuple[int, int, int]:
     """(frames, height, width) of a video by qwen-vl-utils' ``fetch_video`` rules, with its own
-    functions and constants (independent of launch.video): frames by ``smart_nframes``, the
+    functions and constants (independent of launch.api.video): frames by ``smart_nframes``, the
     per-frame bound from ``total_pixels``, the frame size by ``smart_resize``."""
     from qwen_vl_utils.vision_process import (
         FRAME_FACTOR,
@@ -177,7 +177,7 @@ def write_config(tmp: Path, overrides: dict | None = None) -> tuple[Path, dict]:
     """configs/default.yaml with per-section overrides and free API/metrics ports."""
     import yaml
 
-    from launch.local_cluster import free_port
+    from launch.cluster.local_cluster import free_port
 
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     for section, values in (overrides or {}).items():
@@ -218,7 +218,7 @@ def start_stack(tmp: Path, overrides: dict | None = None, env: dict | None = Non
 
 def stop_stack(info: dict) -> None:
     """`qwen-vl stop`, then check that no process of the cluster is left."""
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     state = read_state(Path(info["env"]["QWEN_VL_RUN_DIR"]))
     stop = run_cli("stop", env=info["env"], timeout=300)
@@ -255,7 +255,7 @@ class Stack:
         return self.start()
 
     def alive(self) -> bool:
-        from launch.local_cluster import cluster_processes, read_state
+        from launch.cluster.local_cluster import cluster_processes, read_state
 
         if self.info is None:
             return False
@@ -794,7 +794,7 @@ def health(base):
 
 def start_cluster(tmp: Path) -> dict:
     """`qwen-vl serve` in the foreground starts the head; `qwen-vl join` adds the worker."""
-    from launch.local_cluster import free_port, read_state
+    from launch.cluster.local_cluster import free_port, read_state
 
     cfg_path, data = write_config(tmp, {
         "deployment": {"replicas": 2, "max_ongoing_requests": 4, "max_queued_requests": 8,
@@ -836,7 +836,7 @@ def start_cluster(tmp: Path) -> dict:
 def stop_cluster(info: dict) -> None:
     """SIGTERM to the head's `serve` (if it still runs), `qwen-vl stop` on the worker, then no
     process of either node is left."""
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     serve = info["serve"]
     if serve.poll() is None:

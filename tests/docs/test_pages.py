@@ -72,7 +72,7 @@ def _config_key_exists(key: str) -> bool:
 
 
 def _chart_value_exists(key: str) -> bool:
-    from launch.chart import SCHEMA_PATH
+    from launch.generate.chart import SCHEMA_PATH
 
     node = json.loads(SCHEMA_PATH.read_text())
     for part in key.replace("[]", "").split("."):
@@ -95,7 +95,7 @@ NOT_KEYS = {"py", "yaml", "yml", "md", "json", "txt", "tpl", "jinja", "lock", "p
 
 def named_keys(text: str) -> set[str]:
     """Dotted names in code spans that start like a config key or a chart value."""
-    from launch.chart import SCHEMA_PATH
+    from launch.generate.chart import SCHEMA_PATH
 
     chart_top = set(json.loads(SCHEMA_PATH.read_text())["properties"]) - {"serving"}
     found = set()
@@ -111,7 +111,7 @@ def named_keys(text: str) -> set[str]:
 
 
 def test_every_config_key_and_chart_value_named_exists():
-    from launch.chart import SCHEMA_PATH
+    from launch.generate.chart import SCHEMA_PATH
 
     chart_top = set(json.loads(SCHEMA_PATH.read_text())["properties"])
     named, missing = set(), []
@@ -133,7 +133,7 @@ def test_the_key_checks_catch_a_made_up_key():
     assert _config_key_exists("access.quotas.x.tokens_per_minute")
     assert not _chart_value_exists("metrics.serviceMonitor.enabledd")
     assert _chart_value_exists("workerGroups[].maxReplicas")
-    assert named_keys("see `engine.max_model_len`, `launch/access.py`, `server.port`/x") == \
+    assert named_keys("see `engine.max_model_len`, `launch/api/access.py`, `server.port`/x") == \
         {"engine.max_model_len", "server.port"}
 
 

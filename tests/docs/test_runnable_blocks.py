@@ -74,7 +74,7 @@ def make_serve(tmp_path_factory):
                 proc.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        from launch.local_cluster import cluster_processes, read_state
+        from launch.cluster.local_cluster import cluster_processes, read_state
 
         state = read_state(tmp / "run")
         if state is not None and cluster_processes(state):
@@ -105,7 +105,7 @@ def test_block_runs_against_the_stack(make_serve, block_id, lang, body, expect):
 def test_ctrl_c_drains_and_leaves_nothing(make_serve):
     """Ctrl-C (SIGINT to the terminal's process group) ends `make serve`: the stack drains and
     stops, and none of its processes is left."""
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     state = read_state(make_serve["tmp"] / "run")
     proc = make_serve["proc"]

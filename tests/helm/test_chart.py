@@ -17,7 +17,7 @@ from jsonschema import Draft7Validator
 from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
 from engine.config import AccessSettings, ServerSettings, load_config, parse_config
 from launch.app import serve_application
-from launch.chart import CHART_DIR
+from launch.generate.chart import CHART_DIR
 from tests.utils import CONFIGS
 
 # The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
@@ -490,7 +490,7 @@ def test_prometheus_rule_is_the_configs_rules(chart, tmp_path, alerts):
     config, thresholds included, and promtool accepts it."""
     import subprocess
 
-    from launch.monitoring import rules
+    from launch.generate.monitoring import rules
     from tests.utils import ensure_prometheus
 
     values = {"metrics": {"prometheusRule": {"enabled": True}}}
@@ -509,7 +509,7 @@ def test_prometheus_rule_is_the_configs_rules(chart, tmp_path, alerts):
 
 
 def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
-    from launch.monitoring import dashboard
+    from launch.generate.monitoring import dashboard
 
     objs = objects(render(chart, {"metrics": {"grafanaDashboard": {"enabled": True}}}))
     cm = next(o for o in objs if o["kind"] == "ConfigMap" and

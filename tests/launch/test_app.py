@@ -86,7 +86,7 @@ def test_build_app_without_starting():
     import ray
     from ray.serve.deployment import Application
 
-    from launch.server import QwenVLServer
+    from launch.api.server import QwenVLServer
 
     cfg = load_config(CONFIGS / "default.yaml")
     try:

@@ -5,8 +5,8 @@ import socket
 import pytest
 import yaml
 
-from launch.local_cluster import cluster_processes, read_state
-from launch.local_cluster import free_port
+from launch.cluster.local_cluster import cluster_processes, read_state
+from launch.cluster.local_cluster import free_port
 from tests.utils import CONFIGS, run_cli, write_config
 
 
@@ -65,7 +65,7 @@ def test_engine_failure_is_one_line_and_cleans_up(tmp_path, monkeypatch):
     assert "40000" in line and "Traceback" not in line
     assert read_state(run) is None  # cleaned up
     monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))  # ray_temp_dir() derives from it
-    from launch.local_cluster import ray_temp_dir
+    from launch.cluster.local_cluster import ray_temp_dir
 
     assert cluster_processes_by_dir(ray_temp_dir()) == []
 
@@ -98,13 +98,13 @@ def test_unschedulable_config_fails_fast(tmp_path, monkeypatch, base, overrides,
     assert "no autoscaler can add one" in line and advice in line
     assert read_state(run) is None
     monkeypatch.setenv("QWEN_VL_RUN_DIR", str(run))
-    from launch.local_cluster import ray_temp_dir
+    from launch.cluster.local_cluster import ray_temp_dir
 
     assert cluster_processes_by_dir(ray_temp_dir()) == []
 
 
 def cluster_processes_by_dir(temp_dir):
-    from launch.local_cluster import ClusterState
+    from launch.cluster.local_cluster import ClusterState
 
     state = ClusterState(address="127.0.0.1:1", temp_dir=temp_dir, started_by_us=True,
                          metrics_port=0, http_host="", http_port=0, app_name="")
@@ -112,7 +112,7 @@ def cluster_processes_by_dir(temp_dir):
 
 
 def test_one_line_picks_the_reason():
-    from launch.errors import one_line as pick_line
+    from launch.api.errors import one_line as pick_line
 
     text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
             "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
@@ -124,7 +124,7 @@ def test_one_line_picks_the_reason():
 
 
 def test_root_cause_from_worker_logs(tmp_path):
-    from launch.lifecycle import root_cause_from_logs
+    from launch.cluster.lifecycle import root_cause_from_logs
 
     logs = tmp_path / "session_latest" / "logs"
     logs.mkdir(parents=True)
@@ -158,7 +158,7 @@ def test_join_takes_the_heads_fast_paths_from_its_config(tmp_path, monkeypatch):
 
 def test_ray_start_gets_the_node_environment():
     """The environment given to a node's `ray start` reaches the process it runs."""
-    from launch.local_cluster import ClusterError, _ray_start
+    from launch.cluster.local_cluster import ClusterError, _ray_start
 
     _ray_start(["sh", "-c", 'test "$RAY_SERVE_THROUGHPUT_OPTIMIZED" = 1'],
                {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})

@@ -256,7 +256,7 @@ def test_every_config_limit_is_in_the_table(media):
                 if f.annotation in (int, float)}
     numeric |= {f"limits.schemas.{k}" for k in SchemaLimits.model_fields}
     # video_fps is a rate and video_min_pixels a floor, not caps: their effects (the frame
-    # count, the frame size) are tested below and in tests/launch/test_video.py.
+    # count, the frame size) are tested below and in tests/launch/api/test_video.py.
     assert numeric - named == set(), numeric - named
 
 
@@ -338,7 +338,7 @@ def test_fields_the_server_would_not_act_on_are_refused(server, field, value):
 
 def test_documented_ignored_fields_are_served(server):
     """The API page's list: each accepted, the answer as without it."""
-    from launch.front_door import IGNORED_FIELDS
+    from launch.api.front_door import IGNORED_FIELDS
 
     api = (utils.ROOT / "docs" / "api.md").read_text()
     for field, why in IGNORED_FIELDS.items():

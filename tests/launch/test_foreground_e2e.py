@@ -81,7 +81,7 @@ def test_a_dead_head_ends_the_foreground_serve_with_exit_1(tmp_path):
     import psutil
 
     from launch.cli import WATCH_S
-    from launch.local_cluster import cluster_processes, port_in_use, read_state
+    from launch.cluster.local_cluster import cluster_processes, port_in_use, read_state
 
     proc, env, lines, reader = foreground(tmp_path)
     state = read_state(tmp_path / "run")

@@ -267,7 +267,7 @@ def front_door_pids(server) -> list[int]:
     import psutil
 
     from launch.app import ENGINE_PREFIX
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     pids = []
     for pid in cluster_processes(read_state(Path(server["env"]["QWEN_VL_RUN_DIR"]))):

@@ -142,7 +142,7 @@ def test_overload_gets_503_with_retry_after_then_recovers(cluster):
 
 def stack_rss(cluster) -> int:
     """Resident memory of every process of both nodes (Ray, HAProxy, engine replicas), summed."""
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
     from loadtest.memory import rss_bytes
 
     pids = set()
@@ -225,7 +225,7 @@ def test_killed_engine_is_reported_replaced_and_nothing_hangs(cluster):
             time.sleep(0.5)
         # The slowest path: a view refresh (REFRESH_S) whose probe of the dead replica takes
         # its whole timeout (HEALTH_TIMEOUT_S), plus this loop's own step.
-        from launch.api import HEALTH_TIMEOUT_S
+        from launch.api.routes import HEALTH_TIMEOUT_S
         from launch.replicas import ReplicaView
 
         bound = ReplicaView.REFRESH_S + HEALTH_TIMEOUT_S + 1

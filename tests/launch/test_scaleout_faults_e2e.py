@@ -81,7 +81,7 @@ def serving_pid(cluster: dict, victim: str) -> int:
     controller."""
     import psutil
 
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     if victim == "replica":
         r = run_cli("status", env=cluster["head_env"], timeout=120)

@@ -621,7 +621,7 @@ def test_stop_drains_running_stream(stacks):
     if external():
         pytest.skip("external server")
     server = stacks.take(OVERRIDES, ENV)
-    from launch.local_cluster import cluster_processes, read_state
+    from launch.cluster.local_cluster import cluster_processes, read_state
 
     # A stream that outlasts the stop's start (a Python process that joins the cluster and
     # sets the drain): the stop's own count proves it was running when the drain began. The

@@ -110,22 +110,23 @@ def test_meter_reads_a_real_process():
 def test_profile_shares(tmp_path):
     raw = tmp_path / "p.txt"
     raw.write_text(
-        "main (ray/serve/_private/replica.py:1);_serve (launch/api.py:10);check_chat "
-        "(launch/front_door.py:5) 3\n"
+        "main (ray/serve/_private/replica.py:1);_serve (launch/api/routes.py:10);check_chat "
+        "(launch/api/front_door.py:5) 3\n"
         "main (ray/serve/_private/replica.py:1);handle (fastapi/routing.py:2) 1\n")
     total, leaf, libs = shares(raw)
     assert total == 4
-    assert leaf["check_chat (launch/front_door.py:5)"] == 3
+    assert leaf["check_chat (launch/api/front_door.py:5)"] == 3
     # Each sample counts once, for its innermost known frame: ours 3, FastAPI 1, Ray none.
     assert libs["ours (launch/, engine/)"] == 3 and libs["FastAPI/Starlette"] == 1
     assert libs["Ray Serve"] == 0
-    # Our modules as py-spy names them inside Ray's workers (file name alone), and stdlib
-    # callees counted for their caller.
-    raw.write_text("run (ray/serve/_private/replica.py:1);_serve (api.py:165);"
+    # Our modules as py-spy names them inside Ray's workers (file name, or path in the
+    # package), and stdlib callees counted for their caller.
+    raw.write_text("run (ray/serve/_private/replica.py:1);_serve (routes.py:165);"
+                   "check_chat (api/front_door.py:5);"
                    "dumps (json/__init__.py:231) 2\n")
     assert shares(raw)[2]["ours (launch/, engine/)"] == 2
-    raw.write_text("main (ray/serve/_private/replica.py:1);_serve (launch/api.py:10);"
-                   "check_chat (launch/front_door.py:5) 3\n"
+    raw.write_text("main (ray/serve/_private/replica.py:1);_serve (launch/api/routes.py:10);"
+                   "check_chat (launch/api/front_door.py:5) 3\n"
                    "main (ray/serve/_private/replica.py:1);handle (fastapi/routing.py:2) 1\n")
     md = summarize(raw, "t")
     assert "| ours (launch/, engine/) | 75.0% |" in md

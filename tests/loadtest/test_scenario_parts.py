@@ -132,7 +132,7 @@ def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
 
 
 def test_cli_unreachable_url_is_one_line_not_a_traceback(tmp_path, capsys):
-    from launch.local_cluster import free_port
+    from launch.cluster.local_cluster import free_port
     from loadtest.cli import main
 
     code = main(["sweep", "--url", f"http://127.0.0.1:{free_port()}", "--quick",

@@ -1,0 +1,273 @@
+"""The front door: every limit of ``limits:`` enforced before a request reaches an engine.
+
+``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
+``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
+shapes and text (``launch.api.messages``), tool definitions and ``tool_choice`` (``launch.api.tools``),
+media counts, and each content part. Every image and video is loaded here (``data:`` URL,
+http(s) under the URL policy, or a file inside ``limits.media_dir``) and checked
+(``launch.api.media``). The front door runs in the engine's own process (``launch.api.server``), so an
+image is handed over decoded, at its processor's target size, with its content hash as the
+engine's cache key: decoded once, hashed once. A video file becomes its sampled frames
+(``launch.api.video``), a frame list keyed by its hash likewise: the engine never fetches or
+decodes anything unchecked.
+Failures raise ``RequestRejected`` with the HTTP status, the field (``param``) and a message
+stating the limit and the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from engine.capacity import VISION_EXTRA_TOKENS, image_tokens
+from engine.config import ServingConfig
+
+from . import media, video
+from .fetch import fetch
+from .frames import STORE
+from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
+from .rejections import RequestRejected
+from .schemas import GrammarBudget, check_shape, items_of
+from .tools import check_tools
+from .usage import MediaTally
+
+MM_KWARGS = {"min_pixels", "max_pixels"}
+
+
+class FrontDoor:
+    def __init__(self, cfg: ServingConfig):
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.mm = cfg.multimodal
+        self.video = cfg.video_budget()
+        self.vocab_size = _vocab_size(cfg)
+        self._grammars: GrammarBudget | None = None
+
+    # ------------------------------------------------------------------ request-level
+    def check_sampling(self, body: Any) -> None:
+        check_fields(body)
+        lim = self.cfg.max_output_tokens()
+        n = getattr(body, "n", None) or 1
+        if n > self.limits.max_n:
+            raise RequestRejected(400, f"n is {n}; the limit is {self.limits.max_n}",
+                                  param="n", reason="n")
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(body, field, None)
+            if value is not None and value > lim:
+                raise RequestRejected(400, f"{field} is {value}; the limit is {lim}",
+                                      param=field, reason="max_tokens")
+            if value is not None and value < 1:
+                raise RequestRejected(400, f"{field} is {value}; it must be at least 1",
+                                      param=field, reason="max_tokens")
+        temperature = getattr(body, "temperature", None)
+        if temperature is not None and temperature < 0:
+            raise RequestRejected(400, f"temperature is {temperature}; it must be >= 0",
+                                  param="temperature", reason="temperature")
+
+    def check_mm_kwargs(self, body: Any) -> None:
+        kwargs = getattr(body, "mm_processor_kwargs", None) or {}
+        unknown = sorted(set(kwargs) - MM_KWARGS)
+        if unknown:
+            raise RequestRejected(400, f"mm_processor_kwargs may only set {sorted(MM_KWARGS)}; "
+                                  f"got {unknown}", param="mm_processor_kwargs",
+                                  reason="mm_kwargs")
+        caps = {"min_pixels": self.mm.min_pixels, "max_pixels": self.mm.max_pixels}
+        for key, value in kwargs.items():
+            if not isinstance(value, int) or value < 28 * 28:
+                raise RequestRejected(400, f"mm_processor_kwargs.{key} must be an integer >= 784",
+                                      param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
+            if value > caps[key]:
+                raise RequestRejected(
+                    400, f"mm_processor_kwargs.{key} is {value}; the server cap is {caps[key]} "
+                    "(requests may lower it, not raise it)",
+                    param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
+        if kwargs.get("min_pixels", 0) > kwargs.get("max_pixels", caps["max_pixels"]):
+            raise RequestRejected(400, "mm_processor_kwargs.min_pixels exceeds max_pixels",
+                                  param="mm_processor_kwargs", reason="mm_kwargs")
+        if getattr(body, "media_io_kwargs", None):
+            raise RequestRejected(400, "media_io_kwargs cannot be set per request",
+                                  param="media_io_kwargs", reason="mm_kwargs")
+        if getattr(body, "chat_template", None) and not self.limits.allow_request_chat_template:
+            raise RequestRejected(400, "a per-request chat_template is not allowed on this server",
+                                  param="chat_template", reason="chat_template")
+
+    # ------------------------------------------------------------------ chat
+    async def check_chat(self, body: Any, tally: MediaTally | None = None) -> None:
+        """Validate a ChatCompletionRequest in place (media URLs become data: URLs); each
+        image's and video's bytes and tokens are added to ``tally``."""
+        tally = tally if tally is not None else MediaTally()
+        self.check_sampling(body)
+        self.check_mm_kwargs(body)
+        parts = check_messages(body.messages)
+        await self.check_schemas(body)
+        counts = {"image": 0, "video": 0}
+        for _, ptype, _ in parts:
+            counts[MEDIA_PARTS[ptype]] += 1
+        for kind, limit in (("image", self.mm.max_images_per_prompt),
+                            ("video", self.mm.max_videos_per_prompt)):
+            if counts[kind] > limit:
+                raise RequestRejected(400, f"{counts[kind]} {kind}s in the request; the limit is "
+                                      f"{limit}", param="messages", reason=f"too_many_{kind}s")
+        pixels = self.pixel_bounds(body)
+        for part, ptype, param in parts:
+            holder = part.get(ptype)
+            url = holder.get("url") if isinstance(holder, dict) else holder
+            if not isinstance(url, str) or not url:
+                raise RequestRejected(400, f"{ptype}.url is missing", param=param,
+                                      reason="bad_url")
+            if ptype == "image_url":
+                new_part = await asyncio.to_thread(self._image, url, param, pixels, tally)
+                part.clear()
+                part.update(new_part)
+                continue
+            new, key = await asyncio.to_thread(self._video, url, param, pixels, tally)
+            if isinstance(holder, dict):
+                holder["url"] = new
+            else:
+                part[ptype] = {"url": new}
+            part["uuid"] = key
+
+    async def check_schemas(self, body: Any) -> None:
+        """Tool definitions, then every schema, regex and grammar of the request under
+        ``limits.schemas`` (``launch.api.schemas``): sizes and shapes first, then the CPU it takes
+        to build their decoding grammar."""
+        items = items_of(body)
+        check_shape(items, self.limits.schemas)
+        check_tools(body, self.cfg)
+        if any(kind != "choice" for kind, _, _ in items):
+            if self._grammars is None:  # the worker needs the checkpoint's tokenizer files
+                self._grammars = GrammarBudget(self.limits.schemas, self.cfg.model_path(),
+                                               self.vocab_size, self.cfg.engine.compact_json)
+            await asyncio.to_thread(self._grammars.check, items)
+
+    # ------------------------------------------------------------------ media loading
+    def _load(self, url: str, param: str, max_bytes: int, what: str) -> tuple[str | None, bytes]:
+        """(mime or None, bytes) from a data: URL, an allowed http(s) URL or a media_dir file."""
+        if url.startswith("data:"):
+            if "data" not in self.limits.url.schemes:
+                raise RequestRejected(400, "data: URLs are not allowed", param=param,
+                                      reason="url_scheme")
+            mime, payload = media.decode_data_url(url, param)
+            return mime, media.b64decode(payload, max_bytes, param, what)
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https"):
+            return None, fetch(url, self.limits.url, max_bytes, param)
+        if scheme == "file" or (not scheme and url.startswith(("/", "."))):
+            return None, self._local_file(url, param, max_bytes)
+        raise RequestRejected(400, f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
+                              f"{', '.join(self.limits.url.schemes)}", param=param,
+                              reason="url_scheme")
+
+    def _local_file(self, url: str, param: str, max_bytes: int) -> bytes:
+        root = self.limits.media_dir
+        if not root:
+            raise RequestRejected(400, "local file paths are not allowed (no media_dir is "
+                                  "configured)", param=param, reason="local_file")
+        path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
+        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+        if base != real and base not in real.parents:
+            raise RequestRejected(400, "file is outside the configured media_dir", param=param,
+                                  reason="local_file")
+        try:
+            size = real.stat().st_size
+            if size > max_bytes:
+                raise RequestRejected(400, f"file is {size} bytes; the limit is {max_bytes}",
+                                      param=param, reason="media_too_large")
+            return real.read_bytes()
+        except OSError:
+            raise RequestRejected(400, "file not found in media_dir", param=param,
+                                  reason="local_file") from None
+
+    def _image(self, url: str, param: str, pixels: tuple[int, int] | None = None,
+               tally: MediaTally | None = None) -> dict[str, Any]:
+        """The content part the engine gets for an image: the image decoded, at its target
+        size, with its content hash as the engine's cache key (``media.decode_image``)."""
+        pixels = pixels or (self.mm.min_pixels, self.mm.max_pixels)
+        mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
+        if mime is not None and not mime.startswith("image/"):
+            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
+                                  param=param, reason="bad_image")
+        decoded = media.decode_image(data, self.limits, param, pixels)
+        if tally is not None:
+            tally.add_image(data, decoded.size, pixels)
+        return {"type": "image_pil", "image_pil": decoded.image, "uuid": decoded.uuid}
+
+    def _video(self, url: str, param: str, pixels: tuple[int, int],
+               tally: MediaTally) -> tuple[str, str]:
+        """The URL the engine gets for a video and the video's cache key. A JPEG frame list
+        is checked and passed on (the engine decodes each frame once); a video file's sampled
+        frames are handed over decoded (``launch.api.frames``)."""
+        if url.startswith("data:video/jpeg;base64,"):
+            _, payload = media.decode_data_url(url, param)
+            size = media.check_frames(payload, self.limits, self.video.max_frames, param)
+            frames = payload.count(",") + 1
+            per_pair = image_tokens(size[1], size[0], *pixels)["image_tokens"]
+            tally.add_video(len(payload) * 3 // 4, (frames + 1) // 2 * per_pair
+                            + VISION_EXTRA_TOKENS)
+            return url, media.content_key(url.encode(), pixels)
+        mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
+        if mime is not None and not mime.startswith("video/"):
+            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
+                                  param=param, reason="bad_video")
+        frames, p = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
+                                 max_pixels=pixels[1], param=param)
+        tally.add_video(len(data), p.tokens + VISION_EXTRA_TOKENS)
+        key = media.content_key(data, pixels)
+        tally.frame_keys.append(key)
+        return STORE.put(key, frames), key
+
+    def pixel_bounds(self, body: Any) -> tuple[int, int]:
+        """(min_pixels, max_pixels) in force for a request: the config's, or the lower ones its
+        ``mm_processor_kwargs`` set (``check_mm_kwargs`` has checked them)."""
+        kwargs = getattr(body, "mm_processor_kwargs", None) or {}
+        return (kwargs.get("min_pixels", self.mm.min_pixels),
+                kwargs.get("max_pixels", self.mm.max_pixels))
+
+    # ------------------------------------------------------------------ completions
+    async def check_completion(self, body: Any) -> None:
+        self.check_sampling(body)
+        check_prompt(getattr(body, "prompt", None), vocab_size=self.vocab_size)
+        await self.check_schemas(body)
+
+    def check_detokenize(self, body: Any) -> None:
+        check_token_ids(body.tokens, "tokens", vocab_size=self.vocab_size)
+
+
+# OpenAI request fields that vLLM's request models do not have and the stack accepts without
+# acting on them, each because doing nothing is what the field asks of a server like this one.
+# Any other field a request model does not have is refused (``check_fields``): vLLM would drop
+# it silently, and a client asking for something (``best_of``, ``functions``, ``audio``) would
+# believe it got it. docs/api.md lists these with the same reasons.
+IGNORED_FIELDS = {
+    "store": "nothing is stored: there are no stored completions to keep or to skip",
+    "metadata": "tags for stored completions; nothing is stored",
+    "service_tier": "one tier: every request is served alike",
+    "safety_identifier": "an end-user id for OpenAI's abuse checks; none run here",
+    "prompt_cache_key": "a cache-routing hint; vLLM's prefix cache needs none",
+}
+
+
+def check_fields(body: Any) -> None:
+    """A field the request model does not have is a 400 naming it, unless ignoring it is
+    what it asks (``IGNORED_FIELDS``)."""
+    for field in getattr(body, "model_extra", None) or {}:
+        if field not in IGNORED_FIELDS:
+            shown = field if len(field) <= 60 else f"{field[:60]}..."
+            raise RequestRejected(400, f"{shown!r} is not supported by this server (a field it "
+                                  "does not act on is refused rather than ignored)",
+                                  param=shown, reason="unsupported_field",
+                                  code="unsupported_field")
+
+
+def _vocab_size(cfg: ServingConfig) -> int:
+    """The served checkpoint's embedding rows; the smallest Qwen2-VL's where it cannot be read
+    (a hub id not downloaded here), which refuses no id any release accepts."""
+    from engine.capacity import PlanError, architecture_for
+
+    try:
+        return architecture_for(cfg)[0].vocab_size
+    except (PlanError, OSError, ValueError):
+        return VOCAB_SIZE
