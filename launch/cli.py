@@ -7,7 +7,7 @@
     qwen-vl plan --config F [--device L4] [--rps 2] ...   (capacity plan, nothing started)
 
 A failed command exits non-zero with its cause in one line (exit 2: bad config; 1: anything
-else). The work itself is ``launch.cluster.lifecycle``'s; this module parses arguments and prints.
+else). The work itself is ``launch.cluster``'s; this module parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -23,22 +23,12 @@ import time
 from engine.config import ConfigError, ServerSettings, load_config
 
 from launch.api.errors import one_line
-from launch.cluster.lifecycle import (
-    LaunchError,
-    abandon_start,
-    base_url,
-    cluster_ended,
-    deploy,
-    download_checkpoint,
-    ensure_cluster,
-    join_cluster,
-    needs_download,
-    shutdown,
-    start_engine_arg_check,
-    status_report,
-    use_token_auth,
-    wait_healthy,
-)
+from launch.cluster.connect import LaunchError, base_url, use_token_auth
+from launch.cluster.deploy import deploy, wait_healthy
+from launch.cluster.start import (download_checkpoint, ensure_cluster, join_cluster, needs_download,
+                                  start_engine_arg_check)
+from launch.cluster.status import status_report
+from launch.cluster.stop import abandon_start, cluster_ended, shutdown
 from launch.cluster.local_cluster import ClusterError, free_port, read_state
 from .try_it import curl_example
 

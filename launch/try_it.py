@@ -6,7 +6,7 @@ import json
 
 from engine.config import ServingConfig
 
-from launch.cluster.lifecycle import base_url
+from launch.cluster.connect import base_url
 
 # A 28x28 red PNG (the smallest image accepted), so the example needs no file.
 _PNG = ("iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAIAAAD9b0jDAAAAKElEQVR42mM8ISfHQG3AxEADMGroqKGjho4aOmroqKGjho4aOvgMBQB+BAE8FfyCFgAAAABJRU5ErkJggg==")

@@ -30,7 +30,7 @@ import yaml
 from engine.config import ServingConfig, parse_config
 from launch.api.access import KeySource
 from launch.app import ENGINE_PREFIX
-from launch.cluster.lifecycle import base_url, http_get
+from launch.cluster.connect import base_url, http_get
 from launch.cluster.local_cluster import free_port
 
 from .memory import process_tree
@@ -276,7 +276,7 @@ def start_all(up: contextlib.ExitStack, deployments: list) -> list[Target]:
     concurrent heads cannot each write a different one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from launch.cluster.lifecycle import use_token_auth
+    from launch.cluster.connect import use_token_auth
     from launch.cluster.local_cluster import ensure_auth_token
 
     use_token_auth()

@@ -20,7 +20,9 @@ import sys
 
 from engine.config import load_config
 from launch.app import llm_config_dict
-from launch.cluster.lifecycle import connect, ensure_cluster, shutdown, use_token_auth
+from launch.cluster.connect import connect, use_token_auth
+from launch.cluster.start import ensure_cluster
+from launch.cluster.stop import shutdown
 
 
 def reference_app(cfg):

@@ -124,7 +124,7 @@ def test_one_line_picks_the_reason():
 
 
 def test_root_cause_from_worker_logs(tmp_path):
-    from launch.cluster.lifecycle import root_cause_from_logs
+    from launch.cluster.deploy import root_cause_from_logs
 
     logs = tmp_path / "session_latest" / "logs"
     logs.mkdir(parents=True)

@@ -15,7 +15,8 @@ START_CONNECT_STOP = r"""
 import json, ray
 from launch.cluster.local_cluster import (ClusterState, free_port, start_head, stop_processes,
                                   cluster_processes, write_state)
-from launch.cluster.lifecycle import cluster_ended, node_ray_env
+from launch.cluster.start import node_ray_env
+from launch.cluster.stop import cluster_ended
 address, temp_dir = start_head(num_cpus=1, metrics_port=free_port(),
                                env={"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
 state = ClusterState(address=address, temp_dir=temp_dir, started_by_us=True, metrics_port=0,
@@ -97,7 +98,7 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
 def test_a_stop_elsewhere_ends_a_foreground_serve(tmp_path, monkeypatch):
     """What a foreground `serve` reads every few seconds: the state file gone, another
     cluster's, or marked stopping means `qwen-vl stop` ran elsewhere: exit 0, saying so."""
-    from launch.cluster.lifecycle import cluster_ended
+    from launch.cluster.stop import cluster_ended
     from launch.cluster.local_cluster import ClusterState, clear_state, read_state, write_state
 
     monkeypatch.setenv("QWEN_VL_RUN_DIR", str(tmp_path / "run"))

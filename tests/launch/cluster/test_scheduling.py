@@ -84,7 +84,8 @@ def test_with_an_autoscaler_serve_waits_and_says_for_what(ray_cluster, monkeypat
     from ray.util.placement_group import remove_placement_group
 
     from engine.config import parse_config
-    from launch.cluster import lifecycle
+    from launch.cluster.connect import LaunchError
+    from launch.cluster.deploy import wait_healthy
     from launch.cluster.local_cluster import free_port
 
     monkeypatch.setattr(scheduling, "autoscaler_present", lambda: True)
@@ -93,8 +94,8 @@ def test_with_an_autoscaler_serve_waits_and_says_for_what(ray_cluster, monkeypat
     g = group("SERVE_REPLICA::scaled#QwenVLServer:m#r1", [{"CPU": 1, "GPU": 1}])
     try:
         waiting_until("scaled", 1)
-        with pytest.raises(lifecycle.LaunchError) as exc:
-            lifecycle.wait_healthy(cfg, timeout_s=3, address="10.0.0.1:6379")
+        with pytest.raises(LaunchError) as exc:
+            wait_healthy(cfg, timeout_s=3, address="10.0.0.1:6379")
     finally:
         remove_placement_group(g)
     assert "not healthy after 3s" in str(exc.value)
