@@ -1,4 +1,5 @@
-"""Graceful drain, shared by every replica through Ray's internal key-value store.
+"""Graceful drain, shared by every replica through Ray's internal key-value store
+(``launch.ray_compat``).
 
 ``qwen-vl stop`` (and SIGTERM of ``qwen-vl serve``) sets the application's drain flag. Each
 replica polls it (``POLL_S``); once set, new API requests get 503 with Retry-After,
@@ -14,14 +15,10 @@ from __future__ import annotations
 import json
 import time
 
+from .ray_compat import kv_delete, kv_get, kv_keys, kv_put
+
 POLL_S = 0.5
 NAMESPACE = "qwen_vl_serving"
-
-
-def _kv():
-    from ray.experimental import internal_kv
-
-    return internal_kv
 
 
 def _flag_key(app: str) -> bytes:
@@ -35,33 +32,30 @@ def _inflight_prefix(app: str) -> bytes:
 def set_draining(app: str) -> float:
     """Raise the flag; returns the time it was raised (reports older than it are stale)."""
     now = time.time()
-    _kv()._internal_kv_put(_flag_key(app), str(now).encode(), overwrite=True, namespace=NAMESPACE)
+    kv_put(_flag_key(app), str(now).encode(), NAMESPACE)
     return now
 
 
 def clear(app: str) -> None:
-    kv = _kv()
-    kv._internal_kv_del(_flag_key(app), namespace=NAMESPACE)
-    kv._internal_kv_del(_inflight_prefix(app), del_by_prefix=True, namespace=NAMESPACE)
+    kv_delete(_flag_key(app), NAMESPACE)
+    kv_delete(_inflight_prefix(app), NAMESPACE, by_prefix=True)
 
 
 def is_draining(app: str) -> bool:
-    return _kv()._internal_kv_get(_flag_key(app), namespace=NAMESPACE) is not None
+    return kv_get(_flag_key(app), NAMESPACE) is not None
 
 
 def report_inflight(app: str, replica: str, count: int) -> None:
-    _kv()._internal_kv_put(_inflight_prefix(app) + replica.encode(),
-                           json.dumps({"count": count, "at": time.time()}).encode(),
-                           overwrite=True, namespace=NAMESPACE)
+    kv_put(_inflight_prefix(app) + replica.encode(),
+           json.dumps({"count": count, "at": time.time()}).encode(), NAMESPACE)
 
 
 def inflight_reports(app: str, since: float) -> dict[str, int]:
     """Requests still held, per replica, from reports made after ``since``."""
-    kv = _kv()
     out = {}
     prefix = _inflight_prefix(app)
-    for key in kv._internal_kv_list(prefix, namespace=NAMESPACE):
-        raw = kv._internal_kv_get(key, namespace=NAMESPACE)
+    for key in kv_keys(prefix, NAMESPACE):
+        raw = kv_get(key, NAMESPACE)
         try:
             report = json.loads(raw)
         except (TypeError, ValueError):

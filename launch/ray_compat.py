@@ -3,19 +3,87 @@ would replace it."""
 
 from __future__ import annotations
 
-from ray.llm._internal.common.callbacks.base import CallbackBase
+
+def __getattr__(name: str):
+    """``SkipNodeInit`` is made when first asked for (the engine replica's Ray Serve LLM loads it
+    by its import path). ``qwen-vl stop`` imports this module (through ``launch.drain``) before
+    it connects, and with Ray Serve LLM's internals imported first, Ray 2.60's ``ray.init``
+    fails to connect to a local head ("Failed to connect to Ray cluster")."""
+    if name == "SkipNodeInit":
+        globals()[name] = _skip_node_init()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class SkipNodeInit(CallbackBase):
-    """Ray Serve LLM, before each engine starts, runs a task on every node of the replica's
-    placement group that fetches the model from a cloud mirror (``mirror_config``, or an s3://
-    or gs:// source). The stack's sources are a Hugging Face id, a local checkpoint directory or
-    an embedded model, which that task returns unchanged; it costs a fresh Ray worker process
-    that imports torch and transformers on every replica start, so it is skipped.
+def _skip_node_init() -> type:
+    from ray.llm._internal.common.callbacks.base import CallbackBase
 
-    Named in ``LLMConfig.callback_config`` by its import path. Public replacement: a
-    ``run_init_node`` switch on ``ray.serve.llm``'s callback configuration (``CallbackCtx``
-    holds it; its base class is not exported)."""
+    class SkipNodeInit(CallbackBase):
+        """Ray Serve LLM, before each engine starts, runs a task on every node of the
+        replica's placement group that fetches the model from a cloud mirror
+        (``mirror_config``, or an s3:// or gs:// source). The stack's sources are a Hugging
+        Face id, a local checkpoint directory or an embedded model, which that task returns
+        unchanged; it costs a fresh Ray worker process that imports torch and transformers on
+        every replica start, so it is skipped.
 
-    async def on_before_node_init(self) -> None:
-        self.ctx.run_init_node = False
+        Named in ``LLMConfig.callback_config`` by its import path. Public replacement: a
+        ``run_init_node`` switch on ``ray.serve.llm``'s callback configuration (``CallbackCtx``
+        holds it; its base class is not exported)."""
+
+        async def on_before_node_init(self) -> None:
+            self.ctx.run_init_node = False
+
+    SkipNodeInit.__module__, SkipNodeInit.__qualname__ = __name__, "SkipNodeInit"
+    return SkipNodeInit
+
+
+# Ray's internal key-value store (the GCS's): the drain flag and each replica's in-flight count
+# (``launch.drain``) must be readable by every replica and by ``qwen-vl stop`` without an actor
+# that a dying cluster may have lost first. Public replacement: none in Ray 2.60 (a named
+# detached actor, as the quota ledger uses, is the public way, at the cost of one more process).
+def kv_put(key: bytes, value: bytes, namespace: str) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: bytes | str, namespace: str | None = None) -> bytes | None:
+    from ray.experimental import internal_kv
+
+    return internal_kv._internal_kv_get(key, namespace=namespace)
+
+
+def kv_delete(key: bytes, namespace: str, by_prefix: bool = False) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(key, del_by_prefix=by_prefix, namespace=namespace)
+
+
+def kv_keys(prefix: bytes, namespace: str) -> list[bytes]:
+    from ray.experimental import internal_kv
+
+    return internal_kv._internal_kv_list(prefix, namespace=namespace)
+
+
+async def serve_instance_details() -> dict:
+    """Every application, deployment and replica (state, node, pid, actor name) as Serve's
+    controller holds them. Public replacement: the dashboard's REST API
+    (``GET /api/serve/applications/``, ``ServeInstanceDetails``), which needs the dashboard
+    running and its address; ``serve.status()`` lacks the replicas' actors and nodes."""
+    from ray.serve.context import _get_global_client
+
+    return await _get_global_client()._controller.get_serve_instance_details.remote()
+
+
+def autoscaler_v2() -> bool:
+    """Whether the cluster runs Ray's v2 autoscaler (KubeRay's). Public replacement: none; the
+    autoscaler's state API (``ray.autoscaler.v2.sdk``) is marked internal as well."""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    return is_autoscaler_v2(fetch_from_server=True)
+
+
+def autoscaler_report() -> bytes | None:
+    """The v1 autoscaler's status, as ``ray status`` reads it (Ray's own key in its store).
+    Public replacement: ``ray status``'s output, which is text for people, not a format."""
+    return kv_get("__autoscaling_status")

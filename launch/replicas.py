@@ -18,10 +18,9 @@ LIVE_STATES = ("RUNNING", "RECOVERING")  # replica states whose actor serves req
 
 
 async def serve_details() -> dict[str, Any]:
-    from ray.serve.context import _get_global_client
+    from .ray_compat import serve_instance_details
 
-    client = _get_global_client()
-    return await client._controller.get_serve_instance_details.remote()
+    return await serve_instance_details()
 
 
 async def _probe(actor_name: str, timeout_s: float) -> str:

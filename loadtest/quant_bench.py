@@ -111,7 +111,7 @@ def run_variant(source: str, args) -> dict:
                        env=env)
     result = result_line.parse(r.stdout)
     if r.returncode != 0 or result is None:
-        from launch.api.errors import one_line
+        from launch.cluster.reason import one_line
 
         return {"error": one_line(r.stderr) or f"exit {r.returncode}"}
     return result

@@ -30,6 +30,7 @@ from vllm.entrypoints.serve.tokenize.api_router import detokenize, tokenize
 from engine.config import ServingConfig
 
 from launch import drain
+from launch.replicas import ReplicaView
 from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body, validation_error_body
 from .frames import STORE
@@ -37,7 +38,6 @@ from .front_door import FrontDoor
 from .metrics_route import metrics_text
 from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
-from launch.replicas import ReplicaView
 from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
 from .usage import (MediaTally, StreamUsage, flush_counters, record, response_usage,
                     set_gauge, token_reservation)

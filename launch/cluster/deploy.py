@@ -8,10 +8,10 @@ import time
 
 from engine.config import ServingConfig
 
-from launch.api.errors import one_line
 from launch.replicas import FAILED_STATUSES, status_name
 from .connect import LaunchError, base_url, connect, http_get, say
 from .local_cluster import ClusterState
+from .reason import one_line
 
 
 def _failure_cause(app_status) -> str | None:
@@ -34,7 +34,7 @@ def _failure_cause(app_status) -> str | None:
     return None
 
 
-def _replica_counts(dep) -> str:
+def replica_counts(dep) -> str:
     return ", ".join(f"{n} {s}" for s, n in (dep.replica_states or {}).items())
 
 
@@ -43,7 +43,7 @@ def _progress(app_status, elapsed: float, waiting=()) -> str:
         line = f"[{elapsed:5.0f}s] deploying..."
     else:
         line = f"[{elapsed:5.0f}s] " + "; ".join(
-            f"{name}: {_replica_counts(dep) or status_name(dep.status)}"
+            f"{name}: {replica_counts(dep) or status_name(dep.status)}"
             for name, dep in app_status.deployments.items())
     if waiting:
         from .scheduling import describe
@@ -55,7 +55,7 @@ def _progress(app_status, elapsed: float, waiting=()) -> str:
 def deploy(cfg: ServingConfig, state: ClusterState) -> None:
     from ray import serve
     from ray.serve.config import HTTPOptions
-    from ray.serve.api import RunTarget
+    from ray.serve import RunTarget
 
     from launch.app import build_from_args, serve_application
 

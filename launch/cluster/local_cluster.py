@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launch.api.errors import one_line
+from .reason import one_line
 
 
 class ClusterError(RuntimeError):

@@ -89,15 +89,14 @@ def nodes_summary(nodes: list[dict]) -> str:
 def autoscaler_present() -> bool:
     """Whether something can add nodes to the connected cluster (KubeRay's autoscaler, v1 or
     v2); a head started by ``ray start`` alone reports only its read-only one."""
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
+    from launch.ray_compat import autoscaler_report, autoscaler_v2
 
     try:
-        if is_autoscaler_v2(fetch_from_server=True):
+        if autoscaler_v2():
             return True
     except Exception:  # an older cluster without the flag: v1 below
         pass
-    raw = _internal_kv_get("__autoscaling_status")  # Ray's own key (`ray status` reads it)
+    raw = autoscaler_report()
     if not raw:
         return False
     report = json.loads(raw).get("autoscaler_report") or {}

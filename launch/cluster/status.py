@@ -6,7 +6,7 @@ import asyncio
 
 from launch.replicas import status_name
 from .connect import base_url, connect, http_get, node_rows
-from .deploy import _replica_counts
+from .deploy import replica_counts
 from .local_cluster import ClusterState
 
 
@@ -41,7 +41,7 @@ def status_report(state: ClusterState) -> tuple[list[str], int]:
         return out, 1
     line(f"application {state.app_name}: {status_name(status.status)}")
     for name, dep in status.deployments.items():
-        line(f"  {name}: {status_name(dep.status)} ({_replica_counts(dep) or 'no replicas'})")
+        line(f"  {name}: {status_name(dep.status)} ({replica_counts(dep) or 'no replicas'})")
     waiting = waiting_replicas(state.app_name)
     if waiting:
         line(f"waiting: {describe(waiting)}; {nodes_summary(alive_nodes())}")

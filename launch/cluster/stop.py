@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-from launch.api.errors import one_line
 from .connect import connect, say
 from .deploy import root_cause_from_logs
 from .local_cluster import (
@@ -20,6 +19,7 @@ from .local_cluster import (
     stop_processes,
     write_state,
 )
+from .reason import one_line
 
 
 class _stderr_muted:

@@ -111,18 +111,6 @@ def cluster_processes_by_dir(temp_dir):
     return cluster_processes(state)
 
 
-def test_one_line_picks_the_reason():
-    from launch.api.errors import one_line as pick_line
-
-    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-            "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
-            "  Value error, User-specified max_model_len (40000) is greater than the derived\n"
-            "    For further information visit https://errors.pydantic.dev\n")
-    assert pick_line(text) == ("RuntimeError: Failed to create vLLM engine config: 1 validation "
-                               "error for ModelConfig: User-specified max_model_len (40000) is "
-                               "greater than the derived")
-
-
 def test_root_cause_from_worker_logs(tmp_path):
     from launch.cluster.deploy import root_cause_from_logs
 

@@ -625,8 +625,12 @@ def test_stop_drains_running_stream(stacks):
 
     # A stream that outlasts the stop's start (a Python process that joins the cluster and
     # sets the drain): the stop's own count proves it was running when the drain began. The
-    # client reads its first event, then nothing until a new request is refused.
-    n = 1500
+    # client reads its first event, then nothing until a new request is refused. The socket
+    # buffers on the way take in the whole of a 1500-token stream, so a paused client holds
+    # nothing and the stream's own length must outlast the stop's start, which on two cores
+    # beside a decoding engine takes about as long as 1500 tokens of the tiny model on an
+    # AVX-512 core: nearly the whole context (max_model_len 4096) instead.
+    n = 4000
     body = chat_body([{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
     started, resume, events = threading.Event(), threading.Event(), []
