@@ -32,11 +32,11 @@ from typing import Any
 from .checkpoint import stored_dtype
 from .releases import OFFICIAL_RELEASE, OFFICIAL_TEXT, OFFICIAL_VISION
 from .devices import Device
+from .vision import VISION_EXTRA_TOKENS, image_tokens
+from .vision import plan as video_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1,
                "fp8_e5m2": 1}
-PATCH_FACTOR = 28  # 14-pixel patches merged 2x2: one token per 28x28 pixels
-VISION_EXTRA_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image's pads
 # Non-torch memory on a GPU (CUDA context, cuBLAS/NCCL workspaces) and CUDA graphs; an estimate.
 RUNTIME_OVERHEAD_BYTES = {"graphs": 3 << 29, "eager": 1 << 29}  # 1.5 GiB, 0.5 GiB
 GPU_DEFAULT_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens for online serving
@@ -180,19 +180,6 @@ def decode_read_bytes(arch: Architecture, dtype_bytes: int) -> int:
     parts = language_weight_bytes(arch, dtype_bytes)
     head = parts["embedding"] if arch.tied_embeddings else parts["lm_head"]
     return parts["layers"] + parts["norm"] + head
-
-
-# ---------------------------------------------------------------------------------- images
-def image_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> dict[str, int]:
-    """What one image becomes: its size after smart_resize, its pad tokens, its prompt tokens
-    (pads plus vision start/end) and its 14x14 patches (what the vision encoder runs on)."""
-    from qwen_vl_utils import smart_resize
-
-    h, w = smart_resize(height, width, factor=PATCH_FACTOR, min_pixels=min_pixels,
-                        max_pixels=max_pixels)
-    pads = (h // PATCH_FACTOR) * (w // PATCH_FACTOR)
-    return {"resized_height": h, "resized_width": w, "image_tokens": pads,
-            "prompt_tokens": pads + VISION_EXTRA_TOKENS, "patches": pads * 4}
 
 
 def vision_flops(arch: Architecture, patches: int) -> float:
@@ -422,8 +409,6 @@ def _videos(cfg, arch: Architecture, workload: Workload,
     tokens) and the vision encoder's FLOPs for it; ({}, 0) without videos."""
     if not workload.videos:
         return {}, 0.0
-    from .video_plan import plan as video_plan
-
     mm, budget = cfg.multimodal, cfg.video_budget()
     if workload.videos > mm.max_videos_per_prompt:
         warnings.append(f"the workload sends {workload.videos} videos per request, more than "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from engine.capacity import VISION_EXTRA_TOKENS, image_tokens
+from engine.vision import VISION_EXTRA_TOKENS, image_tokens
 from engine.config import ServingConfig
 
 from . import media, video

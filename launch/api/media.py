@@ -144,7 +144,7 @@ def decode_image(data: bytes, limits: LimitsSettings, param: str,
     byte of the entropy-coded data, so truncation and corruption are still caught), then the
     processor's own resize. The engine gets the image itself: it neither decodes nor hashes
     it again."""
-    from engine.capacity import PATCH_FACTOR
+    from engine.vision import PATCH_FACTOR
     from qwen_vl_utils import smart_resize
 
     img = _opened(data, limits, param)

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.capacity import image_tokens
+from engine.vision import image_tokens
 from engine.config import ServingConfig
 
 log = logging.getLogger("ray.serve")

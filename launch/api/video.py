@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from engine.config import LimitsSettings, VideoBudget
-from engine.video_plan import VideoPlan, plan
+from engine.vision import VideoPlan, plan
 
 from .media import check_geometry
 from .rejections import RequestRejected

@@ -153,7 +153,7 @@ def test_videos_count_as_the_front_door_samples_them(seconds, size):
     """A workload's videos cost the tokens the front door's own plan gives them (frames at the
     configured fps up to the cap, fitted into the per-video budget), in the prompt and the KV
     estimate alike."""
-    from engine.video_plan import plan as video_plan
+    from engine.vision import plan as video_plan
 
     cfg = config(multimodal={"video_max_frames": None})
     arch, origin = architecture_for(cfg)

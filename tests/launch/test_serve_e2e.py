@@ -143,7 +143,7 @@ PLAN_SIZES = [(28, 28), (30, 40), (57, 57), (200, 300), (333, 777), (768, 1024),
 def test_planned_tokens_per_image_equal_usage(server):
     """`qwen-vl plan`'s tokens per image (engine.capacity.image_tokens) = what an image adds to
     usage.prompt_tokens, for each size."""
-    from engine.capacity import image_tokens
+    from engine.vision import image_tokens
 
     mm = server["cfg"].multimodal
     text = [{"type": "text", "text": "Hi"}]

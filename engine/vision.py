@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .capacity import PATCH_FACTOR as PATCH  # one token per 28x28 pixels (2x2 merge)
 from .config import VideoBudget
+
+PATCH_FACTOR = 28  # 14-pixel patches merged 2x2: one token per 28x28 pixels
+VISION_EXTRA_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image's pads
+PATCH = PATCH_FACTOR
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,15 @@ def plan(total_frames: int, fps: float, height: int, width: int, budget: VideoBu
         raise ValueError(f"{width}x{height} frames cannot keep a whole {PATCH}-pixel patch per "
                          f"side within {max_pixels} pixels")
     return VideoPlan(total_frames, fps, n, h, w)
+
+
+def image_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> dict[str, int]:
+    """What one image becomes: its size after smart_resize, its pad tokens, its prompt tokens
+    (pads plus vision start/end) and its 14x14 patches (what the vision encoder runs on)."""
+    from qwen_vl_utils import smart_resize
+
+    h, w = smart_resize(height, width, factor=PATCH_FACTOR, min_pixels=min_pixels,
+                        max_pixels=max_pixels)
+    pads = (h // PATCH_FACTOR) * (w // PATCH_FACTOR)
+    return {"resized_height": h, "resized_width": w, "image_tokens": pads,
+            "prompt_tokens": pads + VISION_EXTRA_TOKENS, "patches": pads * 4}
