@@ -32,8 +32,7 @@ from typing import Any
 from .checkpoint import stored_dtype
 from .releases import OFFICIAL_RELEASE, OFFICIAL_TEXT, OFFICIAL_VISION
 from .devices import Device
-from .vision import VISION_EXTRA_TOKENS, image_tokens
-from .vision import plan as video_plan
+from .vision import PATCH, VISION_EXTRA_TOKENS, image_tokens, temporal_patches, video_frames
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1,
                "fp8_e5m2": 1}
@@ -418,14 +417,14 @@ def _videos(cfg, arch: Architecture, workload: Workload,
                         f"limits.max_video_seconds {cfg.limits.max_video_seconds:g}: refused")
     w, h = workload.video_size
     total = max(2, round(workload.video_seconds * workload.video_fps))
-    vp = video_plan(total, workload.video_fps, h, w, budget, min_pixels=mm.min_pixels,
+    vp = video_frames(total, workload.video_fps, h, w, budget, min_pixels=mm.min_pixels,
                     max_pixels=mm.max_pixels)
     if vp.tokens > budget.max_tokens:
         warnings.append(f"each video needs {vp.tokens} tokens even at the frame floor, over "
                         f"multimodal.video_max_tokens {budget.max_tokens}: refused")
     # Qwen2-VL's vision encoder attends within each temporal patch (two frames).
-    temporal = (vp.frames + 1) // 2
-    flops = temporal * vision_flops(arch, (vp.height // 14) * (vp.width // 14))
+    flops = temporal_patches(vp.frames) * vision_flops(
+        arch, (vp.height // PATCH) * (vp.width // PATCH))
     return ({"duration_s": workload.video_seconds, "fps": workload.video_fps,
              "size": f"{w}x{h}", "frames": vp.frames, "resized_width": vp.width,
              "resized_height": vp.height, "video_tokens": vp.tokens,

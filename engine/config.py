@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of, read_config
 from .cpu_features import native_bf16
 from .embedded_model import EMBEDDED_PREFIX, SPECS, ensure_checkpoint, is_embedded
+from .vision import PATCH_FACTOR, TOKEN_PIXELS, VideoBudget
 
 
 class ConfigError(ValueError):
@@ -106,9 +106,9 @@ class EngineSettings(_Strict):
 class MultimodalSettings(_Strict):
     max_images_per_prompt: int = Field(4, ge=0, description="Images per request at most.")
     max_videos_per_prompt: int = Field(1, ge=0, description="Videos per request at most.")
-    min_pixels: int = Field(56 * 56, ge=28 * 28, description="Images are resized to at least this.")
+    min_pixels: int = Field(4 * TOKEN_PIXELS, ge=TOKEN_PIXELS, description="Images are resized to at least this.")
     max_pixels: int = Field(
-        256 * 28 * 28, ge=28 * 28, description="Images are resized to at most this (caps tokens)."
+        256 * TOKEN_PIXELS, ge=TOKEN_PIXELS, description="Images are resized to at most this (caps tokens)."
     )
     video_fps: float = Field(
         2.0, gt=0, description="Frames the front door samples per second of a video file.")
@@ -122,7 +122,7 @@ class MultimodalSettings(_Strict):
         "into its total pixels; a video that cannot fit at the floor is refused. None: half of "
         "engine.max_model_len.")
     video_min_pixels: int | None = Field(
-        None, ge=28 * 28, description="Per-frame pixel floor of a video file (never below "
+        None, ge=TOKEN_PIXELS, description="Per-frame pixel floor of a video file (never below "
         "min_pixels: the engine's processor would enlarge smaller frames). None: min_pixels.")
 
     @model_validator(mode="after")
@@ -140,25 +140,6 @@ class MultimodalSettings(_Strict):
 
 # qwen-vl-utils' cap on frames per video (FPS_MAX_FRAMES).
 VIDEO_FRAME_CAP = 768
-
-
-@dataclass(frozen=True)
-class VideoBudget:
-    """How a video file becomes frames (``launch.api.video`` applies it): ``fps`` frames per second
-    of video, at most ``max_frames``, each at least ``min_pixels`` and at most ``max_pixels``,
-    all of them within ``max_tokens``."""
-
-    fps: float
-    max_frames: int
-    max_tokens: int
-    min_pixels: int
-    max_pixels: int
-
-    @property
-    def total_pixels(self) -> int:
-        """qwen-vl-utils' ``total_pixels``: frames x pixels a video may have (one token per
-        28x28 pixels of two frames, so this holds ``max_tokens``)."""
-        return self.max_tokens * 28 * 28
 
 
 class UrlPolicy(_Strict):
@@ -250,9 +231,9 @@ class LimitsSettings(_Strict):
     max_body_bytes: int = Field(32 << 20, ge=1024, description="Request body (413 above).")
     max_image_bytes: int = Field(10 << 20, ge=1, description="Encoded bytes per image.")
     max_image_pixels: int = Field(
-        50_000_000, ge=784, description="Decoded pixels per image, read from the header "
+        50_000_000, ge=TOKEN_PIXELS, description="Decoded pixels per image, read from the header "
         "before decoding (decompression bombs are refused in milliseconds).")
-    min_image_side: int = Field(28, ge=1, description="Smallest width/height accepted.")
+    min_image_side: int = Field(PATCH_FACTOR, ge=1, description="Smallest width/height accepted.")
     max_aspect_ratio: float = Field(200, ge=1, description="Qwen2-VL's processor limit.")
     max_video_bytes: int = Field(128 << 20, ge=1, description="Encoded bytes per video file.")
     max_video_seconds: float = Field(
@@ -618,10 +599,10 @@ class ServingConfig(_Strict):
         floor = mm.video_min_pixels or mm.min_pixels
         frames = mm.video_max_frames
         if frames is None:
-            # Two frames at the floor make floor / 784 tokens; half as many frames as would
+            # Two frames at the floor make floor / TOKEN_PIXELS tokens; half as many frames as would
             # fit there leaves each frame about twice the floor, so that frames of any usual
             # aspect ratio, rounded to whole 28-pixel patches, stay above it.
-            frames = min(VIDEO_FRAME_CAP, tokens // max(1, floor // (28 * 28)))
+            frames = min(VIDEO_FRAME_CAP, tokens // max(1, floor // TOKEN_PIXELS))
             frames = max(2, frames - frames % 2)
         return VideoBudget(mm.video_fps, frames, tokens, floor, mm.max_pixels)
 

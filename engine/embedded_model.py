@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .quantize import QuantScheme, write_quantized_checkpoint
 from .releases import OFFICIAL_TEXT, OFFICIAL_VISION
+from .vision import TOKEN_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +170,6 @@ def spec_for(source: str) -> tuple[str, ModelSpec]:
     return name, SPECS[name]
 
 
-def checkpoint_dir(source: str) -> Path:
-    name, spec = spec_for(source)
-    return _dir(name, spec)
-
-
 def _dir(name: str, spec: ModelSpec) -> Path:
     return cache_root() / "models" / f"{name}-{spec.digest()}"
 
@@ -232,9 +228,9 @@ def preprocessor_config() -> dict:
         "do_convert_rgb": True,
         "image_mean": IMAGE_MEAN,
         "image_std": IMAGE_STD,
-        "min_pixels": 56 * 56,
-        "max_pixels": 28 * 28 * 1280,
-        "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+        "min_pixels": 4 * TOKEN_PIXELS,
+        "max_pixels": 1280 * TOKEN_PIXELS,
+        "size": {"shortest_edge": 4 * TOKEN_PIXELS, "longest_edge": 1280 * TOKEN_PIXELS},
         "patch_size": 14,
         "temporal_patch_size": 2,
         "merge_size": 2,

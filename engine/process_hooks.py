@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 PTH_NAME = "zz_qwen_vl_process_hooks.pth"
-LEGACY_PTH_NAMES = ("zz_qwen_vl_torchvision_shim.pth",)
 # A .pth line must be one line starting with "import"; never fail interpreter start-up.
 PTH_LINE = (
     "import sys; exec('try:\\n import engine.process_hooks as _h; _h.install()\\n"
@@ -84,8 +83,6 @@ def install_pth(site_packages: str | None = None) -> Path:
     import sysconfig
 
     directory = Path(site_packages or sysconfig.get_paths()["purelib"])
-    for legacy in LEGACY_PTH_NAMES:
-        (directory / legacy).unlink(missing_ok=True)
     target = directory / PTH_NAME
     if not target.exists() or target.read_text() != PTH_LINE:
         target.write_text(PTH_LINE)

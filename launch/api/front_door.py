@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from engine.vision import VISION_EXTRA_TOKENS, image_tokens
+from engine.vision import TOKEN_PIXELS, VISION_EXTRA_TOKENS, image_tokens, temporal_patches
 from engine.config import ServingConfig
 
 from . import media, video
@@ -76,8 +76,9 @@ class FrontDoor:
                                   reason="mm_kwargs")
         caps = {"min_pixels": self.mm.min_pixels, "max_pixels": self.mm.max_pixels}
         for key, value in kwargs.items():
-            if not isinstance(value, int) or value < 28 * 28:
-                raise RequestRejected(400, f"mm_processor_kwargs.{key} must be an integer >= 784",
+            if not isinstance(value, int) or value < TOKEN_PIXELS:
+                raise RequestRejected(400, f"mm_processor_kwargs.{key} must be an integer >= "
+                                      f"{TOKEN_PIXELS}",
                                       param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
             if value > caps[key]:
                 raise RequestRejected(
@@ -205,7 +206,7 @@ class FrontDoor:
             size = media.check_frames(payload, self.limits, self.video.max_frames, param)
             frames = payload.count(",") + 1
             per_pair = image_tokens(size[1], size[0], *pixels)["image_tokens"]
-            tally.add_video(len(payload) * 3 // 4, (frames + 1) // 2 * per_pair
+            tally.add_video(len(payload) * 3 // 4, temporal_patches(frames) * per_pair
                             + VISION_EXTRA_TOKENS)
             return url, media.content_key(url.encode(), pixels)
         mime, data = self._load(url, param, self.limits.max_video_bytes, "video")

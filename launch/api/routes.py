@@ -191,7 +191,7 @@ async def _serve(state: ApiState, body, request: Request, call, check):
     Refusals that say "come back later" (draining, overloaded, engine lost) are 503 with
     Retry-After. A stream whose engine fails after it started ends with an OpenAI error event
     and ``[DONE]``: the client always sees an end, never a hang."""
-    done = _Accounting(key_name(request.scope), request.scope["path"], state.quotas)
+    entry = _LedgerEntry(key_name(request.scope), request.scope["path"], state.quotas)
     try:
         if state.draining:
             raise state.unavailable("the server is shutting down; retry on another "
@@ -203,22 +203,22 @@ async def _serve(state: ApiState, body, request: Request, call, check):
                 "retry later", "overloaded")
         _check_model(state, body)
         state.inflight += 1  # held from here: checks that load media take time
-        done.counted = True
-        await check(body, done.tally)
-        if state.quotas.applies_to(done.key):
-            done.lease = await state.quotas.acquire(
-                done.key, token_reservation(body, state.cfg, done.tally),
+        entry.counted = True
+        await check(body, entry.tally)
+        if state.quotas.applies_to(entry.key):
+            entry.lease = await state.quotas.acquire(
+                entry.key, token_reservation(body, state.cfg, entry.tally),
                 state.cfg.deployment.retry_after_s)
         await state.slots.acquire()
-        done.slot = True
+        entry.slot = True
     except RequestRejected as err:
-        done.finish(err.status, state)
+        entry.finish(err.status, state)
         return rejection_response(err)
     except Exception:  # a fault of ours: the error middleware logs it, the client gets a 500
-        done.finish(500, state)
+        entry.finish(500, state)
         raise
     except BaseException:
-        done.finish(499, state)  # cancelled: the client went away
+        entry.finish(499, state)  # cancelled: the client went away
         raise
     streaming = False
     status_code = 500
@@ -235,20 +235,20 @@ async def _serve(state: ApiState, body, request: Request, call, check):
             status_code = 499
             return Response(status_code=499)
         if isinstance(response, StreamingResponse):
-            response.body_iterator = _guarded_stream(state, response.body_iterator, done,
+            response.body_iterator = _guarded_stream(state, response.body_iterator, entry,
                                                      stream_usage)
             streaming = True
         else:
             status_code = response.status_code
             if status_code == 200:
-                done.usage = response_usage(response.body)
+                entry.usage = response_usage(response.body)
         return response
     except RequestRejected as err:
         status_code = err.status
         return rejection_response(err)
     finally:
         if not streaming:
-            done.finish(status_code, state)
+            entry.finish(status_code, state)
 
 
 def _vllm_error_response(err: Exception) -> JSONResponse:
@@ -286,7 +286,7 @@ def _ask_stream_usage(body) -> StreamUsage | None:
     return StreamUsage(keep=asked)
 
 
-async def _guarded_stream(state: ApiState, chunks, done: "_Accounting",
+async def _guarded_stream(state: ApiState, chunks, entry: "_LedgerEntry",
                           usage: StreamUsage | None):
     lost = error_body(503, "the model replica serving this stream failed; retry",
                       code="replica_failed")
@@ -306,8 +306,8 @@ async def _guarded_stream(state: ApiState, chunks, done: "_Accounting",
         count_rejection("replica_failed")
         yield f"data: {json.dumps(lost)}\n\ndata: [DONE]\n\n"
     finally:
-        done.usage = usage.usage if usage is not None else None
-        done.finish(200, state)
+        entry.usage = usage.usage if usage is not None else None
+        entry.finish(200, state)
 
 
 async def _engine_dead(state: ApiState) -> bool:
@@ -356,7 +356,7 @@ async def _health(state: ApiState) -> JSONResponse:
     )
 
 
-class _Accounting:
+class _LedgerEntry:
     """One request's key name, media, usage and quota lease, closed exactly once."""
 
     def __init__(self, key: str, route: str, quotas: Quotas):

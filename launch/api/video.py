@@ -25,15 +25,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from engine.config import LimitsSettings, VideoBudget
-from engine.vision import VideoPlan, plan
+from engine.config import LimitsSettings
+from engine.vision import VideoBudget, VideoFrames, video_frames
 
 from .media import check_geometry
 from .rejections import RequestRejected
 
 
 def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixels: int,
-           max_pixels: int, param: str) -> tuple[np.ndarray, VideoPlan]:
+           max_pixels: int, param: str) -> tuple[np.ndarray, VideoFrames]:
     """Decode a video file; returns its sampled frames (``frames x height x width x 3``,
     uint8 RGB) and the plan."""
     import av
@@ -62,7 +62,7 @@ def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixe
         if total < 2 or fps <= 0:
             raise bad(f"video has {total} frame(s); at least 2 are needed", "video_frames")
         try:
-            p = plan(total, fps, height, width, budget, min_pixels=min_pixels,
+            p = video_frames(total, fps, height, width, budget, min_pixels=min_pixels,
                      max_pixels=max_pixels)
         except ValueError as err:
             raise bad(f"video of {total} frames at {fps:g} fps cannot be sampled: {err}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import capacity
+from engine import capacity, vision
 from engine.capacity import Architecture, Workload, architecture_for, make_plan
 from engine.config import load_config, parse_config
 from engine.devices import GPUS, gpu
@@ -153,7 +153,7 @@ def test_videos_count_as_the_front_door_samples_them(seconds, size):
     """A workload's videos cost the tokens the front door's own plan gives them (frames at the
     configured fps up to the cap, fitted into the per-video budget), in the prompt and the KV
     estimate alike."""
-    from engine.vision import plan as video_plan
+    from engine.vision import video_frames
 
     cfg = config(multimodal={"video_max_frames": None})
     arch, origin = architecture_for(cfg)
@@ -161,7 +161,7 @@ def test_videos_count_as_the_front_door_samples_them(seconds, size):
     p = make_plan(cfg, arch, origin, None, Workload(images=0, videos=1, video_seconds=seconds,
                                                     video_fps=25, video_size=size),
                   cpu_bandwidth_gbs=10)
-    vp = video_plan(seconds * 25, 25, size[1], size[0], cfg.video_budget(),
+    vp = video_frames(seconds * 25, 25, size[1], size[0], cfg.video_budget(),
                     min_pixels=cfg.multimodal.min_pixels, max_pixels=cfg.multimodal.max_pixels)
     assert p.videos["frames"] == vp.frames and p.videos["video_tokens"] == vp.tokens
     assert p.videos["video_tokens"] <= cfg.video_budget().max_tokens == 2048
@@ -199,7 +199,7 @@ def test_tokens_per_image_equal_the_image_processor(h, w):
                                              "longest_edge": mm.max_pixels}})
     out = proc(images=[np.zeros((h, w, 3), dtype=np.uint8)], return_tensors="np")
     t, gh, gw = (int(v) for v in out["image_grid_thw"][0])
-    planned = capacity.image_tokens(h, w, mm.min_pixels, mm.max_pixels)
+    planned = vision.image_tokens(h, w, mm.min_pixels, mm.max_pixels)
     assert planned["image_tokens"] == t * gh * gw // 4
     assert planned["prompt_tokens"] == planned["image_tokens"] + 2
 

@@ -101,7 +101,7 @@ def test_video_file_duration_and_bytes():
     from launch.api import video
 
     clip = utils.mp4(seconds=3)
-    from engine.config import VideoBudget
+    from engine.vision import VideoBudget
 
     kw = dict(budget=VideoBudget(fps=2.0, max_frames=16, max_tokens=2048, min_pixels=3136,
                                  max_pixels=200704), min_pixels=3136, max_pixels=200704, param="p")

@@ -5,7 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine.config import LimitsSettings, VideoBudget
+from engine.config import LimitsSettings
+from engine.vision import VideoBudget
 from launch.api import video
 from launch.api.rejections import RequestRejected
 from tests import utils
@@ -81,7 +82,7 @@ def test_long_videos_fit_the_token_budget_as_qwen_vl_utils_fits_them(minutes, fp
     budget = VideoBudget(fps=2.0, max_frames=512, max_tokens=2048, min_pixels=3136,
                          max_pixels=200704)
     total = round(minutes * 60 * fps)
-    p = video.plan(total, fps, h, w, budget, min_pixels=3136, max_pixels=200704)
+    p = video.video_frames(total, fps, h, w, budget, min_pixels=3136, max_pixels=200704)
     assert (p.frames, p.height, p.width) == expected(total, fps, h, w, budget)
     assert p.tokens <= budget.max_tokens
     assert p.frames == min(512, total - total % 2, max(4, int(total / fps * 2) // 2 * 2))
@@ -113,11 +114,12 @@ def test_the_readmes_video_costs(seconds, w, h, cap, cost):
     data = yaml.safe_load((utils.CONFIGS / "default.yaml").read_text())
     data["multimodal"]["video_max_frames"] = cap
     cfg = parse_config(data)
-    p = video.plan(seconds * 30, 30, h, w, cfg.video_budget(), min_pixels=cfg.multimodal.min_pixels,
-                   max_pixels=cfg.multimodal.max_pixels)
+    p = video.video_frames(seconds * 30, 30, h, w, cfg.video_budget(),
+                           min_pixels=cfg.multimodal.min_pixels,
+                           max_pixels=cfg.multimodal.max_pixels)
     assert (p.frames, p.width, p.height, p.tokens) == cost
 
 
 def test_a_frame_too_narrow_for_the_pixel_bounds_is_refused_not_crashed():
     with pytest.raises(ValueError, match="cannot keep a whole 28-pixel patch"):
-        video.plan(8, 2, 28, 5600, BUDGET, min_pixels=784, max_pixels=784 * 4)
+        video.video_frames(8, 2, 28, 5600, BUDGET, min_pixels=784, max_pixels=784 * 4)
