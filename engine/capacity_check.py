@@ -65,11 +65,11 @@ def _probe(config_path: str) -> dict:
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 
-    from .config import load_config
+    from .config import engine_kwargs, load_config
 
     cfg = load_config(config_path)
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
-    llm = LLM(**{k: v for k, v in cfg.to_engine_kwargs().items() if k in fields})
+    llm = LLM(**{k: v for k, v in engine_kwargs(cfg).items() if k in fields})
     return {"weights_bytes": llm.collective_rpc(weights_in_worker)[0]}
 
 

@@ -1,7 +1,7 @@
 """The one typed config: the single source of truth for engine, Ray Serve application and chart.
 
 Loaded from YAML with ``yaml.safe_load``; every model forbids unknown keys, so a typo fails with
-the key named. ``to_engine_kwargs`` maps it onto vLLM engine arguments and checks each name
+the key named. ``engine_kwargs`` maps it onto vLLM engine arguments and checks each name
 against vLLM's own ``EngineArgs`` fields, so a flag renamed upstream fails at load time, not
 deep in engine start-up.
 """
@@ -106,10 +106,10 @@ class EngineSettings(_Strict):
 class MultimodalSettings(_Strict):
     max_images_per_prompt: int = Field(4, ge=0, description="Images per request at most.")
     max_videos_per_prompt: int = Field(1, ge=0, description="Videos per request at most.")
-    min_pixels: int = Field(4 * TOKEN_PIXELS, ge=TOKEN_PIXELS, description="Images are resized to at least this.")
-    max_pixels: int = Field(
-        256 * TOKEN_PIXELS, ge=TOKEN_PIXELS, description="Images are resized to at most this (caps tokens)."
-    )
+    min_pixels: int = Field(4 * TOKEN_PIXELS, ge=TOKEN_PIXELS,
+                            description="Images are resized to at least this.")
+    max_pixels: int = Field(256 * TOKEN_PIXELS, ge=TOKEN_PIXELS,
+                            description="Images are resized to at most this (caps tokens).")
     video_fps: float = Field(
         2.0, gt=0, description="Frames the front door samples per second of a video file.")
     video_max_frames: int | None = Field(
@@ -395,7 +395,8 @@ CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 # Ray Serve's fast paths: the ServerSettings field -> the flag Ray reads on every node.
 RAY_FAST_PATH_ENV = {"ray_throughput_optimized": "RAY_SERVE_THROUGHPUT_OPTIMIZED",
                      "ray_ha_proxy": "RAY_SERVE_ENABLE_HA_PROXY"}
-# How long a stopping direct-ingress replica stays reachable (ServerSettings.replica_deregistration_s).
+# How long a stopping direct-ingress replica stays reachable
+# (ServerSettings.replica_deregistration_s).
 DEREGISTRATION_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 # With HAProxy: besides a refused connection, a connection that closed before any response byte
 # (the replica died while it generated) is retried on another replica; the client gets its
@@ -599,9 +600,9 @@ class ServingConfig(_Strict):
         floor = mm.video_min_pixels or mm.min_pixels
         frames = mm.video_max_frames
         if frames is None:
-            # Two frames at the floor make floor / TOKEN_PIXELS tokens; half as many frames as would
-            # fit there leaves each frame about twice the floor, so that frames of any usual
-            # aspect ratio, rounded to whole 28-pixel patches, stay above it.
+            # Two frames at the floor make floor / TOKEN_PIXELS tokens; half as many frames as
+            # would fit there leaves each frame about twice the floor, so that frames of any
+            # usual aspect ratio, rounded to whole 28-pixel patches, stay above it.
             frames = min(VIDEO_FRAME_CAP, tokens // max(1, floor // TOKEN_PIXELS))
             frames = max(2, frames - frames % 2)
         return VideoBudget(mm.video_fps, frames, tokens, floor, mm.max_pixels)
@@ -610,61 +611,63 @@ class ServingConfig(_Strict):
         mm = self.multimodal
         return {"min_pixels": mm.min_pixels, "max_pixels": mm.max_pixels}
 
-    def to_engine_kwargs(self, model_path: str | None = None) -> dict[str, Any]:
-        """vLLM engine arguments (``EngineArgs`` field names), checked against vLLM."""
-        m, e, mm, d = self.model, self.engine, self.multimodal, self.deployment
-        kwargs: dict[str, Any] = {
-            "model": model_path or self.model_path(),
-            "served_model_name": m.served_name,
-            "revision": m.revision,
-            "dtype": self.engine_dtype(),
-            # auto/none: vLLM reads the checkpoint (checked above); gptq/awq: vLLM verifies it.
-            # Either way vLLM chooses the kernel (Marlin on GPUs that support it).
-            "quantization": m.quantization if m.quantization in ("gptq", "awq") else None,
-            "trust_remote_code": m.trust_remote_code,
-            "max_model_len": e.max_model_len,
-            "block_size": e.block_size,
-            "max_num_seqs": e.max_num_seqs,
-            "max_num_batched_tokens": e.max_num_batched_tokens,
-            "enable_prefix_caching": e.enable_prefix_caching,
-            "kv_cache_dtype": e.kv_cache_dtype,
-            "enforce_eager": e.enforce_eager,
-            # xgrammar is the backend the front door measures schemas with (launch.api.schemas).
-            "structured_outputs_config": {"backend": "xgrammar",
-                                          "disable_any_whitespace": e.compact_json},
-            "seed": e.seed,
-            "tensor_parallel_size": d.tensor_parallel_size,
-            "limit_mm_per_prompt": {
-                "image": mm.max_images_per_prompt,
-                "video": mm.max_videos_per_prompt,
-            },
-            "mm_processor_kwargs": self.mm_processor_kwargs(),
-            "media_io_kwargs": {"video": {"num_frames": self.video_budget().max_frames,
-                                          "fps": mm.video_fps}},
-            # Requests may send mm_processor_kwargs: the front door (launch/api/front_door.py) lets
-            # them only lower min/max_pixels, so vLLM may trust what reaches it.
-            "trust_request_mm_kwargs": True,
-            "chat_template": self.tools.template_path(),
-            # The template renders content parts itself (images, videos, text), so vLLM passes
-            # them as parts rather than flattening them to a string.
-            "chat_template_content_format": "openai",
-            "enable_auto_tool_choice": self.tools.auto,
-            "tool_call_parser": self.tools.parser if self.tools.auto else None,
-            "tool_strict_level": "parameter" if self.tools.strict_arguments else "auto",
-        }
-        if d.device == "gpu":
-            kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization
-        else:
-            kwargs["kv_cache_memory_bytes"] = e.cpu_kv_cache_bytes
-        clash = sorted(set(e.extra_args) & set(kwargs))
-        if clash:
-            raise ConfigError(
-                f"engine.extra_args: {clash} are set by dedicated config keys; set them there"
-            )
-        kwargs.update(e.extra_args)
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        check_engine_arg_names(kwargs)
-        return kwargs
+
+def engine_kwargs(cfg: ServingConfig, model_path: str | None = None) -> dict[str, Any]:
+    """The config as vLLM engine arguments (``EngineArgs`` field names), each name checked
+    against the installed vLLM."""
+    m, e, mm, d = cfg.model, cfg.engine, cfg.multimodal, cfg.deployment
+    kwargs: dict[str, Any] = {
+        "model": model_path or cfg.model_path(),
+        "served_model_name": m.served_name,
+        "revision": m.revision,
+        "dtype": cfg.engine_dtype(),
+        # auto/none: vLLM reads the checkpoint (checked above); gptq/awq: vLLM verifies it.
+        # Either way vLLM chooses the kernel (Marlin on GPUs that support it).
+        "quantization": m.quantization if m.quantization in ("gptq", "awq") else None,
+        "trust_remote_code": m.trust_remote_code,
+        "max_model_len": e.max_model_len,
+        "block_size": e.block_size,
+        "max_num_seqs": e.max_num_seqs,
+        "max_num_batched_tokens": e.max_num_batched_tokens,
+        "enable_prefix_caching": e.enable_prefix_caching,
+        "kv_cache_dtype": e.kv_cache_dtype,
+        "enforce_eager": e.enforce_eager,
+        # xgrammar is the backend the front door measures schemas with (launch.api.schemas).
+        "structured_outputs_config": {"backend": "xgrammar",
+                                      "disable_any_whitespace": e.compact_json},
+        "seed": e.seed,
+        "tensor_parallel_size": d.tensor_parallel_size,
+        "limit_mm_per_prompt": {
+            "image": mm.max_images_per_prompt,
+            "video": mm.max_videos_per_prompt,
+        },
+        "mm_processor_kwargs": cfg.mm_processor_kwargs(),
+        "media_io_kwargs": {"video": {"num_frames": cfg.video_budget().max_frames,
+                                      "fps": mm.video_fps}},
+        # Requests may send mm_processor_kwargs: the front door (launch/api/front_door.py) lets
+        # them only lower min/max_pixels, so vLLM may trust what reaches it.
+        "trust_request_mm_kwargs": True,
+        "chat_template": cfg.tools.template_path(),
+        # The template renders content parts itself (images, videos, text), so vLLM passes
+        # them as parts rather than flattening them to a string.
+        "chat_template_content_format": "openai",
+        "enable_auto_tool_choice": cfg.tools.auto,
+        "tool_call_parser": cfg.tools.parser if cfg.tools.auto else None,
+        "tool_strict_level": "parameter" if cfg.tools.strict_arguments else "auto",
+    }
+    if d.device == "gpu":
+        kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization
+    else:
+        kwargs["kv_cache_memory_bytes"] = e.cpu_kv_cache_bytes
+    clash = sorted(set(e.extra_args) & set(kwargs))
+    if clash:
+        raise ConfigError(
+            f"engine.extra_args: {clash} are set by dedicated config keys; set them there"
+        )
+    kwargs.update(e.extra_args)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    check_engine_arg_names(kwargs)
+    return kwargs
 
 
 def _check_cpu_quantization(found: CheckpointQuant, sizes: dict[str, int] | None) -> None:

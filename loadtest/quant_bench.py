@@ -42,13 +42,13 @@ from .memory import process_tree, rss_bytes
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def engine_kwargs(source: str, max_model_len: int) -> dict:
+def variant_engine_kwargs(source: str, max_model_len: int) -> dict:
     import dataclasses
 
     import yaml
     from vllm.engine.arg_utils import EngineArgs
 
-    from engine.config import parse_config
+    from engine.config import engine_kwargs, parse_config
 
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     data["model"].update(source=source, dtype="bfloat16")
@@ -56,7 +56,7 @@ def engine_kwargs(source: str, max_model_len: int) -> dict:
         max_model_len, 2048), enable_prefix_caching=False)
     cfg = parse_config(data, f"default.yaml with model.source={source}")
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
-    return {k: v for k, v in cfg.to_engine_kwargs().items() if k in fields}
+    return {k: v for k, v in engine_kwargs(cfg).items() if k in fields}
 
 
 def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> dict:
@@ -64,7 +64,7 @@ def measure(source: str, tokens: int, concurrency: int, max_model_len: int) -> d
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    llm = LLM(**engine_kwargs(source, max_model_len))
+    llm = LLM(**variant_engine_kwargs(source, max_model_len))
     load_s = time.perf_counter() - t0
     weights = llm.collective_rpc(weights_in_worker)[0]
     rss = rss_bytes(process_tree([os.getpid()]))

@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Callable
 
-from engine.config import ServingConfig
+from engine.config import ServingConfig, engine_kwargs
 
 from .connect import LaunchError, base_url, say
 from .local_cluster import (
@@ -31,7 +31,7 @@ def start_engine_arg_check(cfg: ServingConfig, model_path: str) -> Callable[[], 
 
     def check():
         try:
-            cfg.to_engine_kwargs(model_path)
+            engine_kwargs(cfg, model_path)
         except BaseException as err:  # re-raised in the caller's thread
             failure.append(err)
 

@@ -4,6 +4,7 @@ import pytest
 from engine.config import (
     ConfigError,
     check_engine_arg_names,
+    engine_kwargs,
     load_config,
     parse_config,
     vllm_engine_arg_names,
@@ -25,7 +26,7 @@ def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.model.served_name
     # Engine kwargs are derived and name-checked without touching the weights.
-    kwargs = cfg.to_engine_kwargs(model_path="/nonexistent/for-naming-only")
+    kwargs = engine_kwargs(cfg, model_path="/nonexistent/for-naming-only")
     assert kwargs["max_model_len"] == cfg.engine.max_model_len
 
 
@@ -33,7 +34,7 @@ def test_default_config_values():
     cfg = load_config(CONFIGS / "default.yaml")
     assert cfg.model.source == "embedded:qwen2-vl-tiny"
     assert cfg.deployment.device == "cpu"
-    kw = cfg.to_engine_kwargs(model_path="/m")
+    kw = engine_kwargs(cfg, model_path="/m")
     assert kw["limit_mm_per_prompt"] == {"image": 4, "video": 1}
     assert kw["mm_processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 200704}
     assert kw["kv_cache_memory_bytes"] == 1 << 30
@@ -119,20 +120,20 @@ def test_engine_arg_names_exist_in_vllm():
 def test_renamed_vllm_flag_fails_loudly():
     """If vLLM renamed a field we set, loading fails with the key named."""
     known = vllm_engine_arg_names() - {"limit_mm_per_prompt"}
-    kwargs = load_config(CONFIGS / "default.yaml").to_engine_kwargs(model_path="/m")
+    kwargs = engine_kwargs(load_config(CONFIGS / "default.yaml"), model_path="/m")
     with pytest.raises(ConfigError, match=r"\['limit_mm_per_prompt'\] are not fields of vLLM's EngineArgs"):
         check_engine_arg_names(kwargs, known)
 
 
 def test_extra_args_checked_and_passed():
     cfg = parse_config(with_(engine={"extra_args": {"max_logprobs": 5}}))
-    assert cfg.to_engine_kwargs(model_path="/m")["max_logprobs"] == 5
+    assert engine_kwargs(cfg, model_path="/m")["max_logprobs"] == 5
     bad = parse_config(with_(engine={"extra_args": {"max_logprobz": 5}}))
     with pytest.raises(ConfigError, match=r"\['max_logprobz'\]"):
-        bad.to_engine_kwargs(model_path="/m")
+        engine_kwargs(bad, model_path="/m")
     clash = parse_config(with_(engine={"extra_args": {"max_model_len": 5}}))
     with pytest.raises(ConfigError, match=r"\['max_model_len'\] are set by dedicated config keys"):
-        clash.to_engine_kwargs(model_path="/m")
+        engine_kwargs(clash, model_path="/m")
 
 
 @pytest.mark.parametrize("compact", [True, False])
@@ -141,7 +142,7 @@ def test_compact_json_sets_vllms_structured_output_config(compact):
     the xgrammar or guidance backend); the e2e tests see its effect on the answers."""
     from vllm.config import StructuredOutputsConfig
 
-    kw = parse_config(with_(engine={"compact_json": compact})).to_engine_kwargs(model_path="/m")
+    kw = engine_kwargs(parse_config(with_(engine={"compact_json": compact})), model_path="/m")
     assert kw["structured_outputs_config"] == {"backend": "xgrammar",
                                                "disable_any_whitespace": compact}
     assert StructuredOutputsConfig(**kw["structured_outputs_config"]).disable_any_whitespace \
@@ -151,7 +152,7 @@ def test_compact_json_sets_vllms_structured_output_config(compact):
 def test_gpu_uses_memory_fraction():
     cfg = parse_config(with_(deployment={"device": "gpu", "tensor_parallel_size": 2},
                              engine={"gpu_memory_utilization": 0.8}))
-    kw = cfg.to_engine_kwargs(model_path="/m")
+    kw = engine_kwargs(cfg, model_path="/m")
     assert kw["gpu_memory_utilization"] == 0.8
     assert kw["tensor_parallel_size"] == 2
     assert "kv_cache_memory_bytes" not in kw
@@ -174,7 +175,7 @@ def test_gptq_int8_on_cpu_fails_at_config_load():
 @pytest.mark.parametrize("variant", ["gptq-int4", "awq"])
 def test_four_bit_variants_run_on_cpu_in_bfloat16(variant):
     cfg = parse_config(with_(model=_model(f"embedded:qwen2-vl-tiny-{variant}")))
-    kw = cfg.to_engine_kwargs(model_path="/m")
+    kw = engine_kwargs(cfg, model_path="/m")
     assert kw["dtype"] == "bfloat16"
     assert "quantization" not in kw  # auto: vLLM reads the checkpoint and picks the kernel
 
@@ -239,7 +240,7 @@ def test_declared_method_must_match_the_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="quantization: none, but .* is AWQ 4-bit-quantized"):
         parse_config(with_(model=_model(path, quantization="none", dtype="bfloat16")))
     cfg = parse_config(with_(model=_model(path, quantization="awq", dtype="bfloat16")))
-    assert cfg.to_engine_kwargs(model_path=path)["quantization"] == "awq"
+    assert engine_kwargs(cfg, model_path=path)["quantization"] == "awq"
 
 
 def test_declared_method_on_unquantized_checkpoint(tmp_path):
@@ -288,7 +289,7 @@ def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16
     assert dtype("embedded:qwen2-vl-2b-random", deployment={"device": "gpu"}) == "bfloat16"
     assert dtype("acme/not-in-the-cache") == "auto"
     explicit = parse_config(with_(model=_model("embedded:qwen2-vl-2b-random", dtype="bfloat16")))
-    assert explicit.to_engine_kwargs(model_path="/m")["dtype"] == "bfloat16"
+    assert engine_kwargs(explicit, model_path="/m")["dtype"] == "bfloat16"
 
 
 def test_every_config_field_is_described():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.config import load_config
+from engine.config import engine_kwargs, load_config
 from tests.utils import CONFIGS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -17,6 +17,6 @@ def test_real_checkpoint_engine_starts(name):
     cfg = load_config(CONFIGS / name)
     if torch.cuda.device_count() < cfg.deployment.tensor_parallel_size:
         pytest.skip(f"needs {cfg.deployment.tensor_parallel_size} GPUs")
-    llm = LLM(**cfg.to_engine_kwargs())
+    llm = LLM(**engine_kwargs(cfg))
     out = llm.generate(["Hello"], SamplingParams(max_tokens=4, temperature=0))
     assert len(out[0].outputs[0].token_ids) == 4

@@ -53,7 +53,7 @@ def test_bare_vllm_serve_gets_our_engine_arguments_and_vllm_accepts_them():
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from engine.config import parse_config
+    from engine.config import engine_kwargs, parse_config
 
     cfg = parse_config(load_base(ROOT / "configs" / "default.yaml"))
     argv = vllm_serve_argv(cfg, 8123)
@@ -61,7 +61,7 @@ def test_bare_vllm_serve_gets_our_engine_arguments_and_vllm_accepts_them():
     parser = make_arg_parser(FlexibleArgumentParser())
     ns = parser.parse_args(argv[3:])
     engine = AsyncEngineArgs.from_cli_args(ns)
-    expected = cfg.to_engine_kwargs()
+    expected = engine_kwargs(cfg)
     assert ns.model == expected["model"] and ns.port == 8123
     for key, value in expected.items():
         if key == "model":

@@ -15,7 +15,7 @@ from PIL import Image
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, ImageMediaIO
 from vllm.multimodal.media.video import VideoMediaIO
 
-from engine.config import load_config, parse_config
+from engine.config import engine_kwargs, load_config, parse_config
 from launch.api import frames as frames_mod
 from launch.api.frames import SCHEME, STORE, FrameConnector, FrameStore, frame_metadata
 from launch.api.front_door import FrontDoor
@@ -26,7 +26,7 @@ from tests.utils import CONFIGS, MODEL, rejected_by
 
 def video_kwargs() -> dict:
     cfg = load_config(CONFIGS / "default.yaml")
-    return cfg.to_engine_kwargs("/ckpt")["media_io_kwargs"]["video"]
+    return engine_kwargs(cfg, "/ckpt")["media_io_kwargs"]["video"]
 
 
 def jpeg_list(arrays: np.ndarray) -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.config import parse_config
+from engine.config import engine_kwargs, parse_config
 from launch.api.rejections import RequestRejected
 from launch.api.request_models import ChatRequest
 from launch.api.tools import check_tools
@@ -106,12 +106,12 @@ def test_auto_is_refused_where_the_config_turns_it_off():
 
 
 def test_engine_arguments_follow_the_tools_settings():
-    on = cfg().to_engine_kwargs("/ckpt")
+    on = engine_kwargs(cfg(), "/ckpt")
     assert on["enable_auto_tool_choice"] is True and on["tool_call_parser"] == "hermes"
     assert on["chat_template"].endswith("qwen2_vl_tool_use.jinja")
     assert on["chat_template_content_format"] == "openai"
     assert on["tool_strict_level"] == "parameter"
-    off = cfg(auto=False, strict_arguments=False).to_engine_kwargs("/ckpt")
+    off = engine_kwargs(cfg(auto=False, strict_arguments=False), "/ckpt")
     assert off["enable_auto_tool_choice"] is False and "tool_call_parser" not in off
     assert off["tool_strict_level"] == "auto"
 
