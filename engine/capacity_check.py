@@ -65,7 +65,8 @@ def _probe(config_path: str) -> dict:
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 
-    from .config import engine_kwargs, load_config
+    from .config import load_config
+    from .vllm_args import engine_kwargs
 
     cfg = load_config(config_path)
     fields = {f.name for f in dataclasses.fields(EngineArgs)}

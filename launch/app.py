@@ -12,7 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from engine.checkpoint import read_config
-from engine.config import ServingConfig, engine_kwargs, parse_config
+from engine.config import ServingConfig, parse_config
+from engine.vllm_args import engine_kwargs
 
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 ENGINE_PREFIX = "QwenVLServer:"  # the deployment's name: this prefix and the model's name

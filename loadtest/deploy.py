@@ -27,7 +27,8 @@ from typing import Iterator
 
 import yaml
 
-from engine.config import ServingConfig, engine_kwargs, parse_config
+from engine.config import ServingConfig, parse_config
+from engine.vllm_args import engine_kwargs
 from launch.api.access import KeySource
 from launch.app import ENGINE_PREFIX
 from launch.cluster.connect import base_url, http_get

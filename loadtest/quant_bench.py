@@ -48,7 +48,8 @@ def variant_engine_kwargs(source: str, max_model_len: int) -> dict:
     import yaml
     from vllm.engine.arg_utils import EngineArgs
 
-    from engine.config import engine_kwargs, parse_config
+    from engine.config import parse_config
+    from engine.vllm_args import engine_kwargs
 
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     data["model"].update(source=source, dtype="bfloat16")

@@ -8,7 +8,8 @@ import os
 import threading
 from typing import Callable
 
-from engine.config import ServingConfig, engine_kwargs
+from engine.config import ServingConfig
+from engine.vllm_args import engine_kwargs
 
 from .connect import LaunchError, base_url, say
 from .local_cluster import (

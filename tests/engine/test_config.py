@@ -1,14 +1,8 @@
 
 import pytest
 
-from engine.config import (
-    ConfigError,
-    check_engine_arg_names,
-    engine_kwargs,
-    load_config,
-    parse_config,
-    vllm_engine_arg_names,
-)
+from engine.config import ConfigError, load_config, parse_config
+from engine.vllm_args import check_engine_arg_names, engine_kwargs, vllm_engine_arg_names
 from tests.utils import CONFIGS
 
 MINIMAL = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
@@ -274,7 +268,7 @@ def test_kernel_names_are_not_config_values():
 @pytest.mark.parametrize("native", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16(
         tmp_path, monkeypatch, native):
-    monkeypatch.setattr("engine.config.native_bf16", lambda: native)
+    monkeypatch.setattr("engine.config.serving.native_bf16", lambda: native)
 
     def dtype(source, **kw):
         return parse_config(with_(model=_model(source), **kw)).engine_dtype()
@@ -298,10 +292,16 @@ def test_every_config_field_is_described():
 
     from pydantic import BaseModel
 
+    import importlib
+    import pkgutil
+
     from engine import config
 
-    missing = [f"{cls.__name__}.{name}"
-               for _, cls in inspect.getmembers(config, inspect.isclass)
-               if issubclass(cls, BaseModel) and cls.__module__ == config.__name__
+    sections = [cls for module in pkgutil.iter_modules(config.__path__)
+                for _, cls in inspect.getmembers(
+                    importlib.import_module(f"{config.__name__}.{module.name}"), inspect.isclass)
+                if issubclass(cls, BaseModel) and cls.__module__.startswith(config.__name__)]
+    assert config.ServingConfig in sections and config.AccessSettings in sections
+    missing = [f"{cls.__name__}.{name}" for cls in sections
                for name, info in cls.model_fields.items() if not info.description]
     assert missing == []

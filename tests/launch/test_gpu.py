@@ -2,7 +2,8 @@
 
 import pytest
 
-from engine.config import engine_kwargs, load_config
+from engine.config import load_config
+from engine.vllm_args import engine_kwargs
 from tests.utils import CONFIGS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

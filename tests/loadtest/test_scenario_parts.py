@@ -53,7 +53,8 @@ def test_bare_vllm_serve_gets_our_engine_arguments_and_vllm_accepts_them():
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from engine.config import engine_kwargs, parse_config
+    from engine.config import parse_config
+    from engine.vllm_args import engine_kwargs
 
     cfg = parse_config(load_base(ROOT / "configs" / "default.yaml"))
     argv = vllm_serve_argv(cfg, 8123)

@@ -15,7 +15,8 @@ from PIL import Image
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, ImageMediaIO
 from vllm.multimodal.media.video import VideoMediaIO
 
-from engine.config import engine_kwargs, load_config, parse_config
+from engine.config import load_config, parse_config
+from engine.vllm_args import engine_kwargs
 from launch.api import frames as frames_mod
 from launch.api.frames import SCHEME, STORE, FrameConnector, FrameStore, frame_metadata
 from launch.api.front_door import FrontDoor

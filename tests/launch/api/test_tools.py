@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from engine.config import engine_kwargs, parse_config
+from engine.config import parse_config
+from engine.vllm_args import engine_kwargs
 from launch.api.rejections import RequestRejected
 from launch.api.request_models import ChatRequest
 from launch.api.tools import check_tools
