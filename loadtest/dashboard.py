@@ -5,8 +5,9 @@
 deploys the default config (named keys with quotas), starts a local Prometheus (Debian's
 ``prometheus``) scraping it with the shipped rules, drives a mixed load (text and image chats,
 streams, bad requests, a burst beyond capacity, two keys over their quotas), and draws each
-panel of ``launch.generate.monitoring.dashboard()`` with its own queries, as Grafana would (time series,
-one line per series, the panel's legend format). ``render_png`` alone draws from any Prometheus.
+panel of ``launch.generate.monitoring.dashboard()`` with its own queries, as Grafana would (time
+series, one line per series, the panel's legend format). ``render_png`` alone draws from any
+Prometheus.
 """
 
 from __future__ import annotations

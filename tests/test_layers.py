@@ -36,8 +36,10 @@ def test_the_tree_keeps_its_layers():
     ("engine", "import launch.api.errors", "engine.zz_layer_probe -> launch.api.errors"),
     ("loadtest", "import tests.utils", "loadtest.zz_layer_probe -> tests.utils"),
     ("launch", "import launch.cli", "launch.zz_layer_probe -> launch.cli"),
-    ("launch/api", "import launch.cluster.stop", "launch.api.zz_layer_probe -> launch.cluster.stop"),
-    ("launch/cluster", "import launch.api.usage", "launch.cluster.zz_layer_probe -> launch.api.usage"),
+    ("launch/api", "import launch.cluster.stop",
+     "launch.api.zz_layer_probe -> launch.cluster.stop"),
+    ("launch/cluster", "import launch.api.usage",
+     "launch.cluster.zz_layer_probe -> launch.api.usage"),
     ("launch/api", "import launch.generate.chart",
      "launch.api.zz_layer_probe -> launch.generate.chart"),
 ])

@@ -2,11 +2,11 @@
 
 ``check_chat`` walks the request: sampling bounds (n, max_tokens, temperature), per-request
 ``mm_processor_kwargs`` (may lower the pixel bounds, never raise them), the messages' roles,
-shapes and text (``launch.api.messages``), tool definitions and ``tool_choice`` (``launch.api.tools``),
-media counts, and each content part. Every image and video is loaded here (``data:`` URL,
-http(s) under the URL policy, or a file inside ``limits.media_dir``) and checked
-(``launch.api.media``). The front door runs in the engine's own process (``launch.api.server``), so an
-image is handed over decoded, at its processor's target size, with its content hash as the
+shapes and text (``launch.api.messages``), tool definitions and ``tool_choice``
+(``launch.api.tools``), media counts, and each content part. Every image and video is loaded here
+(``data:`` URL, http(s) under the URL policy, or a file inside ``limits.media_dir``) and checked
+(``launch.api.media``). The front door runs in the engine's own process (``launch.api.server``),
+so an image is handed over decoded, at its processor's target size, with its content hash as the
 engine's cache key: decoded once, hashed once. A video file becomes its sampled frames
 (``launch.api.video``), a frame list keyed by its hash likewise: the engine never fetches or
 decodes anything unchecked.

@@ -6,8 +6,8 @@ bad definition is a 400 naming the field rather than an error in the middle of r
 building the decoding grammar: how many tools (each is rendered into the prompt), function
 names, duplicate names, control tokens in any string of a definition (the template renders it
 into the system turn), parameter schemas that are not JSON Schemas of an object (whether
-the decoding grammar can be built from them, and at what cost: ``launch.api.schemas``), and ``tool_choice: auto`` on a server that does not serve
-it (``tools.auto``).
+the decoding grammar can be built from them, and at what cost: ``launch.api.schemas``), and
+``tool_choice: auto`` on a server that does not serve it (``tools.auto``).
 """
 
 from __future__ import annotations

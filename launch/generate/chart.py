@@ -4,11 +4,12 @@ chart values.
 The chart (``helm/qwen-vl-serving``) takes the serving config unchanged as its ``serving:``
 values block. Its ``values.schema.json`` checks that block with the JSON schema of the same
 pydantic model (``$defs``, regenerated here), so ``helm install`` rejects what ``qwen-vl serve``
-would; the chart-level keys are written by hand in the same file. ``python -m launch.generate.chart
-schema`` rewrites the ``$defs``; ``python -m launch.generate.chart reference`` prints the values reference and
-``python -m launch.generate.chart readme`` writes the chart's README.md from README.md.tmpl with it (as
-helm-docs would: its Go binary is not installable here); ``python -m launch.generate.chart monitoring``
-writes the chart's dashboard and rules (``launch.generate.monitoring``). Tests fail when any is stale.
+would; the chart-level keys are written by hand in the same file. ``python -m
+launch.generate.chart schema`` rewrites the ``$defs``; ``python -m launch.generate.chart
+reference`` prints the values reference and ``python -m launch.generate.chart readme`` writes the
+chart's README.md from README.md.tmpl with it (as helm-docs would: its Go binary is not
+installable here); ``python -m launch.generate.chart monitoring`` writes the chart's dashboard and
+rules (``launch.generate.monitoring``). Tests fail when any is stale.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_chart_files():
             print(f"wrote {path}")
     else:
-        print("usage: python -m launch.generate.chart schema|reference|readme|monitoring", file=sys.stderr)
+        print("usage: python -m launch.generate.chart schema|reference|readme|monitoring",
+              file=sys.stderr)
         return 2
     return 0
 

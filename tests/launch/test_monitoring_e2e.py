@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from launch.cluster.local_cluster import read_state
-from launch.generate.monitoring import ALERT_NAMES, dashboard, dashboard_queries, metric_names, rules
+from launch.generate.monitoring import (ALERT_NAMES, dashboard, dashboard_queries, metric_names,
+                                        rules)
 from loadtest.dashboard import render_png
 from loadtest.prometheus import LocalPrometheus
 from tests.utils import (chat_body, documented_metrics, ensure_prometheus, image_data_part, png,

@@ -1,4 +1,5 @@
-"""What an unplaceable replica waits for (``launch.cluster.scheduling``), on a real local Ray cluster.
+"""What an unplaceable replica waits for (``launch.cluster.scheduling``), on a real local Ray
+cluster.
 
 Ray Serve names a replica's placement group ``SERVE_REPLICA::<app>#<deployment>#<id>``; these
 tests create such groups directly (no engine), which Ray's scheduler judges as it would a

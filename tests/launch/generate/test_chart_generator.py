@@ -1,5 +1,5 @@
-"""launch.generate.chart: the chart's schema and README (values reference) stay derived from their sources,
-and the CLI helpers for the chart (chart-values, download)."""
+"""launch.generate.chart: the chart's schema and README (values reference) stay derived from their
+sources, and the CLI helpers for the chart (chart-values, download)."""
 
 import json
 
@@ -30,8 +30,9 @@ def test_every_chart_value_is_in_the_schema():
 
 
 def test_chart_readme_is_current():
-    """The chart's README.md is what `python -m launch.generate.chart readme` writes from README.md.tmpl,
-    Chart.yaml, values.yaml's `# --` comments and the schema (as helm-docs would)."""
+    """The chart's README.md is what `python -m launch.generate.chart readme` writes from
+    README.md.tmpl, Chart.yaml, values.yaml's `# --` comments and the schema (as helm-docs
+    would)."""
     assert README.read_text() == chart_readme()
     table = values_reference()
     assert "| `workerGroups[].maxReplicas` | integer |" in table

@@ -1,6 +1,6 @@
-"""The Prometheus rules and the Grafana dashboard (``launch.generate.monitoring``), checked and unit-tested
-by Debian's ``promtool`` (installed by the test when missing). Each alert has a series that
-fires it and one that must leave it silent. The live scrape: test_monitoring_e2e."""
+"""The Prometheus rules and the Grafana dashboard (``launch.generate.monitoring``), checked and
+unit-tested by Debian's ``promtool`` (installed by the test when missing). Each alert has a series
+that fires it and one that must leave it silent. The live scrape: test_monitoring_e2e."""
 
 from __future__ import annotations
 
