@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import capacity, vision
+from engine import capacity, releases, vision
 from engine.capacity import Architecture, Workload, architecture_for, make_plan
 from engine.config import load_config, parse_config
 from engine.devices import GPUS, gpu
@@ -67,7 +67,7 @@ def test_official_release_names():
 
 def test_flat_and_nested_config_json_read_the_same():
     nested = capacity.official_config("Qwen/Qwen2-VL-2B-Instruct")
-    text = {k: nested.pop(k) for k in list(capacity.OFFICIAL_TEXT["2B"])}
+    text = {k: nested.pop(k) for k in list(releases.OFFICIAL_TEXT["2B"])}
     assert Architecture.from_config({**nested, "text_config": text}) == Architecture.from_config(
         {**nested, **text})
 
