@@ -21,7 +21,7 @@ def vision_flops(arch: Architecture, patches: int) -> float:
     return per_patch * patches + merger + attention
 
 
-def _videos(cfg, arch: Architecture, workload: Workload,
+def workload_videos(cfg, arch: Architecture, workload: Workload,
             warnings: list[str]) -> tuple[dict[str, Any], float]:
     """What each video of the workload becomes (the front door's own plan: frames, frame size,
     tokens) and the vision encoder's FLOPs for it; ({}, 0) without videos."""

@@ -9,7 +9,7 @@ from typing import Any
 from ..devices import Device
 from ..vision import image_tokens
 from .architecture import Architecture, DTYPE_BYTES
-from .media import _videos, vision_flops
+from .media import vision_flops, workload_videos
 from .speed import decode_bound
 from .weights import (RUNTIME_OVERHEAD_BYTES, activation_bytes, decode_read_bytes,
                       language_weight_bytes, weight_bytes)
@@ -110,7 +110,7 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
         warnings.append(f"the workload sends {workload.images} images per request, more than "
                         f"multimodal.max_images_per_prompt {mm.max_images_per_prompt}: refused")
     vflops = vision_flops(arch, per_image["patches"])
-    videos, video_flops = _videos(cfg, arch, workload, warnings)
+    videos, video_flops = workload_videos(cfg, arch, workload, warnings)
 
     # Requests
     prompt = (workload.prompt_tokens + math.ceil(workload.images * per_image["prompt_tokens"])
