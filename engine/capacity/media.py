@@ -22,7 +22,7 @@ def vision_flops(arch: Architecture, patches: int) -> float:
 
 
 def workload_videos(cfg, arch: Architecture, workload: Workload,
-            warnings: list[str]) -> tuple[dict[str, Any], float]:
+                    warnings: list[str]) -> tuple[dict[str, Any], float]:
     """What each video of the workload becomes (the front door's own plan: frames, frame size,
     tokens) and the vision encoder's FLOPs for it; ({}, 0) without videos."""
     if not workload.videos:
