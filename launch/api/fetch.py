@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from engine.config import UrlPolicy
 
-from .rejections import RequestRejected
+from .rejections import RequestRejected, bad_request
 
 CHUNK = 64 << 10
 
@@ -38,12 +38,12 @@ def is_public_address(ip: str) -> bool:
     return addr.is_global and not addr.is_multicast
 
 
-def resolve(host: str, port: int) -> list[str]:
+def resolve(host: str, port: int, param: str) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise RequestRejected(400, f"cannot resolve host {host!r}: {err.strerror}",
-                              reason="url_unresolvable") from None
+        raise bad_request(f"cannot resolve host {host!r}: {err.strerror}", param=param,
+                          reason="url_unresolvable") from None
     return sorted({info[4][0] for info in infos})
 
 
@@ -53,23 +53,23 @@ def check_url(url: str, policy: UrlPolicy, param: str) -> list[str]:
     scheme = parts.scheme.lower()
     if scheme not in policy.schemes or scheme == "data":
         allowed = ", ".join(s for s in policy.schemes if s != "data")
-        raise RequestRejected(
-            400, f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed or 'none'}",
+        raise bad_request(
+            f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: {allowed or 'none'}",
             param=param, reason="url_scheme")
     host = parts.hostname
     if not host:
-        raise RequestRejected(400, "URL has no host", param=param, reason="url_invalid")
+        raise bad_request("URL has no host", param=param, reason="url_invalid")
     if policy.allowed_domains and not _host_allowed(host, policy.allowed_domains):
-        raise RequestRejected(400, f"host {host!r} is not in the allowed domains",
-                              param=param, reason="url_domain")
+        raise bad_request(f"host {host!r} is not in the allowed domains",
+                          param=param, reason="url_domain")
     port = parts.port or (443 if scheme == "https" else 80)
     allowed = [ipaddress.ip_network(n, strict=False) for n in policy.allowed_networks]
-    addresses = resolve(host, port)
+    addresses = resolve(host, port, param)
     for ip in addresses:
         if not is_public_address(ip) and not any(
                 ipaddress.ip_address(ip.split("%", 1)[0]) in net for net in allowed):
-            raise RequestRejected(
-                400, f"host {host!r} resolves to {ip}, a private, loopback, link-local or "
+            raise bad_request(
+                f"host {host!r} resolves to {ip}, a private, loopback, link-local or "
                 "reserved address; fetching it is not allowed (limits.url.allowed_networks)",
                 param=param, reason="url_private_address")
     return addresses
@@ -111,9 +111,9 @@ def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
     import urllib3
 
     deadline = time.monotonic() + policy.fetch_timeout_s
-    timed_out = RequestRejected(400, f"fetching the URL timed out: it took longer than "
-                                f"limits.url.fetch_timeout_s ({policy.fetch_timeout_s:g}s), the "
-                                "deadline of the whole fetch", param=param, reason="url_timeout")
+    timed_out = bad_request(f"fetching the URL timed out: it took longer than "
+                            f"limits.url.fetch_timeout_s ({policy.fetch_timeout_s:g}s), the "
+                            "deadline of the whole fetch", param=param, reason="url_timeout")
 
     def remaining() -> float:
         left = deadline - time.monotonic()
@@ -129,24 +129,24 @@ def fetch(url: str, policy: UrlPolicy, max_bytes: int, param: str) -> bytes:
         except (urllib3.exceptions.TimeoutError, TimeoutError):
             raise timed_out from None
         except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise RequestRejected(400, f"fetching the URL failed: {type(err).__name__}",
-                                  param=param, reason="url_fetch_failed") from None
+            raise bad_request(f"fetching the URL failed: {type(err).__name__}",
+                              param=param, reason="url_fetch_failed") from None
         try:
             if r.status in (301, 302, 303, 307, 308):
                 current = urljoin(current, r.headers.get("location", ""))
                 continue
             if r.status != 200:
-                raise RequestRejected(400, f"fetching the URL returned HTTP {r.status}",
-                                      param=param, reason="url_status")
+                raise bad_request(f"fetching the URL returned HTTP {r.status}",
+                                  param=param, reason="url_status")
             declared = int(r.headers.get("content-length") or 0)
             if declared > max_bytes:
-                raise RequestRejected(400, f"the URL's content is {declared} bytes; the limit is "
-                                      f"{max_bytes}", param=param, reason="media_too_large")
+                raise bad_request(f"the URL's content is {declared} bytes; the limit is "
+                                  f"{max_bytes}", param=param, reason="media_too_large")
             return _read_body(r, max_bytes, remaining, timed_out, param)
         finally:
             r.release_conn()
-    raise RequestRejected(400, f"more than {policy.max_redirects} redirects", param=param,
-                          reason="url_redirects")
+    raise bad_request(f"more than {policy.max_redirects} redirects", param=param,
+                      reason="url_redirects")
 
 
 def _read_body(r, max_bytes: int, remaining, timed_out: RequestRejected, param: str) -> bytes:
@@ -164,12 +164,12 @@ def _read_body(r, max_bytes: int, remaining, timed_out: RequestRejected, param: 
                 return bytes(buf)
             buf.extend(chunk)
             if len(buf) > max_bytes:
-                raise RequestRejected(400, f"the URL's content exceeds the limit of "
-                                      f"{max_bytes} bytes", param=param,
-                                      reason="media_too_large")
+                raise bad_request(f"the URL's content exceeds the limit of "
+                                  f"{max_bytes} bytes", param=param,
+                                  reason="media_too_large")
             remaining()
     except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ReadTimeoutError, TimeoutError):
         raise timed_out from None
     except (urllib3.exceptions.HTTPError, OSError):
-        raise RequestRejected(400, "fetching the URL failed while reading",
-                              param=param, reason="url_fetch_failed") from None
+        raise bad_request("fetching the URL failed while reading",
+                          param=param, reason="url_fetch_failed") from None

@@ -29,7 +29,7 @@ from . import media, video
 from .fetch import fetch
 from .frames import STORE
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
-from .rejections import RequestRejected
+from .rejections import bad_request
 from .schemas import GrammarBudget, check_shape, items_of
 from .tools import check_tools
 from .usage import MediaTally
@@ -52,48 +52,48 @@ class FrontDoor:
         lim = self.cfg.max_output_tokens()
         n = getattr(body, "n", None) or 1
         if n > self.limits.max_n:
-            raise RequestRejected(400, f"n is {n}; the limit is {self.limits.max_n}",
-                                  param="n", reason="n")
+            raise bad_request(f"n is {n}; the limit is {self.limits.max_n}",
+                              param="n", reason="n")
         for field in ("max_tokens", "max_completion_tokens"):
             value = getattr(body, field, None)
             if value is not None and value > lim:
-                raise RequestRejected(400, f"{field} is {value}; the limit is {lim}",
-                                      param=field, reason="max_tokens")
+                raise bad_request(f"{field} is {value}; the limit is {lim}",
+                                  param=field, reason="max_tokens")
             if value is not None and value < 1:
-                raise RequestRejected(400, f"{field} is {value}; it must be at least 1",
-                                      param=field, reason="max_tokens")
+                raise bad_request(f"{field} is {value}; it must be at least 1",
+                                  param=field, reason="max_tokens")
         temperature = getattr(body, "temperature", None)
         if temperature is not None and temperature < 0:
-            raise RequestRejected(400, f"temperature is {temperature}; it must be >= 0",
-                                  param="temperature", reason="temperature")
+            raise bad_request(f"temperature is {temperature}; it must be >= 0",
+                              param="temperature", reason="temperature")
 
     def check_mm_kwargs(self, body: Any) -> None:
         kwargs = getattr(body, "mm_processor_kwargs", None) or {}
         unknown = sorted(set(kwargs) - MM_KWARGS)
         if unknown:
-            raise RequestRejected(400, f"mm_processor_kwargs may only set {sorted(MM_KWARGS)}; "
-                                  f"got {unknown}", param="mm_processor_kwargs",
-                                  reason="mm_kwargs")
+            raise bad_request(f"mm_processor_kwargs may only set {sorted(MM_KWARGS)}; "
+                              f"got {unknown}", param="mm_processor_kwargs",
+                              reason="mm_kwargs")
         caps = {"min_pixels": self.mm.min_pixels, "max_pixels": self.mm.max_pixels}
         for key, value in kwargs.items():
             if not isinstance(value, int) or value < TOKEN_PIXELS:
-                raise RequestRejected(400, f"mm_processor_kwargs.{key} must be an integer >= "
-                                      f"{TOKEN_PIXELS}",
-                                      param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
+                raise bad_request(f"mm_processor_kwargs.{key} must be an integer >= "
+                                  f"{TOKEN_PIXELS}",
+                                  param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
             if value > caps[key]:
-                raise RequestRejected(
-                    400, f"mm_processor_kwargs.{key} is {value}; the server cap is {caps[key]} "
+                raise bad_request(
+                    f"mm_processor_kwargs.{key} is {value}; the server cap is {caps[key]} "
                     "(requests may lower it, not raise it)",
                     param=f"mm_processor_kwargs.{key}", reason="mm_kwargs")
         if kwargs.get("min_pixels", 0) > kwargs.get("max_pixels", caps["max_pixels"]):
-            raise RequestRejected(400, "mm_processor_kwargs.min_pixels exceeds max_pixels",
-                                  param="mm_processor_kwargs", reason="mm_kwargs")
+            raise bad_request("mm_processor_kwargs.min_pixels exceeds max_pixels",
+                              param="mm_processor_kwargs", reason="mm_kwargs")
         if getattr(body, "media_io_kwargs", None):
-            raise RequestRejected(400, "media_io_kwargs cannot be set per request",
-                                  param="media_io_kwargs", reason="mm_kwargs")
+            raise bad_request("media_io_kwargs cannot be set per request",
+                              param="media_io_kwargs", reason="mm_kwargs")
         if getattr(body, "chat_template", None) and not self.limits.allow_request_chat_template:
-            raise RequestRejected(400, "a per-request chat_template is not allowed on this server",
-                                  param="chat_template", reason="chat_template")
+            raise bad_request("a per-request chat_template is not allowed on this server",
+                              param="chat_template", reason="chat_template")
 
     # ------------------------------------------------------------------ chat
     async def check_chat(self, body: Any, tally: MediaTally | None = None) -> None:
@@ -110,15 +110,15 @@ class FrontDoor:
         for kind, limit in (("image", self.mm.max_images_per_prompt),
                             ("video", self.mm.max_videos_per_prompt)):
             if counts[kind] > limit:
-                raise RequestRejected(400, f"{counts[kind]} {kind}s in the request; the limit is "
-                                      f"{limit}", param="messages", reason=f"too_many_{kind}s")
+                raise bad_request(f"{counts[kind]} {kind}s in the request; the limit is "
+                                  f"{limit}", param="messages", reason=f"too_many_{kind}s")
         pixels = self.pixel_bounds(body)
         for part, ptype, param in parts:
             holder = part.get(ptype)
             url = holder.get("url") if isinstance(holder, dict) else holder
             if not isinstance(url, str) or not url:
-                raise RequestRejected(400, f"{ptype}.url is missing", param=param,
-                                      reason="bad_url")
+                raise bad_request(f"{ptype}.url is missing", param=param,
+                                  reason="bad_url")
             if ptype == "image_url":
                 new_part = await asyncio.to_thread(self._image, url, param, pixels, tally)
                 part.clear()
@@ -149,8 +149,8 @@ class FrontDoor:
         """(mime or None, bytes) from a data: URL, an allowed http(s) URL or a media_dir file."""
         if url.startswith("data:"):
             if "data" not in self.limits.url.schemes:
-                raise RequestRejected(400, "data: URLs are not allowed", param=param,
-                                      reason="url_scheme")
+                raise bad_request("data: URLs are not allowed", param=param,
+                                  reason="url_scheme")
             mime, payload = media.decode_data_url(url, param)
             return mime, media.b64decode(payload, max_bytes, param, what)
         scheme = urlsplit(url).scheme.lower()
@@ -158,29 +158,29 @@ class FrontDoor:
             return None, fetch(url, self.limits.url, max_bytes, param)
         if scheme == "file" or (not scheme and url.startswith(("/", "."))):
             return None, self._local_file(url, param, max_bytes)
-        raise RequestRejected(400, f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
-                              f"{', '.join(self.limits.url.schemes)}", param=param,
-                              reason="url_scheme")
+        raise bad_request(f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
+                          f"{', '.join(self.limits.url.schemes)}", param=param,
+                          reason="url_scheme")
 
     def _local_file(self, url: str, param: str, max_bytes: int) -> bytes:
         root = self.limits.media_dir
         if not root:
-            raise RequestRejected(400, "local file paths are not allowed (no media_dir is "
-                                  "configured)", param=param, reason="local_file")
+            raise bad_request("local file paths are not allowed (no media_dir is "
+                              "configured)", param=param, reason="local_file")
         path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
         real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
         if base != real and base not in real.parents:
-            raise RequestRejected(400, "file is outside the configured media_dir", param=param,
-                                  reason="local_file")
+            raise bad_request("file is outside the configured media_dir", param=param,
+                              reason="local_file")
         try:
             size = real.stat().st_size
             if size > max_bytes:
-                raise RequestRejected(400, f"file is {size} bytes; the limit is {max_bytes}",
-                                      param=param, reason="media_too_large")
+                raise bad_request(f"file is {size} bytes; the limit is {max_bytes}",
+                                  param=param, reason="media_too_large")
             return real.read_bytes()
         except OSError:
-            raise RequestRejected(400, "file not found in media_dir", param=param,
-                                  reason="local_file") from None
+            raise bad_request("file not found in media_dir", param=param,
+                              reason="local_file") from None
 
     def _image(self, url: str, param: str, pixels: tuple[int, int] | None = None,
                tally: MediaTally | None = None) -> dict[str, Any]:
@@ -189,8 +189,8 @@ class FrontDoor:
         pixels = pixels or (self.mm.min_pixels, self.mm.max_pixels)
         mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
         if mime is not None and not mime.startswith("image/"):
-            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected image/*",
-                                  param=param, reason="bad_image")
+            raise bad_request(f"data URL has mime type {mime!r}; expected image/*",
+                              param=param, reason="bad_image")
         decoded = media.decode_image(data, self.limits, param, pixels)
         if tally is not None:
             tally.add_image(data, decoded.size, pixels)
@@ -211,8 +211,8 @@ class FrontDoor:
             return url, media.content_key(url.encode(), pixels)
         mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
         if mime is not None and not mime.startswith("video/"):
-            raise RequestRejected(400, f"data URL has mime type {mime!r}; expected video/*",
-                                  param=param, reason="bad_video")
+            raise bad_request(f"data URL has mime type {mime!r}; expected video/*",
+                              param=param, reason="bad_video")
         frames, p = video.sample(data, self.limits, self.video, min_pixels=pixels[0],
                                  max_pixels=pixels[1], param=param)
         tally.add_video(len(data), p.tokens + VISION_EXTRA_TOKENS)
@@ -257,10 +257,9 @@ def check_fields(body: Any) -> None:
     for field in getattr(body, "model_extra", None) or {}:
         if field not in IGNORED_FIELDS:
             shown = field if len(field) <= 60 else f"{field[:60]}..."
-            raise RequestRejected(400, f"{shown!r} is not supported by this server (a field it "
-                                  "does not act on is refused rather than ignored)",
-                                  param=shown, reason="unsupported_field",
-                                  code="unsupported_field")
+            raise bad_request(f"{shown!r} is not supported by this server (a field it does not "
+                              "act on is refused rather than ignored)", param=shown,
+                              reason="unsupported_field", code="unsupported_field")
 
 
 def _vocab_size(cfg: ServingConfig) -> int:

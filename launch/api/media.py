@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.config import LimitsSettings
 
-from .rejections import RequestRejected
+from .rejections import bad_request
 
 PASSTHROUGH_FORMATS = {"JPEG", "PNG", "WEBP"}
 PASSTHROUGH_MODES = {"RGB", "L"}
@@ -38,23 +38,23 @@ def decode_data_url(url: str, param: str) -> tuple[str, str]:
     """``data:<mime>;base64,<payload>`` -> (mime, payload); the payload is not decoded."""
     head, sep, payload = url.partition(",")
     if not sep or not head.startswith("data:") or not head.endswith(";base64"):
-        raise RequestRejected(400, "data URL must look like data:<mime>;base64,<payload>",
-                              param=param, reason="bad_data_url")
+        raise bad_request("data URL must look like data:<mime>;base64,<payload>",
+                          param=param, reason="bad_data_url")
     return head[5:-7].lower(), payload
 
 
 def b64decode(payload: str, max_bytes: int, param: str, what: str = "image") -> bytes:
     if len(payload) * 3 // 4 > max_bytes + 3:
-        raise RequestRejected(400, f"{what} is about {len(payload) * 3 // 4} bytes; the limit is "
-                              f"{max_bytes}", param=param, reason="media_too_large")
+        raise bad_request(f"{what} is about {len(payload) * 3 // 4} bytes; the limit is "
+                          f"{max_bytes}", param=param, reason="media_too_large")
     try:  # binascii takes the str as it is (base64.b64decode would copy it to bytes first)
         data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise RequestRejected(400, f"{what} payload is not valid base64", param=param,
-                              reason="bad_base64") from None
+        raise bad_request(f"{what} payload is not valid base64", param=param,
+                          reason="bad_base64") from None
     if len(data) > max_bytes:
-        raise RequestRejected(400, f"{what} is {len(data)} bytes; the limit is {max_bytes}",
-                              param=param, reason="media_too_large")
+        raise bad_request(f"{what} is {len(data)} bytes; the limit is {max_bytes}",
+                          param=param, reason="media_too_large")
     return data
 
 
@@ -62,29 +62,29 @@ def check_geometry(w: int, h: int, limits: LimitsSettings, param: str,
                    what: str = "image") -> None:
     """Pixel count, smallest side and aspect ratio of an image or a video frame."""
     if w * h > limits.max_image_pixels:
-        raise RequestRejected(400, f"{what} is {w}x{h} = {w * h} pixels; the limit is "
-                              f"{limits.max_image_pixels}", param=param, reason="image_pixels")
+        raise bad_request(f"{what} is {w}x{h} = {w * h} pixels; the limit is "
+                          f"{limits.max_image_pixels}", param=param, reason="image_pixels")
     if min(w, h) < limits.min_image_side:
-        raise RequestRejected(400, f"{what} is {w}x{h}; each side must be at least "
-                              f"{limits.min_image_side} pixels", param=param,
-                              reason="image_too_small")
+        raise bad_request(f"{what} is {w}x{h}; each side must be at least "
+                          f"{limits.min_image_side} pixels", param=param,
+                          reason="image_too_small")
     ratio = max(w, h) / min(w, h)
     if ratio > limits.max_aspect_ratio:
-        raise RequestRejected(400, f"{what} aspect ratio is {ratio:.0f}:1 ({w}x{h}); the limit "
-                              f"is {limits.max_aspect_ratio:g}:1", param=param,
-                              reason="image_aspect_ratio")
+        raise bad_request(f"{what} aspect ratio is {ratio:.0f}:1 ({w}x{h}); the limit "
+                          f"is {limits.max_aspect_ratio:g}:1", param=param,
+                          reason="image_aspect_ratio")
 
 
 def _opened(data: bytes, limits: LimitsSettings, param: str) -> Image.Image:
     """The image's header read and its geometry checked; nothing decoded yet."""
     if len(data) > limits.max_image_bytes:
-        raise RequestRejected(400, f"image is {len(data)} bytes; the limit is "
-                              f"{limits.max_image_bytes}", param=param, reason="media_too_large")
+        raise bad_request(f"image is {len(data)} bytes; the limit is "
+                          f"{limits.max_image_bytes}", param=param, reason="media_too_large")
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
     except (UnidentifiedImageError, OSError, ValueError):
-        raise RequestRejected(400, "not a decodable image (unknown or corrupt format)",
-                              param=param, reason="bad_image") from None
+        raise bad_request("not a decodable image (unknown or corrupt format)",
+                          param=param, reason="bad_image") from None
     check_geometry(*img.size, limits, param)
     return img
 
@@ -96,8 +96,8 @@ def _load(img: Image.Image, param: str) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except Exception:
-        raise RequestRejected(400, "image data is truncated or corrupt", param=param,
-                              reason="bad_image") from None
+        raise bad_request("image data is truncated or corrupt", param=param,
+                          reason="bad_image") from None
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -207,10 +207,10 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
     engine stacks them into one array); returns that (width, height)."""
     frames = payload.split(",")
     if len(frames) > max_frames:
-        raise RequestRejected(400, f"video has {len(frames)} frames; the limit is {max_frames}",
-                              param=param, reason="video_frames")
+        raise bad_request(f"video has {len(frames)} frames; the limit is {max_frames}",
+                          param=param, reason="video_frames")
     if len(frames) < 1 or not frames[0]:
-        raise RequestRejected(400, "video has no frames", param=param, reason="bad_video")
+        raise bad_request("video has no frames", param=param, reason="bad_video")
     size = (0, 0)
     for i, f in enumerate(frames):
         _, _, frame_size = check_image(
@@ -219,8 +219,8 @@ def check_frames(payload: str, limits: LimitsSettings, max_frames: int,
         if i == 0:
             size = frame_size
         elif frame_size != size:
-            raise RequestRejected(
-                400, f"video frame {i} is {frame_size[0]}x{frame_size[1]}; every frame of a "
+            raise bad_request(
+                f"video frame {i} is {frame_size[0]}x{frame_size[1]}; every frame of a "
                 f"frame list must have the first frame's size, {size[0]}x{size[1]}",
                 param=f"{param}[frame {i}]", reason="bad_video")
     return size

@@ -26,9 +26,11 @@ class RequestRejected(Exception):
         self.retry_after = retry_after
 
 
-def bad_request(message: str, param: str, reason: str) -> RequestRejected:
-    """A 400 for a field of the request."""
-    return RequestRejected(400, message, param=param, reason=reason)
+def bad_request(message: str, param: str, reason: str,
+                code: str | None = None) -> RequestRejected:
+    """A 400 for a field of the request: the one way the front door writes one, so that each
+    names its field (``param``) and its reason."""
+    return RequestRejected(400, message, param=param, reason=reason, code=code)
 
 
 def count_rejection(reason: str) -> None:

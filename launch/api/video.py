@@ -29,7 +29,7 @@ from engine.config import LimitsSettings
 from engine.vision import VideoBudget, VideoFrames, video_frames
 
 from .media import check_geometry
-from .rejections import RequestRejected
+from .rejections import RequestRejected, bad_request
 
 
 def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixels: int,
@@ -39,7 +39,7 @@ def sample(data: bytes, limits: LimitsSettings, budget: VideoBudget, *, min_pixe
     import av
 
     def bad(message: str, reason: str = "bad_video") -> RequestRejected:
-        return RequestRejected(400, message, param=param, reason=reason)
+        return bad_request(message, param=param, reason=reason)
 
     try:
         container = av.open(io.BytesIO(data))

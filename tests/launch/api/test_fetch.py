@@ -39,6 +39,16 @@ def test_public_address():
     assert is_public_address("8.8.8.8") and is_public_address("2606:4700::1111")
 
 
+def test_an_unresolvable_host_is_a_400_naming_the_part(monkeypatch):
+    import socket
+
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    refused("http://images.invalid/cat.png", r"cannot resolve host 'images.invalid': Name or")
+
+
 def test_allowed_network_fetches(allowed_host):
     assert fetch(allowed_host.url + "/cat.png", ALLOWED, 1 << 20, "p") == utils.png(40, 40)
 
@@ -134,7 +144,7 @@ def test_connection_pinned_to_checked_address(allowed_host, monkeypatch):
 
     calls = []
 
-    def fake_resolve(host, port):
+    def fake_resolve(host, port, param):
         calls.append(host)
         return ["127.0.0.2"]
 
@@ -147,7 +157,7 @@ def test_connection_pinned_to_checked_address(allowed_host, monkeypatch):
 def test_rebinding_to_private_refused(allowed_host, monkeypatch):
     import launch.api.fetch as f
 
-    monkeypatch.setattr(f, "resolve", lambda host, port: ["127.0.0.2", "127.0.0.1"])
+    monkeypatch.setattr(f, "resolve", lambda host, port, param: ["127.0.0.2", "127.0.0.1"])
     port = allowed_host.url.rsplit(":", 1)[1]
     refused(f"http://images.invalid:{port}/cat.png", r"resolves to 127\.0\.0\.1")
 
@@ -186,7 +196,7 @@ def dns(tls, monkeypatch):
     answers: dict[str, list[list[str]]] = {}
     lookups: list[str] = []
 
-    def resolve(host, port):
+    def resolve(host, port, param):
         lookups.append(host)
         return answers[host].pop(0)
 
