@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .usage import inc_counter
+from .metric_records import inc_counter
 
 
 class RequestRejected(Exception):

@@ -35,12 +35,12 @@ from .access import AccessGate, key_name
 from .errors import OpenAIErrors, error_body, validation_error_body
 from .frames import STORE
 from .front_door import FrontDoor
+from .metric_records import flush_counters, set_gauge
 from .metrics_route import metrics_text
 from .quotas import Quotas
 from .rejections import RequestRejected, count_rejection
 from .request_models import ChatRequest, CompletionsRequest, DetokenizeBody, TokenizeBody
-from .usage import (MediaTally, StreamUsage, flush_counters, record, response_usage,
-                    set_gauge, token_reservation)
+from .usage import MediaTally, StreamUsage, record, response_usage, token_reservation
 
 HEALTH_TIMEOUT_S = 10.0
 NO_ROOM_FOR_OUTPUT = "max_tokens must be at least 1, got 0"
@@ -80,7 +80,7 @@ class ApiState:
 
     async def watch(self) -> None:
         """Follow the application's drain flag (``launch.drain``); report what we hold and
-        the requests counted since the last round (``usage.flush_counters``); keep the replica
+        the requests counted since the last round (``metric_records.flush_counters``); keep the replica
         view fresh for ``/health`` (which never waits on the Serve controller)."""
         app = self.cfg.server.app_name
         while True:
