@@ -11,11 +11,7 @@ from .base import _Strict
 
 
 KEY_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # a Prometheus label value and a log field as it is
-
-
 UNNAMED_KEYS = "default"  # the name of every key read from api_keys_env / api_keys_file
-
-
 NO_KEY = "anonymous"  # the name requests get when no key is configured (an open API)
 
 

@@ -12,23 +12,15 @@ from .base import _Strict
 # Ray Serve's fast paths: the ServerSettings field -> the flag Ray reads on every node.
 RAY_FAST_PATH_ENV = {"ray_throughput_optimized": "RAY_SERVE_THROUGHPUT_OPTIMIZED",
                      "ray_ha_proxy": "RAY_SERVE_ENABLE_HA_PROXY"}
-
-
 # How long a stopping direct-ingress replica stays reachable
 # (ServerSettings.replica_deregistration_s).
 DEREGISTRATION_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
-
-
 # With HAProxy: besides a refused connection, a connection that closed before any response byte
 # (the replica died while it generated) is retried on another replica; the client gets its
 # answer instead of an error page. Replaying is safe here: nothing reached the client.
 HAPROXY_RETRY_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
-
-
 # How often the Serve controller checks each node's HTTP proxy (ServerSettings.proxy_check_s).
 PROXY_CHECK_ENV = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
-
-
 RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV,
                 PROXY_CHECK_ENV)
 

@@ -25,11 +25,7 @@ from .tools import ToolsSettings
 
 
 CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention: "No common block size ... MultipleOf(32)"
-
-
 CPU_QUANT_BITS = 4  # vLLM's CPUWNA16 kernel: 4-bit GPTQ (uint4b8) and AWQ (uint4) only
-
-
 CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 
 
