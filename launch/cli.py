@@ -22,7 +22,7 @@ import time
 
 from engine.config import ConfigError, ServerSettings, load_config
 
-from launch.cluster.connect import LaunchError, base_url, use_token_auth
+from launch.cluster.connect import LaunchError, base_url, print_progress, use_token_auth
 from launch.cluster.deploy import deploy, wait_healthy
 from launch.cluster.reason import one_line
 from launch.cluster.start import (download_checkpoint, ensure_cluster, join_cluster, needs_download,
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
     use_token_auth()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    print_progress()  # the cluster side's progress lines, printed as this command's own
     try:
         return args.func(args)
     except ConfigError as err:

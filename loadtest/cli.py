@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from engine.embedded_model import FAMILIES, VARIANTS
+from launch.cluster.connect import print_progress
 
 from .scenarios.common import CARD_GRID, CPU_GRID, QUICK_GRID, ROOT, Grid
 
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fast-paths sets up a stack the scenario deploys; with --run-dir the "
                      "running stack's config (server.ray_throughput_optimized) decides")
     args.config = args.config.resolve()  # paths as given, before moving to the project root
+    print_progress()  # a stack's start and stop say what they wait for, as `qwen-vl` does
     if args.out:
         args.out = args.out.resolve()
     if args.run_dir:

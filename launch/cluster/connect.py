@@ -1,5 +1,5 @@
 """Reaching a cluster from the operator's side: Ray's client connection, the API's URL and
-a GET against it, the nodes Ray lists, and this layer's error type and progress line."""
+a GET against it, the nodes Ray lists, and this layer's error type and progress lines."""
 
 from __future__ import annotations
 
@@ -15,8 +15,23 @@ class LaunchError(RuntimeError):
     """The stack could not be started, reached or stopped; the message is the cause."""
 
 
-def say(msg: str) -> None:
-    print(msg, flush=True)
+# The operator side's progress lines (starting a head, waiting, draining) go to this logger: the
+# CLIs decide where they appear (``print_progress``); a library caller sees them as log records.
+progress_log = logging.getLogger("launch.cluster")
+
+
+def print_progress(stream=None) -> None:
+    """Print the progress lines, bare, on ``stream`` (standard output): the CLIs' choice."""
+    import sys
+
+    if any(getattr(h, "qwen_vl_progress", False) for h in progress_log.handlers):
+        return
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.qwen_vl_progress = True
+    progress_log.addHandler(handler)
+    progress_log.setLevel(logging.INFO)
+    progress_log.propagate = False
 
 
 def _quiet_ray_logs() -> None:

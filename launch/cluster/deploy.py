@@ -9,7 +9,7 @@ import time
 from engine.config import ServingConfig
 
 from launch.replicas import FAILED_STATUSES, status_name
-from .connect import LaunchError, base_url, connect, http_get, say
+from .connect import LaunchError, base_url, connect, http_get, progress_log
 from .local_cluster import ClusterState
 from .reason import one_line
 
@@ -140,6 +140,6 @@ def wait_healthy(cfg: ServingConfig, timeout_s: float, progress: bool = True,
                 f"last status: {_progress(app_status, elapsed, waiting)}"
             )
         if progress and elapsed - last_print >= 15:
-            say(_progress(app_status, elapsed, waiting))
+            progress_log.info(_progress(app_status, elapsed, waiting))
             last_print = elapsed
         time.sleep(2)

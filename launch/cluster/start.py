@@ -11,7 +11,7 @@ from typing import Callable
 from engine.config import ServingConfig
 from engine.vllm_args import engine_kwargs
 
-from .connect import LaunchError, base_url, say
+from .connect import LaunchError, base_url, progress_log
 from .local_cluster import (
     ClusterState,
     clear_state,
@@ -72,7 +72,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
             state.stopping = False  # a stop that was cut short left it running
             write_state(state)
-            say(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
+            progress_log.info(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
                  f"replicas a few at a time; requests they hold finish first (at most "
                  f"deployment.drain_timeout_s = {cfg.deployment.drain_timeout_s:.0f}s)")
             return state, True
@@ -93,7 +93,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
             )
     # Logical CPUs, not cores: an engine replica takes 2 (its actor's bundle and the engine's).
     num_cpus = srv.ray_num_cpus or (2 * cfg.deployment.most_replicas + 2)
-    say(f"starting a local Ray head ({num_cpus} logical CPUs)...")
+    progress_log.info(f"starting a local Ray head ({num_cpus} logical CPUs)...")
     address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port,
                                    node_ip=srv.node_ip_address, port=srv.ray_port,
                                    env=srv.ray_env())

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from .connect import connect, say
+from .connect import connect, progress_log
 from .deploy import root_cause_from_logs
 from .local_cluster import (
     ClusterError,
@@ -71,13 +71,13 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
         now = time.time()
         if now >= deadline:
             if not quiet:
-                say(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
+                progress_log.info(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
                      f": {held} requests still running are cut off")
             return
         # Said once every replica has answered (a count before that is partial), then again
         # when the count changes or every 5 s.
         if not quiet and complete and (held != last_held or now - last_print >= 5):
-            say(f"draining: {held} requests still running "
+            progress_log.info(f"draining: {held} requests still running "
                  f"(at most {deadline - now:.0f}s more)")
             last_print, last_held = now, held
         time.sleep(drain.POLL_S)
@@ -97,7 +97,7 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
     # out the whole deadline below for nothing, so its processes are ended at once.
     head_gone = state.started_by_us and state.role != "worker" and not head_alive(state)
     if head_gone and not quiet:
-        say("the Ray head is gone (its GCS server); ending the cluster's processes")
+        progress_log.info("the Ray head is gone (its GCS server); ending the cluster's processes")
     served_down = threading.Event()  # Serve shut down: no replica holds a request
     if state.role != "worker" and not head_gone:
         done = threading.Event()
@@ -121,13 +121,13 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
                     ray.shutdown()
             except Exception as err:  # the cluster may be gone; processes are reaped below
                 if not quiet:
-                    say(f"serve shutdown: {one_line(str(err))}")
+                    progress_log.info(f"serve shutdown: {one_line(str(err))}")
             finally:
                 done.set()
 
         threading.Thread(target=serve_down, daemon=True).start()
         if not done.wait(state.drain_timeout_s + SHUTDOWN_GRACE_S):
-            say(f"serve shutdown: no answer from the cluster in "
+            progress_log.info(f"serve shutdown: no answer from the cluster in "
                  f"{state.drain_timeout_s + SHUTDOWN_GRACE_S:.0f}s; ending its processes")
     if state.started_by_us:
         # With Serve down nothing in flight is left to lose, and Ray's daemons (GCS server,
@@ -159,4 +159,4 @@ def abandon_start(state: ClusterState) -> None:
     try:
         stop_processes(state, grace_s=3)
     except ClusterError as err:  # the start's own failure is the one to report
-        say(f"stopping: {err}")
+        progress_log.info(f"stopping: {err}")

@@ -42,3 +42,20 @@ def test_http_get_answers_status_and_json_and_never_raises(server):
     assert connect.http_get(server + "/503") == (503, {"error": "x"})
     assert connect.http_get(server + "/bad") == (0, None)
     assert connect.http_get("http://127.0.0.1:9/nothing", timeout=2) == (0, None)
+
+
+def test_progress_lines_are_printed_bare_once_a_cli_asks(monkeypatch):
+    import io
+    import logging
+
+    log = connect.progress_log
+    monkeypatch.setattr(log, "handlers", [])
+    monkeypatch.setattr(log, "propagate", False)
+    monkeypatch.setattr(log, "level", logging.NOTSET)
+    out = io.StringIO()
+    log.info("before")  # no CLI has asked: nothing printed
+    connect.print_progress(out)
+    connect.print_progress(out)  # a second call adds no second handler
+    log.info("draining: 1 requests still running")
+    assert out.getvalue() == "draining: 1 requests still running\n"
+    assert len(log.handlers) == 1 and log.level == logging.INFO
