@@ -1,4 +1,5 @@
-"""Fetch client-supplied media URLs under the configured policy.
+"""Load client-supplied media URLs under the configured policy: ``data:`` URLs, http(s) and files
+inside ``limits.media_dir``, all in this module (``load_url``).
 
 The engine never fetches anything itself: the front door fetches, validates, and passes the
 bytes on as a ``data:`` URL, so what was checked is exactly what the engine decodes. The
@@ -14,11 +15,14 @@ read in chunks and cut at the byte cap.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-from urllib.parse import urljoin, urlsplit
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
 
-from engine.config import UrlPolicy
+from engine.config import LimitsSettings, UrlPolicy
 
+from . import media
 from .rejections import RequestRejected, bad_request
 
 CHUNK = 64 << 10
@@ -173,3 +177,40 @@ def _read_body(r, max_bytes: int, remaining, timed_out: RequestRejected, param: 
     except (urllib3.exceptions.HTTPError, OSError):
         raise bad_request("fetching the URL failed while reading",
                           param=param, reason="url_fetch_failed") from None
+
+
+def load_url(url: str, limits: LimitsSettings, param: str, max_bytes: int,
+             what: str) -> tuple[str | None, bytes]:
+    """(mime or None, bytes) from a data: URL, an allowed http(s) URL or a media_dir file."""
+    if url.startswith("data:"):
+        if "data" not in limits.url.schemes:
+            raise bad_request("data: URLs are not allowed", param=param, reason="url_scheme")
+        mime, payload = media.decode_data_url(url, param)
+        return mime, media.b64decode(payload, max_bytes, param, what)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return None, fetch(url, limits.url, max_bytes, param)
+    if scheme == "file" or (not scheme and url.startswith(("/", "."))):
+        return None, _local_file(url, limits.media_dir, param, max_bytes)
+    raise bad_request(f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
+                      f"{', '.join(limits.url.schemes)}", param=param, reason="url_scheme")
+
+
+def _local_file(url: str, root: str | None, param: str, max_bytes: int) -> bytes:
+    if not root:
+        raise bad_request("local file paths are not allowed (no media_dir is configured)",
+                          param=param, reason="local_file")
+    path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if base != real and base not in real.parents:
+        raise bad_request("file is outside the configured media_dir", param=param,
+                          reason="local_file")
+    try:
+        size = real.stat().st_size
+        if size > max_bytes:
+            raise bad_request(f"file is {size} bytes; the limit is {max_bytes}", param=param,
+                              reason="media_too_large")
+        return real.read_bytes()
+    except OSError:
+        raise bad_request("file not found in media_dir", param=param,
+                          reason="local_file") from None

@@ -17,16 +17,13 @@ stating the limit and the value.
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from engine.vision import TOKEN_PIXELS, VISION_EXTRA_TOKENS, image_tokens, temporal_patches
 from engine.config import ServingConfig
+from engine.vision import TOKEN_PIXELS, VISION_EXTRA_TOKENS, image_tokens, temporal_patches
 
 from . import media, video
-from .fetch import fetch
+from .fetch import load_url
 from .frames import STORE
 from .messages import MEDIA_PARTS, VOCAB_SIZE, check_messages, check_prompt, check_token_ids
 from .rejections import bad_request
@@ -145,49 +142,12 @@ class FrontDoor:
             await asyncio.to_thread(self._grammars.check, items)
 
     # ------------------------------------------------------------------ media loading
-    def _load(self, url: str, param: str, max_bytes: int, what: str) -> tuple[str | None, bytes]:
-        """(mime or None, bytes) from a data: URL, an allowed http(s) URL or a media_dir file."""
-        if url.startswith("data:"):
-            if "data" not in self.limits.url.schemes:
-                raise bad_request("data: URLs are not allowed", param=param,
-                                  reason="url_scheme")
-            mime, payload = media.decode_data_url(url, param)
-            return mime, media.b64decode(payload, max_bytes, param, what)
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in ("http", "https"):
-            return None, fetch(url, self.limits.url, max_bytes, param)
-        if scheme == "file" or (not scheme and url.startswith(("/", "."))):
-            return None, self._local_file(url, param, max_bytes)
-        raise bad_request(f"URL scheme {scheme or '(none)'!r} is not allowed; allowed: "
-                          f"{', '.join(self.limits.url.schemes)}", param=param,
-                          reason="url_scheme")
-
-    def _local_file(self, url: str, param: str, max_bytes: int) -> bytes:
-        root = self.limits.media_dir
-        if not root:
-            raise bad_request("local file paths are not allowed (no media_dir is "
-                              "configured)", param=param, reason="local_file")
-        path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
-        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
-        if base != real and base not in real.parents:
-            raise bad_request("file is outside the configured media_dir", param=param,
-                              reason="local_file")
-        try:
-            size = real.stat().st_size
-            if size > max_bytes:
-                raise bad_request(f"file is {size} bytes; the limit is {max_bytes}",
-                                  param=param, reason="media_too_large")
-            return real.read_bytes()
-        except OSError:
-            raise bad_request("file not found in media_dir", param=param,
-                              reason="local_file") from None
-
     def _image(self, url: str, param: str, pixels: tuple[int, int] | None = None,
                tally: MediaTally | None = None) -> dict[str, Any]:
         """The content part the engine gets for an image: the image decoded, at its target
         size, with its content hash as the engine's cache key (``media.decode_image``)."""
         pixels = pixels or (self.mm.min_pixels, self.mm.max_pixels)
-        mime, data = self._load(url, param, self.limits.max_image_bytes, "image")
+        mime, data = load_url(url, self.limits, param, self.limits.max_image_bytes, "image")
         if mime is not None and not mime.startswith("image/"):
             raise bad_request(f"data URL has mime type {mime!r}; expected image/*",
                               param=param, reason="bad_image")
@@ -209,7 +169,7 @@ class FrontDoor:
             tally.add_video(len(payload) * 3 // 4, temporal_patches(frames) * per_pair
                             + VISION_EXTRA_TOKENS)
             return url, media.content_key(url.encode(), pixels)
-        mime, data = self._load(url, param, self.limits.max_video_bytes, "video")
+        mime, data = load_url(url, self.limits, param, self.limits.max_video_bytes, "video")
         if mime is not None and not mime.startswith("video/"):
             raise bad_request(f"data URL has mime type {mime!r}; expected video/*",
                               param=param, reason="bad_video")
