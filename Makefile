@@ -84,8 +84,8 @@ generate: install
 	$(PY) -m launch.generate.chart schema
 	$(PY) -m launch.generate.chart readme
 	$(PY) -m launch.generate.chart monitoring
-	$(PY) -m engine.config_reference
-	$(PY) -m loadtest.benchmark_index
+	$(PY) -m launch.generate.config_reference
+	$(PY) -m launch.generate.benchmark_index
 
 clean:
 	rm -rf $(VENV) *.egg-info

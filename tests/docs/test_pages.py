@@ -53,7 +53,7 @@ def _config_key_exists(key: str) -> bool:
     from pydantic import BaseModel
 
     from engine.config import ServingConfig
-    from engine.config_reference import _map_of_models, _model_in
+    from launch.generate.config_reference import _map_of_models, _model_in
 
     model: type[BaseModel] | None = ServingConfig
     parts = key.split(".")

@@ -1,14 +1,14 @@
-"""engine.config_reference: the configuration page's reference is the config model's, and
+"""launch.generate.config_reference: the configuration page's reference is the config model's, and
 generated blocks are replaced in place."""
 
 import pytest
 
-from engine import config_reference, generated_blocks
+from launch.generate import config_reference, generated_blocks
 from engine.config import parse_config
 
 
 def test_the_configuration_page_is_current():
-    """docs/configuration.md carries what `python -m engine.config_reference` writes."""
+    """docs/configuration.md carries what `python -m launch.generate.config_reference` writes."""
     page = config_reference.PAGE.read_text()
     assert generated_blocks.block(page, config_reference.BLOCK) == \
         config_reference.reference().strip("\n") + "\n"

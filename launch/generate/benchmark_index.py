@@ -2,8 +2,8 @@
 class and every run, read from the front matter of each dated results file.
 
 Each results file is ``docs/benchmarks/YYYY-MM-DD-<what>.md`` and starts with YAML front matter
-naming the machine (``REQUIRED``); ``python -m loadtest.benchmark_index`` rewrites the index,
-``tests/loadtest/test_benchmark_index.py`` fails when a file lacks a field or the index is stale.
+naming the machine (``REQUIRED``); ``python -m launch.generate.benchmark_index`` rewrites the index,
+``tests/launch/generate/test_benchmark_index.py`` fails when a file lacks a field or the index is stale.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from engine import generated_blocks
+from . import generated_blocks
 
-DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+DIR = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 INDEX = DIR / "index.md"
 BLOCK = "benchmark-index"
 NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})-[a-z0-9-]+\.md$")
@@ -72,7 +72,7 @@ def write(path: Path = INDEX) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], ["write"]):
-        print("usage: python -m loadtest.benchmark_index [write]", file=sys.stderr)
+        print("usage: python -m launch.generate.benchmark_index [write]", file=sys.stderr)
         return 2
     print(f"wrote {write()}")
     return 0

@@ -2,8 +2,8 @@
 description, as Markdown tables (one per section), derived from the pydantic models so that it
 cannot drift from what the loader accepts.
 
-``python -m engine.config_reference`` writes it into ``docs/configuration.md``;
-``tests/engine/test_config_reference.py`` fails when the page is stale.
+``python -m launch.generate.config_reference`` writes it into ``docs/configuration.md``;
+``tests/launch/generate/test_config_reference.py`` fails when the page is stale.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from . import generated_blocks
-from .config import ServingConfig
+from engine.config import ServingConfig
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+from . import generated_blocks
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 BLOCK = "config-reference"
 PLACEHOLDER = "<name>"  # a key of a map of named entries (access.keys, access.quotas)
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv in ([], ["write"]):
         print(f"wrote {write()}")
     else:
-        print("usage: python -m engine.config_reference [write|print]", file=sys.stderr)
+        print("usage: python -m launch.generate.config_reference [write|print]", file=sys.stderr)
         return 2
     return 0
 

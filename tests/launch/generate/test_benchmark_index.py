@@ -1,11 +1,11 @@
-"""loadtest.benchmark_index: every results file describes its machine, the index is current,
+"""launch.generate.benchmark_index: every results file describes its machine, the index is current,
 and the docs site lists every file."""
 
 import pytest
 import yaml
 
-from engine import generated_blocks
-from loadtest import benchmark_index
+from launch.generate import generated_blocks
+from launch.generate import benchmark_index
 from tests.utils import ROOT
 
 
