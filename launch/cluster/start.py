@@ -72,9 +72,10 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
             state.stopping = False  # a stop that was cut short left it running
             write_state(state)
-            progress_log.info(f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
-                 f"replicas a few at a time; requests they hold finish first (at most "
-                 f"deployment.drain_timeout_s = {cfg.deployment.drain_timeout_s:.0f}s)")
+            progress_log.info(
+                f"redeploying onto the running cluster ({state.address}): Ray Serve replaces "
+                f"replicas a few at a time; requests they hold finish first (at most "
+                f"deployment.drain_timeout_s = {cfg.deployment.drain_timeout_s:.0f}s)")
             return state, True
         clear_state()
     if os.environ.get("RAY_ADDRESS"):  # an existing cluster: deploy there, never stop it

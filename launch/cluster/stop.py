@@ -40,8 +40,6 @@ class _stderr_muted:
 
 
 SHUTDOWN_GRACE_S = 90  # connect + Serve shutdown, on top of the drain timeout
-
-
 STOPPED_GRACE_S = 2  # SIGTERM to SIGKILL for a cluster whose Serve has shut down
 
 
@@ -71,14 +69,15 @@ def drain_application(state: ClusterState, quiet: bool = False) -> None:
         now = time.time()
         if now >= deadline:
             if not quiet:
-                progress_log.info(f"drain timeout ({state.drain_timeout_s:.0f}s, deployment.drain_timeout_s)"
-                     f": {held} requests still running are cut off")
+                progress_log.info(f"drain timeout ({state.drain_timeout_s:.0f}s, "
+                                  f"deployment.drain_timeout_s): {held} requests still running "
+                                  "are cut off")
             return
         # Said once every replica has answered (a count before that is partial), then again
         # when the count changes or every 5 s.
         if not quiet and complete and (held != last_held or now - last_print >= 5):
             progress_log.info(f"draining: {held} requests still running "
-                 f"(at most {deadline - now:.0f}s more)")
+                              f"(at most {deadline - now:.0f}s more)")
             last_print, last_held = now, held
         time.sleep(drain.POLL_S)
 
@@ -128,7 +127,8 @@ def shutdown(state: ClusterState, quiet: bool = False) -> None:
         threading.Thread(target=serve_down, daemon=True).start()
         if not done.wait(state.drain_timeout_s + SHUTDOWN_GRACE_S):
             progress_log.info(f"serve shutdown: no answer from the cluster in "
-                 f"{state.drain_timeout_s + SHUTDOWN_GRACE_S:.0f}s; ending its processes")
+                              f"{state.drain_timeout_s + SHUTDOWN_GRACE_S:.0f}s; ending its "
+                              "processes")
     if state.started_by_us:
         # With Serve down nothing in flight is left to lose, and Ray's daemons (GCS server,
         # raylet, agents) take SIGTERM as a request to linger: a short grace before SIGKILL.
