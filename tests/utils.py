@@ -44,6 +44,15 @@ class Reply(tuple):
         return reply
 
 
+
+def config_with(**sections) -> dict:
+    """The smallest config (the tiny embedded model), with ``sections`` merged in: a mapping
+    for ``parse_config``."""
+    data = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
 def request(base: str, path: str = "", body: Any = None, *, raw: bytes | None = None,
             key: str | None = None, headers: dict | None = None, method: str | None = None,
             content_type: str = "application/json", timeout: float = 120) -> Reply:

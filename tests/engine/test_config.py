@@ -1,18 +1,11 @@
+"""The typed config: loading, every key checked and named, the checks across sections and
+against the checkpoint, the dtype chosen for the engine."""
 
 import pytest
 
 from engine.config import ConfigError, load_config, parse_config
-from engine.vllm_args import check_engine_arg_names, engine_kwargs, vllm_engine_arg_names
-from tests.utils import CONFIGS
-
-MINIMAL = {"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}
-
-
-def with_(**sections):
-    data = {k: dict(v) for k, v in MINIMAL.items()}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    return data
+from engine.vllm_args import engine_kwargs
+from tests.utils import CONFIGS, config_with
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -38,44 +31,45 @@ def test_default_config_values():
 
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"engine\.max_model_lenn: unknown key"):
-        parse_config(with_(engine={"max_model_lenn": 10}))
+        parse_config(config_with(engine={"max_model_lenn": 10}))
 
 
 def test_unknown_top_level_key_is_named():
-    data = dict(MINIMAL, servr={"port": 1})
+    data = dict(config_with(), servr={"port": 1})
     with pytest.raises(ConfigError, match=r"servr: unknown key"):
         parse_config(data)
 
 
 def test_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"server\.port: .*integer"):
-        parse_config(with_(server={"port": "eighty"}))
+        parse_config(config_with(server={"port": "eighty"}))
 
 
 def test_max_pixels_below_min_pixels():
     with pytest.raises(ConfigError, match=r"multimodal: .*max_pixels \(1000\) must be >= min_pixels \(5000\)"):
-        parse_config(with_(multimodal={"min_pixels": 5000, "max_pixels": 1000}))
+        parse_config(config_with(multimodal={"min_pixels": 5000, "max_pixels": 1000}))
 
 
 def test_tensor_parallel_zero():
     with pytest.raises(ConfigError, match=r"deployment\.tensor_parallel_size: .*greater than or equal to 1"):
-        parse_config(with_(deployment={"tensor_parallel_size": 0, "device": "gpu"}))
+        parse_config(config_with(deployment={"tensor_parallel_size": 0, "device": "gpu"}))
 
 
 def test_tensor_parallel_needs_gpu():
     with pytest.raises(ConfigError, match=r"tensor_parallel_size 2 needs device: gpu"):
-        parse_config(with_(deployment={"tensor_parallel_size": 2}))
+        parse_config(config_with(deployment={"tensor_parallel_size": 2}))
 
 
 def test_cpu_block_size_multiple_of_32():
     with pytest.raises(ConfigError, match=r"engine\.block_size 16 is not supported on CPU"):
-        parse_config(with_(engine={"block_size": 16}))
-    assert parse_config(with_(engine={"block_size": 16}, deployment={"device": "gpu"}))
+        parse_config(config_with(engine={"block_size": 16}))
+    assert parse_config(config_with(engine={"block_size": 16}, deployment={"device": "gpu"}))
 
 
 def test_autoscaling_bounds():
     with pytest.raises(ConfigError, match=r"max_replicas \(1\) must be >= min_replicas \(3\)"):
-        parse_config(with_(deployment={"autoscaling": {"min_replicas": 3, "max_replicas": 1}}))
+        parse_config(config_with(
+            deployment={"autoscaling": {"min_replicas": 3, "max_replicas": 1}}))
 
 
 def test_unknown_embedded_model():
@@ -106,52 +100,6 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_engine_arg_names_exist_in_vllm():
-    names = vllm_engine_arg_names()
-    assert {"max_model_len", "block_size", "limit_mm_per_prompt", "kv_cache_memory_bytes"} <= names
-
-
-def test_renamed_vllm_flag_fails_loudly():
-    """If vLLM renamed a field we set, loading fails with the key named."""
-    known = vllm_engine_arg_names() - {"limit_mm_per_prompt"}
-    kwargs = engine_kwargs(load_config(CONFIGS / "default.yaml"), model_path="/m")
-    with pytest.raises(ConfigError, match=r"\['limit_mm_per_prompt'\] are not fields of vLLM's EngineArgs"):
-        check_engine_arg_names(kwargs, known)
-
-
-def test_extra_args_checked_and_passed():
-    cfg = parse_config(with_(engine={"extra_args": {"max_logprobs": 5}}))
-    assert engine_kwargs(cfg, model_path="/m")["max_logprobs"] == 5
-    bad = parse_config(with_(engine={"extra_args": {"max_logprobz": 5}}))
-    with pytest.raises(ConfigError, match=r"\['max_logprobz'\]"):
-        engine_kwargs(bad, model_path="/m")
-    clash = parse_config(with_(engine={"extra_args": {"max_model_len": 5}}))
-    with pytest.raises(ConfigError, match=r"\['max_model_len'\] are set by dedicated config keys"):
-        engine_kwargs(clash, model_path="/m")
-
-
-@pytest.mark.parametrize("compact", [True, False])
-def test_compact_json_sets_vllms_structured_output_config(compact):
-    """engine.compact_json becomes vLLM's StructuredOutputsConfig (which accepts it only with
-    the xgrammar or guidance backend); the e2e tests see its effect on the answers."""
-    from vllm.config import StructuredOutputsConfig
-
-    kw = engine_kwargs(parse_config(with_(engine={"compact_json": compact})), model_path="/m")
-    assert kw["structured_outputs_config"] == {"backend": "xgrammar",
-                                               "disable_any_whitespace": compact}
-    assert StructuredOutputsConfig(**kw["structured_outputs_config"]).disable_any_whitespace \
-        is compact
-
-
-def test_gpu_uses_memory_fraction():
-    cfg = parse_config(with_(deployment={"device": "gpu", "tensor_parallel_size": 2},
-                             engine={"gpu_memory_utilization": 0.8}))
-    kw = engine_kwargs(cfg, model_path="/m")
-    assert kw["gpu_memory_utilization"] == 0.8
-    assert kw["tensor_parallel_size"] == 2
-    assert "kv_cache_memory_bytes" not in kw
-
-
 # ------------------------------------------------------------------ quantization
 def _model(source, **kw):
     return {"source": source, "served_name": "m", **kw}
@@ -160,7 +108,7 @@ def _model(source, **kw):
 def test_gptq_int8_on_cpu_fails_at_config_load():
     assert load_config(CONFIGS / "embedded-gptq-int8.yaml").deployment.device == "gpu"
     with pytest.raises(ConfigError) as err:
-        parse_config(with_(model=_model("embedded:qwen2-vl-tiny-gptq-int8")))
+        parse_config(config_with(model=_model("embedded:qwen2-vl-tiny-gptq-int8")))
     msg = str(err.value)
     assert "GPTQ-Int8" in msg and "no CPU kernel" in msg and "device: gpu" in msg
     assert "GPTQ-Int4 or AWQ" in msg
@@ -168,7 +116,7 @@ def test_gptq_int8_on_cpu_fails_at_config_load():
 
 @pytest.mark.parametrize("variant", ["gptq-int4", "awq"])
 def test_four_bit_variants_run_on_cpu_in_bfloat16(variant):
-    cfg = parse_config(with_(model=_model(f"embedded:qwen2-vl-tiny-{variant}")))
+    cfg = parse_config(config_with(model=_model(f"embedded:qwen2-vl-tiny-{variant}")))
     kw = engine_kwargs(cfg, model_path="/m")
     assert kw["dtype"] == "bfloat16"
     assert "quantization" not in kw  # auto: vLLM reads the checkpoint and picks the kernel
@@ -186,10 +134,10 @@ def test_one_line_switches_the_default_config(tmp_path):
 
 def test_official_release_names_are_recognised_when_not_cached():
     with pytest.raises(ConfigError, match="official release name.*GPTQ-Int8"):
-        parse_config(with_(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8")))
+        parse_config(config_with(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8")))
     for source in ("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int4", "Qwen/Qwen2-VL-7B-Instruct-AWQ"):
-        parse_config(with_(model=_model(source, dtype="bfloat16")))
-    parse_config(with_(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8"),
+        parse_config(config_with(model=_model(source, dtype="bfloat16")))
+    parse_config(config_with(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8"),
                        deployment={"device": "gpu"}))
 
 
@@ -210,7 +158,7 @@ def test_hub_cache_config_is_read(tmp_path, monkeypatch):
          "quantization_config": {"quant_method": "gptq", "bits": 8, "group_size": 128}}))
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ConfigError, match=r"acme/vl-small \(local Hugging Face cache\) is GPTQ-Int8"):
-        parse_config(with_(model=_model("acme/vl-small")))
+        parse_config(config_with(model=_model("acme/vl-small")))
 
 
 def _local_checkpoint(tmp_path, qc=None, hidden=256):
@@ -230,39 +178,40 @@ AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}
 def test_declared_method_must_match_the_checkpoint(tmp_path):
     path = _local_checkpoint(tmp_path, AWQ)
     with pytest.raises(ConfigError, match="quantization: gptq, but .* is AWQ 4-bit; set it to auto"):
-        parse_config(with_(model=_model(path, quantization="gptq", dtype="bfloat16")))
+        parse_config(config_with(model=_model(path, quantization="gptq", dtype="bfloat16")))
     with pytest.raises(ConfigError, match="quantization: none, but .* is AWQ 4-bit-quantized"):
-        parse_config(with_(model=_model(path, quantization="none", dtype="bfloat16")))
-    cfg = parse_config(with_(model=_model(path, quantization="awq", dtype="bfloat16")))
+        parse_config(config_with(model=_model(path, quantization="none", dtype="bfloat16")))
+    cfg = parse_config(config_with(model=_model(path, quantization="awq", dtype="bfloat16")))
     assert engine_kwargs(cfg, model_path=path)["quantization"] == "awq"
 
 
 def test_declared_method_on_unquantized_checkpoint(tmp_path):
     path = _local_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match="quantization: awq, but .* has no quantization_config"):
-        parse_config(with_(model=_model(path, quantization="awq")))
+        parse_config(config_with(model=_model(path, quantization="awq")))
 
 
 def test_float32_with_quantized_checkpoint_is_refused(tmp_path):
     path = _local_checkpoint(tmp_path, AWQ)
     with pytest.raises(ConfigError, match="float32 is not supported with AWQ.*use bfloat16"):
-        parse_config(with_(model=_model(path, dtype="float32")))
+        parse_config(config_with(model=_model(path, dtype="float32")))
 
 
 def test_cpu_kernel_size_limits(tmp_path):
     path = _local_checkpoint(tmp_path, AWQ, hidden=200)
     with pytest.raises(ConfigError, match=r"linear sizes .*hidden_size.: 200.*multiples of 32"):
-        parse_config(with_(model=_model(path, dtype="bfloat16")))
+        parse_config(config_with(model=_model(path, dtype="bfloat16")))
     odd_group = _local_checkpoint(tmp_path, {**AWQ, "group_size": 33})
     with pytest.raises(ConfigError, match="group_size 33.*even group size"):
-        parse_config(with_(model=_model(odd_group, dtype="bfloat16")))
+        parse_config(config_with(model=_model(odd_group, dtype="bfloat16")))
 
 
 def test_kernel_names_are_not_config_values():
     """Marlin is vLLM's choice, not a config value: the old kernel names are refused clearly."""
     with pytest.raises(ConfigError, match="model.quantization: Input should be 'auto', 'none', "
                                           "'gptq' or 'awq'"):
-        parse_config(with_(model=_model("embedded:qwen2-vl-tiny", quantization="gptq_marlin")))
+        parse_config(config_with(
+            model=_model("embedded:qwen2-vl-tiny", quantization="gptq_marlin")))
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
@@ -271,7 +220,7 @@ def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16
     monkeypatch.setattr("engine.config.serving.native_bf16", lambda: native)
 
     def dtype(source, **kw):
-        return parse_config(with_(model=_model(source), **kw)).engine_dtype()
+        return parse_config(config_with(model=_model(source), **kw)).engine_dtype()
 
     assert dtype("embedded:qwen2-vl-2b-random") == ("bfloat16" if native else "float32")
     (tmp_path / "plain").mkdir()
@@ -282,7 +231,8 @@ def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16
     assert dtype("embedded:qwen2-vl-2b-random-awq") == "bfloat16"
     assert dtype("embedded:qwen2-vl-2b-random", deployment={"device": "gpu"}) == "bfloat16"
     assert dtype("acme/not-in-the-cache") == "auto"
-    explicit = parse_config(with_(model=_model("embedded:qwen2-vl-2b-random", dtype="bfloat16")))
+    explicit = parse_config(config_with(
+        model=_model("embedded:qwen2-vl-2b-random", dtype="bfloat16")))
     assert engine_kwargs(explicit, model_path="/m")["dtype"] == "bfloat16"
 
 
