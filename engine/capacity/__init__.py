@@ -23,7 +23,10 @@ here (``activation_bytes``, ``RUNTIME_OVERHEAD_BYTES``) and listed so they can b
 On CPU the KV memory is ``engine.cpu_kv_cache_gib`` exactly.
 """
 
-from .architecture import Architecture, DTYPE_BYTES, PlanError, architecture_for, official_config
+from ..architecture import Architecture, DTYPE_BYTES, PlanError, architecture_for, official_config
+from .media import vision_flops
+from .plan import GPU_DEFAULT_BATCHED_TOKENS, Plan, gib, make_plan
+from .speed import decode_bound
 from .weights import (
     RUNTIME_OVERHEAD_BYTES,
     activation_bytes,
@@ -32,9 +35,6 @@ from .weights import (
     vision_params,
     weight_bytes,
 )
-from .media import vision_flops
-from .speed import decode_bound
-from .plan import GPU_DEFAULT_BATCHED_TOKENS, Plan, gib, make_plan
 from .workload import Workload, parse_size
 
 __all__ = [

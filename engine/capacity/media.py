@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..architecture import Architecture
 from ..vision import PATCH, VISION_EXTRA_TOKENS, temporal_patches, video_frames
-from .architecture import Architecture
 from .weights import vision_params
 from .workload import Workload
 

@@ -6,9 +6,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..architecture import Architecture, DTYPE_BYTES
 from ..devices import Device
 from ..vision import image_tokens
-from .architecture import Architecture, DTYPE_BYTES
 from .media import vision_flops, workload_videos
 from .speed import decode_bound
 from .weights import (RUNTIME_OVERHEAD_BYTES, activation_bytes, decode_read_bytes,

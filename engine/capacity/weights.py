@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .architecture import Architecture
+from ..architecture import Architecture
 
 
 def _linear(arch: Architecture, n_in: int, n_out: int, dtype_bytes: int, bias: bool,

@@ -225,7 +225,7 @@ def check_fields(body: Any) -> None:
 def _vocab_size(cfg: ServingConfig) -> int:
     """The served checkpoint's embedding rows; the smallest Qwen2-VL's where it cannot be read
     (a hub id not downloaded here), which refuses no id any release accepts."""
-    from engine.capacity import PlanError, architecture_for
+    from engine.architecture import PlanError, architecture_for
 
     try:
         return architecture_for(cfg)[0].vocab_size

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint import stored_dtype
-from ..releases import OFFICIAL_RELEASE, OFFICIAL_TEXT, OFFICIAL_VISION
+from .checkpoint import stored_dtype
+from .releases import OFFICIAL_RELEASE, OFFICIAL_TEXT, OFFICIAL_VISION
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1,
@@ -97,8 +97,8 @@ class Architecture:
 def architecture_for(cfg) -> tuple[Architecture, str]:
     """The architecture of a config's checkpoint and where it was read: the embedded model's
     spec, a local checkpoint, the Hugging Face cache, or an official release's known config."""
-    from ..checkpoint import read_config
-    from ..embedded_model import hf_config, is_embedded, spec_for
+    from .checkpoint import read_config
+    from .embedded_model import hf_config, is_embedded, spec_for
 
     src = cfg.model.source
     if is_embedded(src):
