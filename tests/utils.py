@@ -307,9 +307,14 @@ class Stack:
 # them one after another, so one start serves them all): name -> (overrides, environment).
 SHARED_STACKS = {
     # The serve module's and the load scenarios' running stack: a long drain timeout (the drain
-    # test stops it while a long stream runs) and Ray's metrics exported every second (its
-    # default is 10 s), so a counter read settles within seconds.
-    "serve": ({"deployment": {"drain_timeout_s": 300}}, {"RAY_metrics_report_interval_ms": "1000"}),
+    # test stops it while a request runs) and Ray's metrics exported every second (its default
+    # is 10 s), so a counter read settles within seconds. The drain test holds its request in
+    # the front door on an image URL its own server answers late: plain http from 127.0.0.2,
+    # with a fetch deadline longer than a stop takes to begin.
+    "serve": ({"deployment": {"drain_timeout_s": 300},
+               "limits": {"url": {"schemes": ["https", "http", "data"],
+                                  "allowed_networks": ["127.0.0.2/32"], "fetch_timeout_s": 300}}},
+              {"RAY_metrics_report_interval_ms": "1000"}),
 }
 
 
@@ -373,8 +378,8 @@ class Reusable:
 
 
 class MediaServer:
-    """A real HTTP server for media URLs: files, redirects (slow ones too), slow, dripping and
-    endless responses."""
+    """A real HTTP server for media URLs: files, redirects (slow ones too), slow, dripping,
+    endless and held responses."""
 
     def __init__(self, host: str, files: dict[str, bytes], tls=None):
         """``tls``: an ``ssl.SSLContext`` to serve HTTPS with (``tls_context``)."""
@@ -384,6 +389,8 @@ class MediaServer:
 
         self.files = files
         self.redirects: dict[str, str] = {}
+        # /held/<file>: ``held`` is set when the request arrives, the answer waits for ``release``
+        self.held, self.release = threading.Event(), threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -403,6 +410,14 @@ class MediaServer:
                     _, _, secs, name = self.path.split("/", 3)
                     time.sleep(float(secs))
                     body = outer.files.get("/" + name, b"")
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.path.startswith("/held/"):  # /held/<file>: answers once released
+                    outer.held.set()
+                    outer.release.wait(600)
+                    body = outer.files.get(self.path[len("/held"):], b"")
                     self.send_response(200 if body else 404)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()

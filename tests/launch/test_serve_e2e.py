@@ -24,10 +24,12 @@ from tests.utils import (
     CONFIGS,
     ROOT,
     SHARED_STACKS,
+    MediaServer,
     frames_part,
     image_data_part,
     image_from_data_url,
     image_part,
+    png,
     png_url,
     request,
     run_cli,
@@ -615,34 +617,30 @@ def test_prompt_with_tools_equals_transformers_rendering(server, tokenizer):
 
 @pytest.mark.shares_stack("serve", ends=True)
 def test_stop_drains_running_stream(stacks):
-    """`qwen-vl stop` while a stream runs: new requests get 503 `draining` with Retry-After at
-    once, the stream ends with all its tokens, then the cluster is gone. It ends the module's
-    stack; a test after it gets a new one."""
+    """`qwen-vl stop` while a request runs: new requests get 503 `draining` with Retry-After at
+    once, the running one ends with all its tokens, then the cluster is gone. It ends the
+    module's stack; a test after it gets a new one."""
     if external():
         pytest.skip("external server")
     server = stacks.take(OVERRIDES, ENV)
     from launch.cluster.local_cluster import cluster_processes, read_state
 
-    # A stream that outlasts the stop's start (a Python process that joins the cluster and
-    # sets the drain): the stop's own count proves it was running when the drain began. The
-    # client reads its first event, then nothing until a new request is refused. The socket
-    # buffers on the way take in the whole of a 1500-token stream, so a paused client holds
-    # nothing and the stream's own length must outlast the stop's start, which on two cores
-    # beside a decoding engine takes about as long as 1500 tokens of the tiny model on an
-    # AVX-512 core: nearly the whole context (max_model_len 4096) instead.
-    n = 4000
-    body = chat_body([{"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
+    # The request is admitted (counted as held) and then waits in the front door for its
+    # image, which the test's own server answers only once the drain has refused a new
+    # request: it is running when the drain begins, however long the stop takes to begin (a
+    # Python process that joins the cluster, on two cores beside a busy replica). The stop's
+    # own count proves it; the stream then runs to its last token while the drain waits.
+    host = MediaServer("127.0.0.2", {"/cat.png": png(64, 64)})
+    n = 1500
+    body = chat_body([{"type": "image_url", "image_url": {"url": host.url + "/held/cat.png"}},
+                      {"type": "text", "text": "Count."}], max_tokens=n, ignore_eos=True,
                      stream=True, stream_options={"include_usage": True})
-    started, resume, events = threading.Event(), threading.Event(), []
-
-    def on_event(_):
-        started.set()
-        resume.wait(240)
+    events = []
 
     def read_stream():
         try:
             events.extend(stream_events(server["base"], "/v1/chat/completions", body,
-                                        timeout=300, on_event=on_event))
+                                        timeout=600))
         except Exception as err:  # judged below
             events.append(f"EXCEPTION {err!r}")
 
@@ -651,38 +649,37 @@ def test_stop_drains_running_stream(stacks):
     t.start()
     stop = None
     try:
-        assert started.wait(120), "the stream did not start"
+        assert host.held.wait(120), "the request did not reach the front door's image fetch"
         t0 = time.monotonic()
         stop = subprocess.Popen([sys.executable, "-m", "launch.cli", "stop"], cwd=ROOT,
                                 env={**os.environ, **server["env"]}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         refused = None
         deadline = time.monotonic() + 180
-        hi = chat_body([{"type": "text", "text": "Hi"}])
-        while refused is None and time.monotonic() < deadline and t.is_alive():
-            try:
-                r = request(server["base"], "/v1/chat/completions", hi, timeout=60)
-            except OSError as e:  # the stop got past the drain: recorded as such
-                refused = repr(e)
-                continue
-            if r[0] != 200:
+        while refused is None and time.monotonic() < deadline:
+            code, answer = request(server["base"], "/health", timeout=30)
+            if code == 503 and (answer or {}).get("error", {}).get("message") == "draining":
+                r = request(server["base"], "/v1/chat/completions",
+                            chat_body([{"type": "text", "text": "Hi"}]), timeout=60)
                 refused = (r[0], r[1]["error"]["code"], r.headers["Retry-After"])
-                print(f"refused {time.monotonic() - t0:.1f} s after the stream started")
-            time.sleep(0.2)
-        resume.set()  # the drain was seen (or never will be): read the rest of the stream
+                print(f"refused {time.monotonic() - t0:.1f} s after the stop began")
+            else:
+                time.sleep(0.2)
+        host.release.set()  # the drain was seen (or never will be): the request goes on
         t.join(timeout=300)
-        print(f"stream ended {time.monotonic() - t0:.1f} s after it started")
+        print(f"stream ended {time.monotonic() - t0:.1f} s after the stop began")
         out, _ = stop.communicate(timeout=300)
     finally:
-        resume.set()
+        host.release.set()
         if stop is not None and stop.poll() is None:
             stop.kill()
         t.join(timeout=60)
+        host.close()
         if cluster_processes(state):  # a failed stop: leave nothing behind for later tests
             run_cli("stop", env=server["env"], timeout=300)
     retry = str(server["cfg"].deployment.retry_after_s)
     assert refused == (503, "draining", retry), refused
-    assert stream_usage(events)["completion_tokens"] == n, events[-2]
-    assert "draining: 1 requests still running" in out, out  # the stream, held by the drain
+    assert stream_usage(events)["completion_tokens"] == n, events[-2:]
+    assert "draining: 1 requests still running" in out, out  # the request, held by the drain
     assert stop.returncode == 0 and "stopped" in out, out
     assert cluster_processes(state) == [], "processes left after stop"
