@@ -23,6 +23,11 @@ def temporal_patches(frames: int) -> int:
     return -(-frames // TEMPORAL_PATCH)
 
 
+def pad_tokens(height: int, width: int) -> int:
+    """Pad tokens of one image, or of one temporal patch of video, at a resized size."""
+    return (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
+
+
 @dataclass(frozen=True)
 class VideoBudget:
     """How a video file becomes frames (``launch.api.video`` applies it): ``fps`` frames per second
@@ -42,7 +47,6 @@ class VideoBudget:
         return self.max_tokens * TOKEN_PIXELS
 
 
-
 @dataclass(frozen=True)
 class VideoFrames:
     """What a video file becomes: ``frames`` frames of ``height`` x ``width``."""
@@ -56,8 +60,7 @@ class VideoFrames:
     @property
     def tokens(self) -> int:
         """Video pad tokens: two frames make one temporal patch."""
-        return (temporal_patches(self.frames) * (self.height // PATCH_FACTOR)
-                * (self.width // PATCH_FACTOR))
+        return temporal_patches(self.frames) * pad_tokens(self.height, self.width)
 
 
 def video_frames(total_frames: int, fps: float, height: int, width: int, budget: VideoBudget, *,
@@ -92,6 +95,6 @@ def image_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> d
 
     h, w = smart_resize(height, width, factor=PATCH_FACTOR, min_pixels=min_pixels,
                         max_pixels=max_pixels)
-    pads = (h // PATCH_FACTOR) * (w // PATCH_FACTOR)
+    pads = pad_tokens(h, w)
     return {"resized_height": h, "resized_width": w, "image_tokens": pads,
             "prompt_tokens": pads + VISION_EXTRA_TOKENS, "patches": pads * MERGE * MERGE}

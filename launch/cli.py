@@ -24,10 +24,10 @@ from engine.config import ConfigError, ServerSettings, load_config
 
 from launch.cluster.connect import LaunchError, base_url, print_progress, use_token_auth
 from launch.cluster.deploy import deploy, wait_healthy
+from launch.cluster.local_cluster import ClusterError, free_port, read_state
 from launch.cluster.reason import one_line
 from launch.cluster.start import (download_checkpoint, ensure_cluster, join_cluster, needs_download,
                                   start_engine_arg_check)
-from launch.cluster.local_cluster import ClusterError, free_port, read_state
 from launch.cluster.status import status_report
 from launch.cluster.stop import abandon_start, cluster_ended, shutdown
 from .try_it import curl_example

@@ -80,8 +80,8 @@ class ApiState:
 
     async def watch(self) -> None:
         """Follow the application's drain flag (``launch.drain``); report what we hold and
-        the requests counted since the last round (``metric_records.flush_counters``); keep the replica
-        view fresh for ``/health`` (which never waits on the Serve controller)."""
+        the requests counted since the last round (``metric_records.flush_counters``); keep
+        the replica view fresh for ``/health`` (which never waits on the Serve controller)."""
         app = self.cfg.server.app_name
         while True:
             flush_counters()

@@ -24,11 +24,10 @@ def print_progress(stream=None) -> None:
     """Print the progress lines, bare, on ``stream`` (standard output): the CLIs' choice."""
     import sys
 
-    if any(getattr(h, "qwen_vl_progress", False) for h in progress_log.handlers):
+    if progress_log.handlers:  # asked already
         return
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.qwen_vl_progress = True
     progress_log.addHandler(handler)
     progress_log.setLevel(logging.INFO)
     progress_log.propagate = False

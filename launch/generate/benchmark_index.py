@@ -2,8 +2,9 @@
 class and every run, read from the front matter of each dated results file.
 
 Each results file is ``docs/benchmarks/YYYY-MM-DD-<what>.md`` and starts with YAML front matter
-naming the machine (``REQUIRED``); ``python -m launch.generate.benchmark_index`` rewrites the index,
-``tests/launch/generate/test_benchmark_index.py`` fails when a file lacks a field or the index is stale.
+naming the machine (``REQUIRED``); ``python -m launch.generate.benchmark_index`` rewrites the
+index, ``tests/launch/generate/test_benchmark_index.py`` fails when a file lacks a field or the
+index is stale.
 """
 
 from __future__ import annotations
