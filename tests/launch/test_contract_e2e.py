@@ -16,6 +16,13 @@ import threading
 import time
 
 import pytest
+# Imported while the module is collected, not inside a test: pytest rewrites schemathesis (a
+# pytest plugin) as it is imported, and its parsing must not run beside another thread's
+# (CPython 3.11's AST constructor is not thread-safe, gh-106905).
+import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401 (from_dict imports it lazily)
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests import utils
@@ -476,9 +483,6 @@ def capped(body):
 
 def test_fuzz_api_from_its_openapi_schema(server):
     """schemathesis generates requests for every route from the server's own OpenAPI schema."""
-    import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
-
     code, raw = request(server["base"], "/openapi.json")
     assert code == 200
     schema = schemathesis.openapi.from_dict(raw)
@@ -519,8 +523,6 @@ def content_parts():
     """Hypothesis strategies for what the schema cannot describe: images of odd sizes, modes
     and formats, truncated files, data URLs with wrong mime types, videos as files and frame
     lists, nested and mixed parts."""
-    from hypothesis import strategies as st
-
     @st.composite
     def image_bytes(draw):
         w = draw(st.integers(1, 300))
@@ -591,8 +593,6 @@ def content_parts():
 
 
 def test_fuzz_chat_content_parts(server):
-    from hypothesis import HealthCheck, Phase, given, settings
-
     failures: list[str] = []
     with StreamsBeside(server) as streams:
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import (call, chat, outcome, replica_lines, run_cli, stream, stop_cluster,
-                         two_healthy, wait_until)
+from tests.utils import (MediaServer, call, chat, outcome, png, replica_lines, run_cli, stream,
+                         stop_cluster, two_healthy, wait_until)
 
 pytestmark = pytest.mark.slow
 USERS = 4  # half of them stream
@@ -178,27 +178,38 @@ def test_sigterm_drains_running_stream_and_refuses_new_requests(two_nodes):
     """SIGTERM to the foreground `serve`: new requests get 503 `draining` with Retry-After, the
     running stream ends with all its tokens, and `serve` says it drained and stopped. It ends
     the cluster; a test after it gets a new one."""
-    cluster = two_nodes.get()
-    base = cluster["base"]
-    started = threading.Event()
-    result = {}
-    t = threading.Thread(target=lambda: result.update(stream(base, 600, started)))
-    t.start()
-    assert started.wait(120)
     cluster = two_nodes.take()
+    base = cluster["base"]
+    # The request is admitted (counted as held) and then waits in the front door for its
+    # image, which the test's own server answers only once the drain has refused a new
+    # request: it is running when the drain begins, however long `serve` takes to begin it on
+    # two cores beside a busy replica. The drain's own count proves it.
+    host = MediaServer("127.0.0.2", {"/cat.png": png(64, 64)})
+    n = 600
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        stream(base, n, image_url=host.url + "/held/cat.png")))
+    t.start()
     try:
+        assert host.held.wait(120), "the request did not reach the front door's image fetch"
         cluster["serve"].send_signal(signal.SIGTERM)
+
         def refusal():
             code, body, headers = call(base, chat(max_tokens=4), timeout=30)
             return code == 503 and (body["error"]["code"], headers.get("Retry-After"))
 
-        refused = wait_until(refusal, 30, interval=0.3, what="a refusal while draining")
+        refused = wait_until(refusal, 180, interval=0.3, what="a refusal while draining")
+        host.release.set()  # the drain was seen: the request goes on
         t.join(timeout=600)
         assert refused == ("draining", "3"), refused
-        assert outcome(result, 600) == "ok", result.get("exception") or result["events"][-3:]
+        assert outcome(result, n) == "ok", result.get("exception") or result["events"][-3:]
         assert cluster["serve"].wait(timeout=300) == 0
     finally:
+        host.release.set()
+        t.join(timeout=60)
+        host.close()
         stop_cluster(cluster)
     log = (cluster["tmp"] / "serve.log").read_text()
-    # The drain reports what it waits for as soon as every replica has answered: this stream.
-    assert "stopped (" in log[log.index("draining: 1 requests still running"):], log[-2000:]
+    # The drain reports what it waits for as soon as every replica has answered: this request.
+    held = log.find("draining: 1 requests still running")
+    assert held >= 0 and "stopped (" in log[held:], log[-2000:]
