@@ -24,13 +24,15 @@ On CPU the KV memory is ``engine.cpu_kv_cache_gib`` exactly.
 """
 
 from ..architecture import Architecture, DTYPE_BYTES, PlanError, architecture_for, official_config
+from .kv_cache import GPU_DEFAULT_BATCHED_TOKENS
 from .media import vision_flops
-from .plan import GPU_DEFAULT_BATCHED_TOKENS, Plan, gib, make_plan
+from .plan import Plan, make_plan
 from .speed import decode_bound
 from .weights import (
     RUNTIME_OVERHEAD_BYTES,
     activation_bytes,
     decode_read_bytes,
+    gib,
     language_weight_bytes,
     vision_params,
     weight_bytes,

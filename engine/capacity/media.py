@@ -1,12 +1,13 @@
-"""What images and videos cost the vision encoder: FLOPs per image, and each video of a
-workload as the front door would sample it."""
+"""What images and videos cost: the vision encoder's FLOPs per image, each image and video of a
+workload in tokens as the front door counts them (videos as it samples them)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..architecture import Architecture
-from ..vision import PATCH, VISION_EXTRA_TOKENS, temporal_patches, video_frames
+from ..vision import PATCH, VISION_EXTRA_TOKENS, image_tokens, temporal_patches, video_frames
 from .weights import vision_params
 from .workload import Workload
 
@@ -49,3 +50,27 @@ def workload_videos(cfg, arch: Architecture, workload: Workload,
              "resized_height": vp.height, "video_tokens": vp.tokens,
              "prompt_tokens": vp.tokens + VISION_EXTRA_TOKENS,
              "budget_tokens": budget.max_tokens, "vision_gflops": flops / 1e9}, flops)
+
+
+def workload_images(cfg, arch: Architecture, workload: Workload,
+                    warnings: list[str]) -> tuple[dict[str, Any], float]:
+    """Each image of the workload (tokens, as the front door counts them) and the largest
+    the config admits, and the vision encoder's FLOPs for one image of the workload."""
+    e, mm = cfg.engine, cfg.multimodal
+    w, h = workload.image_size
+    per_image = image_tokens(h, w, mm.min_pixels, mm.max_pixels)
+    side = int(math.isqrt(mm.max_pixels))
+    largest = image_tokens(side, side, mm.min_pixels, mm.max_pixels)["prompt_tokens"]
+    if mm.max_images_per_prompt * largest > e.max_model_len:
+        warnings.append(
+            f"multimodal.max_images_per_prompt ({mm.max_images_per_prompt}) x up to "
+            f"{largest} tokens per image (max_pixels {mm.max_pixels}) = "
+            f"{mm.max_images_per_prompt * largest} > engine.max_model_len {e.max_model_len}: "
+            "such prompts cannot be served (and vLLM may refuse to start); lower max_pixels or "
+            "the image count")
+    if workload.images > mm.max_images_per_prompt:
+        warnings.append(f"the workload sends {workload.images} images per request, more than "
+                        f"multimodal.max_images_per_prompt {mm.max_images_per_prompt}: refused")
+    flops = vision_flops(arch, per_image["patches"])
+    return ({"size": f"{w}x{h}", **per_image, "vision_gflops": flops / 1e9,
+             "largest_prompt_tokens": largest}, flops)

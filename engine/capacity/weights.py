@@ -80,3 +80,7 @@ def activation_bytes(arch: Architecture, batched_tokens: int, max_num_seqs: int,
 
 # Non-torch memory on a GPU (CUDA context, cuBLAS/NCCL workspaces) and CUDA graphs; an estimate.
 RUNTIME_OVERHEAD_BYTES = {"graphs": 3 << 29, "eager": 1 << 29}  # 1.5 GiB, 0.5 GiB
+
+
+def gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
