@@ -97,7 +97,6 @@ class Architecture:
 def architecture_for(cfg) -> tuple[Architecture, str]:
     """The architecture of a config's checkpoint and where it was read: the embedded model's
     spec, a local checkpoint, the Hugging Face cache, or an official release's known config."""
-    from .checkpoint import read_config
     from .embedded_model import hf_config, is_embedded, spec_for
 
     src = cfg.model.source
@@ -108,7 +107,7 @@ def architecture_for(cfg) -> tuple[Architecture, str]:
         if spec.quant is not None:
             data["quantization_config"] = spec.quant.quantization_config()
         return Architecture.from_config(data), f"embedded model {name}"
-    data, origin = read_config(src, cfg.model.revision)
+    data, origin = cfg.checkpoint_config()
     if data is None:
         data, origin = official_config(src), f"{src} (the official release's config, built in)"
     if data is None:

@@ -65,10 +65,12 @@ def _probe(config_path: str) -> dict:
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
 
+    from .checkpoint_fit import check_checkpoint
     from .config import load_config
     from .vllm_args import engine_kwargs
 
     cfg = load_config(config_path)
+    check_checkpoint(cfg)
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     llm = LLM(**{k: v for k, v in engine_kwargs(cfg).items() if k in fields})
     return {"weights_bytes": llm.collective_rpc(weights_in_worker)[0]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from engine.checkpoint import read_config
+from engine.checkpoint_fit import check_checkpoint
 from engine.config import ServingConfig, parse_config
 from engine.vllm_args import engine_kwargs
 
@@ -114,8 +114,11 @@ def llm_config_dict(cfg: ServingConfig, model_path: str | None = None) -> dict[s
 
 
 def build_app(cfg: ServingConfig):
-    """The Ray Serve application: one deployment of engine replicas, each serving the API."""
+    """The Ray Serve application: one deployment of engine replicas, each serving the API.
+    A checkpoint that cannot run as configured fails the deploy here, with the key named."""
     from engine import process_hooks
+
+    check_checkpoint(cfg)
 
     process_hooks.install()
     from ray import serve
@@ -136,7 +139,7 @@ def build_app(cfg: ServingConfig):
 
 def _checkpoint_info(cfg: ServingConfig) -> SimpleNamespace:
     """What Ray reads from a checkpoint's config: a vision config and the architecture."""
-    ckpt, _ = read_config(cfg.model.source, cfg.model.revision)
+    ckpt, _ = cfg.checkpoint_config()
     archs = (ckpt or {}).get("architectures") or [QWEN2_VL_ARCHITECTURE]
     return SimpleNamespace(vision_config=True, architectures=archs)
 

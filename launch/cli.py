@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+from engine.checkpoint_fit import check_checkpoint
 from engine.config import ConfigError, ServerSettings, load_config
 
 from launch.cluster.connect import LaunchError, base_url, print_progress, use_token_auth
@@ -49,6 +50,7 @@ def cmd_serve(args) -> int:
     # SIGTERM while starting unwinds like Ctrl-C: what was started is stopped again.
     signal.signal(signal.SIGTERM, _interrupt)
     cfg = load_config(args.config)
+    check_checkpoint(cfg)  # before the Ray head starts; the application's builder checks again
     _say(f"model {cfg.model.served_name} from {cfg.model.source}")
     model_path = cfg.model_path()  # builds the embedded model on first use
     engine_args_ok = start_engine_arg_check(cfg, model_path)  # while the Ray head starts

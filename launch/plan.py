@@ -144,9 +144,11 @@ def format_plan(plan: dict) -> str:
 
 
 def run(args) -> str:
+    from engine.checkpoint_fit import check_checkpoint
     from engine.config import load_config
 
     cfg = load_config(args.config)
+    check_checkpoint(cfg)
     plan = plan_for(cfg, args.device, workload_from(args), args.bandwidth_gbs).to_dict()
     text = format_plan(plan)
     if args.check:

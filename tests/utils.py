@@ -53,6 +53,23 @@ def config_with(**sections) -> dict:
         data.setdefault(section, {}).update(values)
     return data
 
+
+AWQ_QUANT_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}
+
+
+def local_checkpoint(path: Path, quantization_config: dict | None = None,
+                     hidden: int = 256) -> str:
+    """A checkpoint directory holding only a ``config.json`` (what the checks read): a small
+    language model's sizes, quantized as ``quantization_config`` says. Returns its path."""
+    cfg: dict = {"text_config": {"hidden_size": hidden, "intermediate_size": 512,
+                                 "num_attention_heads": 2, "num_key_value_heads": 1}}
+    if quantization_config:
+        cfg["quantization_config"] = quantization_config
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
 def request(base: str, path: str = "", body: Any = None, *, raw: bytes | None = None,
             key: str | None = None, headers: dict | None = None, method: str | None = None,
             content_type: str = "application/json", timeout: float = 120) -> Reply:

@@ -20,7 +20,7 @@ from .server import (
     ServerSettings,
 )
 from .alerts import AlertSettings
-from .serving import CPU_BLOCK_MULTIPLE, CPU_QUANT_BITS, CPU_QUANT_MULTIPLE, ServingConfig
+from .serving import CPU_BLOCK_MULTIPLE, ServingConfig
 from .load import load_config, parse_config
 
 __all__ = [
@@ -28,8 +28,6 @@ __all__ = [
     "AlertSettings",
     "Autoscaling",
     "CPU_BLOCK_MULTIPLE",
-    "CPU_QUANT_BITS",
-    "CPU_QUANT_MULTIPLE",
     "ConfigError",
     "DEREGISTRATION_ENV",
     "DeploymentSettings",

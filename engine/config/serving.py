@@ -1,5 +1,5 @@
 """The whole config, ``ServingConfig``: its sections and the checks across them (device,
-quantization on CPU, output length)."""
+output length). Checks that read the checkpoint are ``engine.checkpoint_fit``'s."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from ..checkpoint import CheckpointQuant, is_local_path, linear_sizes, quantization_of, read_config
+from ..checkpoint import CheckpointQuant, is_local_path, quantization_of, read_config
 from ..cpu_features import native_bf16
 from ..embedded_model import EMBEDDED_PREFIX, SPECS, ensure_checkpoint, is_embedded
 from ..vision import TOKEN_PIXELS, VideoBudget
@@ -25,8 +25,6 @@ from .tools import ToolsSettings
 
 
 CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention: "No common block size ... MultipleOf(32)"
-CPU_QUANT_BITS = 4  # vLLM's CPUWNA16 kernel: 4-bit GPTQ (uint4b8) and AWQ (uint4) only
-CPU_QUANT_MULTIPLE = 32  # ... and input/output sizes that are multiples of 32
 
 
 class ServingConfig(_Strict):
@@ -43,8 +41,9 @@ class ServingConfig(_Strict):
     tools: ToolsSettings = Field(ToolsSettings(), description="Function calling: tool_choice "
                                  "'auto', the tool-call parser, the chat template.")
     alerts: AlertSettings = Field(AlertSettings(), description="Alert-rule thresholds (SLOs).")
-    # The checkpoint's quantization as the validator read it (``quantization_of``), once.
-    _checkpoint_quant: CheckpointQuant | None | str = PrivateAttr("unknown")
+    # The checkpoint's config.json, read on first need (``checkpoint_config``): the validators
+    # compare fields only, so a replica that rebuilds the config from its args reads nothing.
+    _checkpoint: tuple[dict | None, str] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _max_tokens_fit(self):
@@ -71,35 +70,17 @@ class ServingConfig(_Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _quantization_runs_here(self):
-        q = self.model.quantization
-        ckpt_cfg, origin = read_config(self.model.source, self.model.revision)  # once
-        found = quantization_of(self.model.source, ckpt_cfg, origin)
-        self._checkpoint_quant = found
-        if found == "unknown":
-            return self  # a hub id not cached: vLLM reads it (and says what fails)
-        src = self.model.source
-        if q == "none" and found is not None:
-            raise ValueError(f"model.quantization: none, but {found.origin} is {found.label}-"
-                             "quantized; set it to auto (or to its method)")
-        if q in ("gptq", "awq") and found is None:
-            raise ValueError(f"model.quantization: {q}, but {src} has no quantization_config "
-                             "(an unquantized checkpoint); use auto or none, or a "
-                             f"{q.upper()} checkpoint")
-        if q in ("gptq", "awq") and found.method != q:
-            raise ValueError(f"model.quantization: {q}, but {found.origin} is {found.label}; "
-                             "set it to auto")
-        if found is None:
-            return self
-        if self.engine_dtype() == "float32":
-            raise ValueError(f"model.dtype: float32 is not supported with {found.label} (vLLM's "
-                             "GPTQ/AWQ kernels take float16/bfloat16 activations); use bfloat16")
-        if self.deployment.device == "cpu":
-            _check_cpu_quantization(found, linear_sizes(ckpt_cfg))
-        return self
-
     # ---- derived views -------------------------------------------------------------------
+    def checkpoint_config(self) -> tuple[dict | None, str]:
+        """``(the checkpoint's config.json or None, where it came from)``, read once."""
+        if self._checkpoint is None:
+            self._checkpoint = read_config(self.model.source, self.model.revision)
+        return self._checkpoint
+
+    def checkpoint_quantization(self) -> CheckpointQuant | None | str:
+        """The checkpoint's quantization (``engine.checkpoint.quantization_of``)."""
+        return quantization_of(self.model.source, *self.checkpoint_config())
+
     def model_path(self) -> str:
         """Where the engine loads the checkpoint from (builds the embedded model if needed)."""
         src = self.model.source
@@ -139,7 +120,7 @@ class ServingConfig(_Strict):
         """Whether the checkpoint is GPTQ/AWQ-quantized; None: unknown (a hub id not cached)."""
         if self.model.quantization in ("gptq", "awq"):
             return True
-        found = self._checkpoint_quant
+        found = self.checkpoint_quantization()
         return None if found == "unknown" else found is not None
 
     def video_budget(self) -> VideoBudget:
@@ -160,20 +141,3 @@ class ServingConfig(_Strict):
         mm = self.multimodal
         return {"min_pixels": mm.min_pixels, "max_pixels": mm.max_pixels}
 
-
-def _check_cpu_quantization(found: CheckpointQuant, sizes: dict[str, int] | None) -> None:
-    if found.method not in ("gptq", "awq"):
-        return  # other methods: vLLM decides
-    if found.bits != CPU_QUANT_BITS:
-        raise ValueError(
-            f"model.source: {found.origin} is {found.label}, which cannot be served on CPU: "
-            f"vLLM's CPU kernel (CPUWNA16) runs {CPU_QUANT_BITS}-bit GPTQ and AWQ only, and 8-bit "
-            "GPTQ has no CPU kernel. Use the GPTQ-Int4 or AWQ checkpoint on CPU, or serve this "
-            "one on a GPU (deployment.device: gpu)")
-    if found.group_size not in (None, -1) and found.group_size % 2:
-        raise ValueError(f"model.source: {found.origin} has group_size {found.group_size}; "
-                         "vLLM's CPU kernel needs an even group size")
-    odd = {k: v for k, v in (sizes or {}).items() if v % CPU_QUANT_MULTIPLE}
-    if odd:
-        raise ValueError(f"model.source: {found.origin} has linear sizes {odd} that vLLM's CPU "
-                         f"4-bit kernel cannot run (multiples of {CPU_QUANT_MULTIPLE} only)")

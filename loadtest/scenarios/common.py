@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.checkpoint_fit import check_checkpoint
 from engine.config import RAY_FAST_PATH_ENV, ConfigError, ServingConfig, parse_config
 from engine.embedded_model import EMBEDDED_PREFIX, is_embedded
 
@@ -91,9 +92,12 @@ def hf_dtype(cfg: ServingConfig) -> str:
 
 
 def check(data: dict, origin: str) -> tuple[ServingConfig | None, str | None]:
-    """The project's own validation: (config, None), or (None, why it cannot run here)."""
+    """The project's own validation, the config's and the deploy step's checkpoint check:
+    (config, None), or (None, why it cannot run here)."""
     try:
-        return parse_config(data, origin), None
+        cfg = parse_config(data, origin)
+        check_checkpoint(cfg)
+        return cfg, None
     except ConfigError as err:
         return None, str(err).strip().removeprefix(f"invalid config {origin}:").strip()
 

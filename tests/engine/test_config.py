@@ -1,11 +1,11 @@
-"""The typed config: loading, every key checked and named, the checks across sections and
-against the checkpoint, the dtype chosen for the engine."""
+"""The typed config: loading, every key checked and named, the checks across sections, the
+dtype chosen for the engine. Checks against the checkpoint: ``test_checkpoint_fit.py``."""
 
 import pytest
 
 from engine.config import ConfigError, load_config, parse_config
 from engine.vllm_args import engine_kwargs
-from tests.utils import CONFIGS, config_with
+from tests.utils import AWQ_QUANT_CONFIG, CONFIGS, config_with, local_checkpoint
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -105,15 +105,6 @@ def _model(source, **kw):
     return {"source": source, "served_name": "m", **kw}
 
 
-def test_gptq_int8_on_cpu_fails_at_config_load():
-    assert load_config(CONFIGS / "embedded-gptq-int8.yaml").deployment.device == "gpu"
-    with pytest.raises(ConfigError) as err:
-        parse_config(config_with(model=_model("embedded:qwen2-vl-tiny-gptq-int8")))
-    msg = str(err.value)
-    assert "GPTQ-Int8" in msg and "no CPU kernel" in msg and "device: gpu" in msg
-    assert "GPTQ-Int4 or AWQ" in msg
-
-
 @pytest.mark.parametrize("variant", ["gptq-int4", "awq"])
 def test_four_bit_variants_run_on_cpu_in_bfloat16(variant):
     cfg = parse_config(config_with(model=_model(f"embedded:qwen2-vl-tiny-{variant}")))
@@ -130,80 +121,6 @@ def test_one_line_switches_the_default_config(tmp_path):
                                      f"source: embedded:qwen2-vl-tiny-{variant}\n"))
         assert load_config(path).engine_dtype() == "bfloat16"
     assert load_config(CONFIGS / "default.yaml").engine_dtype() == "float32"
-
-
-def test_official_release_names_are_recognised_when_not_cached():
-    with pytest.raises(ConfigError, match="official release name.*GPTQ-Int8"):
-        parse_config(config_with(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8")))
-    for source in ("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int4", "Qwen/Qwen2-VL-7B-Instruct-AWQ"):
-        parse_config(config_with(model=_model(source, dtype="bfloat16")))
-    parse_config(config_with(model=_model("Qwen/Qwen2-VL-2B-Instruct-GPTQ-Int8"),
-                       deployment={"device": "gpu"}))
-
-
-def test_hub_cache_config_is_read(tmp_path, monkeypatch):
-    """A cached hub checkpoint's own quantization_config decides, whatever its name."""
-    import json
-
-    import huggingface_hub.constants as hub
-
-    repo = tmp_path / "models--acme--vl-small"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("abc123")
-    snap = repo / "snapshots" / "abc123"
-    snap.mkdir(parents=True)
-    (snap / "config.json").write_text(json.dumps(
-        {"text_config": {"hidden_size": 256, "intermediate_size": 512,
-                         "num_attention_heads": 2, "num_key_value_heads": 1},
-         "quantization_config": {"quant_method": "gptq", "bits": 8, "group_size": 128}}))
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"acme/vl-small \(local Hugging Face cache\) is GPTQ-Int8"):
-        parse_config(config_with(model=_model("acme/vl-small")))
-
-
-def _local_checkpoint(tmp_path, qc=None, hidden=256):
-    import json
-
-    cfg = {"text_config": {"hidden_size": hidden, "intermediate_size": 512,
-                           "num_attention_heads": 2, "num_key_value_heads": 1}}
-    if qc:
-        cfg["quantization_config"] = qc
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return str(tmp_path)
-
-
-AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}
-
-
-def test_declared_method_must_match_the_checkpoint(tmp_path):
-    path = _local_checkpoint(tmp_path, AWQ)
-    with pytest.raises(ConfigError, match="quantization: gptq, but .* is AWQ 4-bit; set it to auto"):
-        parse_config(config_with(model=_model(path, quantization="gptq", dtype="bfloat16")))
-    with pytest.raises(ConfigError, match="quantization: none, but .* is AWQ 4-bit-quantized"):
-        parse_config(config_with(model=_model(path, quantization="none", dtype="bfloat16")))
-    cfg = parse_config(config_with(model=_model(path, quantization="awq", dtype="bfloat16")))
-    assert engine_kwargs(cfg, model_path=path)["quantization"] == "awq"
-
-
-def test_declared_method_on_unquantized_checkpoint(tmp_path):
-    path = _local_checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match="quantization: awq, but .* has no quantization_config"):
-        parse_config(config_with(model=_model(path, quantization="awq")))
-
-
-def test_float32_with_quantized_checkpoint_is_refused(tmp_path):
-    path = _local_checkpoint(tmp_path, AWQ)
-    with pytest.raises(ConfigError, match="float32 is not supported with AWQ.*use bfloat16"):
-        parse_config(config_with(model=_model(path, dtype="float32")))
-
-
-def test_cpu_kernel_size_limits(tmp_path):
-    path = _local_checkpoint(tmp_path, AWQ, hidden=200)
-    with pytest.raises(ConfigError, match=r"linear sizes .*hidden_size.: 200.*multiples of 32"):
-        parse_config(config_with(model=_model(path, dtype="bfloat16")))
-    odd_group = _local_checkpoint(tmp_path, {**AWQ, "group_size": 33})
-    with pytest.raises(ConfigError, match="group_size 33.*even group size"):
-        parse_config(config_with(model=_model(odd_group, dtype="bfloat16")))
 
 
 def test_kernel_names_are_not_config_values():
@@ -223,11 +140,9 @@ def test_auto_dtype_is_float32_for_unquantized_checkpoints_on_a_cpu_without_bf16
         return parse_config(config_with(model=_model(source), **kw)).engine_dtype()
 
     assert dtype("embedded:qwen2-vl-2b-random") == ("bfloat16" if native else "float32")
-    (tmp_path / "plain").mkdir()
-    assert dtype(_local_checkpoint(tmp_path / "plain")) == ("auto" if native else "float32")
+    assert dtype(local_checkpoint(tmp_path / "plain")) == ("auto" if native else "float32")
     # GPTQ/AWQ keep 16-bit activations; GPUs and checkpoints we cannot read keep vLLM's choice.
-    (tmp_path / "awq").mkdir()
-    assert dtype(_local_checkpoint(tmp_path / "awq", AWQ)) == "auto"
+    assert dtype(local_checkpoint(tmp_path / "awq", AWQ_QUANT_CONFIG)) == "auto"
     assert dtype("embedded:qwen2-vl-2b-random-awq") == "bfloat16"
     assert dtype("embedded:qwen2-vl-2b-random", deployment={"device": "gpu"}) == "bfloat16"
     assert dtype("acme/not-in-the-cache") == "auto"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine.config import load_config, parse_config
-from launch.app import build_app, deployment_config, llm_config_dict
-from tests.utils import CONFIGS
+from engine.config import ConfigError, load_config, parse_config
+from launch.app import build_app, build_from_args, deployment_config, llm_config_dict
+from tests.utils import CONFIGS, config_with
 
 
 def test_cpu_llm_config():
@@ -30,9 +30,8 @@ def test_resilience_settings_reach_ray_serve_deployments():
     on the one deployment."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "deployment": {"max_ongoing_requests": 5, "max_queued_requests": 7,
-                                       "health_check_period_s": 3, "drain_timeout_s": 42}})
+    cfg = parse_config(config_with(deployment={"max_ongoing_requests": 5, "max_queued_requests": 7,
+                                          "health_check_period_s": 3, "drain_timeout_s": 42}))
     llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
     dc = build_llm_deployment(llm)._bound_deployment._deployment_config
     assert (dc.max_ongoing_requests, dc.max_queued_requests, dc.health_check_period_s,
@@ -56,15 +55,13 @@ def test_gpu_llm_config_takes_tp_gpus():
 def test_a_replica_asks_ray_for_its_devices(deployment, placement):
     """What Ray places per replica (Ray adds the replica actor's own CPU): a CPU replica's
     cores in one bundle, a GPU replica one GPU and a CPU per engine worker."""
-    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "deployment": deployment})
+    cfg = parse_config(config_with(deployment=deployment))
     assert llm_config_dict(cfg, model_path="/ckpt")["placement_group_config"] == placement
 
 
 def test_autoscaling_maps_to_ray_serve():
-    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 4,
-                                                       "target_ongoing_requests": 6}}})
+    cfg = parse_config(config_with(deployment={"autoscaling": {
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}}))
     dc = deployment_config(cfg)
     assert "num_replicas" not in dc
     assert dc["autoscaling_config"]["max_replicas"] == 4
@@ -104,10 +101,17 @@ def test_build_app_without_starting():
         ray.shutdown()
 
 
+def test_the_builder_refuses_a_checkpoint_that_cannot_run_here():
+    """A deploy that is not `qwen-vl serve` (the chart's RayService) runs the checkpoint check
+    in the application's builder: GPTQ-Int8 on CPU fails there, with the key named."""
+    args = config_with(model={"source": "embedded:qwen2-vl-tiny-gptq-int8"})
+    with pytest.raises(ConfigError, match="GPTQ-Int8, which cannot be served on CPU"):
+        build_from_args(args)
+
+
 def test_cpu_thread_placement_one_engine_pinned_several_not():
     def env(**deployment):
-        cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                            "deployment": deployment})
+        cfg = parse_config(config_with(deployment=deployment))
         return llm_config_dict(cfg, model_path="/ckpt")["runtime_env"]["env_vars"]
 
     one = env()  # one replica: vLLM's pinning, one core kept for its scheduler and the rest
@@ -136,7 +140,7 @@ def test_cpu_all_cores_config_is_the_default_with_no_core_kept():
 
 def test_ray_fast_paths_become_node_environment():
     """server.ray_* are Ray Serve's process-wide flags: environment for every Ray node."""
-    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}}).server
+    srv = parse_config(config_with()).server
     # The one-hop path's default; a stopping replica stays reachable 5 s for HAProxy to learn.
     # A connection that closed before any response byte is retried on another replica.
     # The controller checks each node's proxy every 2 s (Ray's default: 10 s).
@@ -144,12 +148,11 @@ def test_ray_fast_paths_become_node_environment():
                              "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
                              "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
-    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "server": {"ray_ha_proxy": False}}).server
+    srv = parse_config(config_with(server={"ray_ha_proxy": False})).server
     assert srv.ray_env() == {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2"}
-    srv = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"}, "server": {
+    srv = parse_config(config_with(server={
         "ray_throughput_optimized": True, "ray_ha_proxy": True,
-        "replica_deregistration_s": 2.5, "proxy_check_s": 0.5}}).server
+        "replica_deregistration_s": 2.5, "proxy_check_s": 0.5})).server
     assert srv.ray_env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                              "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "0.5",
                              "RAY_SERVE_ENABLE_HA_PROXY": "1",

@@ -27,6 +27,17 @@ def test_bad_config_exits_2_with_key(tmp_path):
     assert "engine.max_model_lenn: unknown key" in one_line(r.stderr)
 
 
+@pytest.mark.parametrize("command", ["serve", "plan"])
+def test_a_checkpoint_that_cannot_run_here_is_refused_before_anything_starts(tmp_path, command):
+    """GPTQ-Int8 on CPU: the checkpoint check runs once after loading, before the Ray head."""
+    run = tmp_path / "run"
+    p = write_cfg(tmp_path, model={"source": "embedded:qwen2-vl-tiny-gptq-int8"})
+    r = run_cli(command, "--config", str(p), env={"QWEN_VL_RUN_DIR": str(run)}, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "GPTQ-Int8, which cannot be served on CPU" in one_line(r.stderr)
+    assert read_state(run) is None  # no Ray head was started
+
+
 def test_missing_config_file(tmp_path):
     r = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and "cannot read config" in one_line(r.stderr)
