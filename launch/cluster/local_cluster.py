@@ -236,34 +236,40 @@ def stop_processes(state: ClusterState, grace_s: float = 10) -> None:
     # cluster, but shares its config directory with one that was, or binds the cluster's port.
     haproxy_dirs = {os.path.dirname(c) for pid, c in _haproxy_configs().items()
                     if pid in pids or (state.http_port and _binds(c, state.http_port))}
-    procs = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+    _, alive = psutil.wait_procs(_signalled(_processes(pids), "terminate"), timeout=grace_s)
+    psutil.wait_procs(_signalled(alive, "kill"), timeout=10)
     # A reload during Serve's shutdown starts one after the listing above.
-    strays = []
-    for pid in _haproxies_in(haproxy_dirs):
-        try:
-            p = psutil.Process(pid)
-            p.kill()
-            strays.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(strays, timeout=10)
+    psutil.wait_procs(_signalled(_processes(_haproxies_in(haproxy_dirs)), "kill"), timeout=10)
     left = cluster_processes(state) + _haproxies_in(haproxy_dirs)
     if left:
         raise ClusterError(f"processes of the Ray cluster survived SIGKILL: {left}")
+
+
+def _processes(pids: list[int]) -> list:
+    """The ``psutil.Process`` of each pid still running."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _signalled(procs: list, how: str) -> list:
+    """Sends each process ``how`` ("terminate": SIGTERM, "kill": SIGKILL); those it reached."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            getattr(p, how)()
+            out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 def _haproxy_configs() -> dict[int, str]:

@@ -42,8 +42,7 @@ def test_key_matches_constant_time_api():
 
 
 def door(media_dir=None):
-    return FrontDoor(parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                                   "limits": {"media_dir": media_dir}}))
+    return FrontDoor(parse_config(utils.config_with(limits={"media_dir": media_dir})))
 
 
 def test_local_files_refused_without_media_dir(tmp_path):

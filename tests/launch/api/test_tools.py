@@ -12,7 +12,7 @@ from engine.vllm_args import engine_kwargs
 from launch.api.rejections import RequestRejected
 from launch.api.request_models import ChatRequest
 from launch.api.tools import check_tools
-from tests.utils import rejected_by
+from tests.utils import config_with, rejected_by
 
 
 def tool(name="get_weather", parameters=None, **fn):
@@ -22,8 +22,7 @@ def tool(name="get_weather", parameters=None, **fn):
 
 
 def cfg(**tools):
-    return parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                         "limits": {"max_tools": 8}, "tools": tools})
+    return parse_config(config_with(limits={"max_tools": 8}, tools=tools))
 
 
 def check(tools, tool_choice=None, config=None):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from launch.cluster import scheduling
+from tests.utils import config_with
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +91,7 @@ def test_with_an_autoscaler_serve_waits_and_says_for_what(ray_cluster, monkeypat
     from launch.cluster.local_cluster import free_port
 
     monkeypatch.setattr(scheduling, "autoscaler_present", lambda: True)
-    cfg = parse_config({"model": {"source": "embedded:qwen2-vl-tiny", "served_name": "m"},
-                        "server": {"port": free_port(), "app_name": "scaled"}})
+    cfg = parse_config(config_with(server={"port": free_port(), "app_name": "scaled"}))
     g = group("SERVE_REPLICA::scaled#QwenVLServer:m#r1", [{"CPU": 1, "GPU": 1}])
     try:
         waiting_until("scaled", 1)
