@@ -64,6 +64,8 @@ def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
         "logging_config": {"enable_access_log": False},
         **drain_options(cfg),
     }
+    if d.routing.image_affinity:
+        out["request_router_config"] = request_router_config(cfg)
     if d.autoscaling is not None:
         a = d.autoscaling
         out["autoscaling_config"] = {
@@ -77,6 +79,22 @@ def deployment_config(cfg: ServingConfig) -> dict[str, Any]:
     else:
         out["num_replicas"] = d.replicas
     return out
+
+
+def request_router_config(cfg: ServingConfig) -> dict[str, Any]:
+    """Ray Serve's request router for the engine deployment: the image-affinity policy
+    (``launch.router.affinity``), which the ingress request router asks for each request, and
+    how often each replica reports the requests it holds."""
+    from launch.router.affinity import ImageAffinityRouter
+
+    r = cfg.deployment.routing
+    return {
+        "request_router_class": f"{ImageAffinityRouter.__module__}:{ImageAffinityRouter.__name__}",
+        "request_router_kwargs": {"entries": r.affinity_entries,
+                                  "max_load_gap": r.affinity_max_load_gap,
+                                  "load_report_s": r.load_report_s},
+        "request_routing_stats_period_s": r.load_report_s,
+    }
 
 
 def drain_options(cfg: ServingConfig) -> dict[str, Any]:
@@ -132,9 +150,14 @@ def build_app(cfg: ServingConfig):
     # the application needs no network (the chart's head pod, offline tests).
     llm_config.apply_checkpoint_info(
         llm_config.model_loading_config.model_source, hf_config=_checkpoint_info(cfg))
-    return build_llm_deployment(
+    app = build_llm_deployment(
         llm_config, name_prefix=ENGINE_PREFIX, deployment_cls=serve.ingress()(QwenVLServer),
         bind_kwargs={"serving_config": cfg.model_dump(mode="json")})
+    if cfg.deployment.routing.image_affinity:
+        from launch.ray_compat import with_ingress_router
+
+        app = with_ingress_router(app, llm_config)
+    return app
 
 
 def _checkpoint_info(cfg: ServingConfig) -> SimpleNamespace:

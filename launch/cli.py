@@ -117,7 +117,7 @@ def cmd_join(args) -> int:
     metrics_port = args.metrics_port or free_port()
     # Ray Serve's flags must be the same on every node: the head's config, else the defaults
     # (HAProxy on: it forwards to the replicas' own HTTP servers, this node's included).
-    env = (load_config(args.config).server if args.config else ServerSettings()).ray_env()
+    env = load_config(args.config).ray_env() if args.config else ServerSettings().ray_env()
     _say(f"joining {args.address} as a worker node ({args.num_cpus} logical CPUs)...")
     join_cluster(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                  metrics_port=metrics_port, node_ip=args.node_ip, env=env)

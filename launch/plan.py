@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--output-tokens", type=int, default=128, help="default 128")
     w.add_argument("--images", type=int, default=1, help="images per request (default 1)")
     w.add_argument("--image-size", default="1024x768", help="WIDTHxHEIGHT (default 1024x768)")
+    w.add_argument("--image-repeat", type=float, default=0.0,
+                   help="share of image requests whose image was sent before (0-1, default 0): "
+                        "the engine's caches skip those images' vision encoder and prefill on "
+                        "the replica that has them (every repeat with "
+                        "deployment.routing.image_affinity, one in N replicas without)")
     w.add_argument("--videos", type=int, default=0, help="video files per request (default 0)")
     w.add_argument("--video-seconds", type=float, default=60,
                    help="duration of each video (default 60)")
@@ -51,10 +56,13 @@ def workload_from(args) -> Workload:
     for name in ("video_seconds", "video_fps"):
         if getattr(args, name) <= 0:
             raise PlanError(f"--{name.replace('_', '-')} must be > 0")
+    if not 0 <= args.image_repeat <= 1:
+        raise PlanError(f"--image-repeat must be between 0 and 1, not {args.image_repeat:g}")
     return Workload(prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                     images=args.images, image_size=sizes["image_size"], videos=args.videos,
                     video_seconds=args.video_seconds, video_fps=args.video_fps,
-                    video_size=sizes["video_size"], requests_per_s=args.rps,
+                    video_size=sizes["video_size"], image_repeat=args.image_repeat,
+                    requests_per_s=args.rps,
                     concurrency=args.concurrency, slo_ttft_ms=args.slo_ttft_ms,
                     slo_tpot_ms=args.slo_tpot_ms)
 
@@ -129,9 +137,12 @@ def format_plan(plan: dict) -> str:
                      f"{max(ld['fit_concurrency'], 1)} (TPOT >= {sp['tpot_ms_at_fit_min']:.1f} "
                      "ms), from memory bandwidth"))
     if "prefill_ms_min" in sp:
+        cached = plan["images"].get("cached_share", 0)
         rows.append(("prefill bound", f">= {sp['prefill_ms_min']:.1f} ms per request (vision "
                      f"{sp['vision_ms_per_image_min']:.2f} ms per image) at "
-                     f"{sp['peak_tflops']:.0f} TFLOPS peak"))
+                     f"{sp['peak_tflops']:.0f} TFLOPS peak"
+                     + (f"; {cached:.0%} of images found in the engine's caches" if cached
+                        else "")))
     if "replicas_needed_min" in ld:
         rows.append(("replicas needed", f">= {ld['replicas_needed_min']}"
                      + (f" ({ld['gpus_needed_min']} GPUs)" if ld.get("gpus_needed_min") else "")

@@ -3,6 +3,8 @@ would replace it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def __getattr__(name: str):
     """``SkipNodeInit`` is made when first asked for (the engine replica's Ray Serve LLM loads it
@@ -87,3 +89,19 @@ def autoscaler_report() -> bytes | None:
     """The v1 autoscaler's status, as ``ray status`` reads it (Ray's own key in its store).
     Public replacement: ``ray status``'s output, which is text for people, not a format."""
     return kv_get("__autoscaling_status")
+
+
+def with_ingress_router(app: Any, llm_config: Any) -> Any:
+    """The engine deployment's application with Ray Serve LLM's ingress request router
+    (``LLMRouter``, one replica, no CPUs) attached: HAProxy asks it for each request's replica,
+    and it asks the deployment's ``request_router_config`` policy (``launch.router.affinity``),
+    handing it the request body. This is how Ray Serve LLM's own direct-streaming builder
+    (``build_openai_app``) wires it. Public replacement: none in Ray 2.60
+    (``Application._with_ingress_request_router`` is marked internal and unstable); a public
+    ``ingress_request_router`` argument to ``serve.run`` or the builder would replace both."""
+    from ray.llm._internal.serve.core.ingress.builder import (
+        _build_openai_ingress_request_router,
+    )
+
+    return app._with_ingress_request_router(
+        _build_openai_ingress_request_router(server=app, llm_config=llm_config))

@@ -6,6 +6,7 @@ tears it down, shows progress with an ETA and writes a results folder.
     qwen-vl-loadtest overhead  [--model tiny|2b] [--rounds 3] [--ray-serve-llm] [--fast-paths]
     qwen-vl-loadtest baseline  [--model tiny|2b]
     qwen-vl-loadtest ceiling   [--fast-paths]
+    qwen-vl-loadtest affinity  [--repeats 0,0.9] [--replicas 2]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
     qwen-vl-loadtest soak --run-dir DIR --config F  # the stack `qwen-vl serve` runs here
 
@@ -34,6 +35,16 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers, e.g. 0,0.9") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each ratio must be between 0 and 1")
     return values
 
 
@@ -177,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     ceil.add_argument("--requests", type=int,
                       help="requests per level at least (4 x concurrency at least)")
 
+    aff = one_model(sub.add_parser(
+        "affinity", help="repeated images: Ray Serve's default routing vs the image-affinity "
+                         "router, on the same replicas"))
+    aff.add_argument("--repeats", type=_floats,
+                     help="repeat ratios: shares of image requests whose image was sent before "
+                          "(default 0,0.9)")
+    aff.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
+    aff.add_argument("--concurrency", type=int)
+    aff.add_argument("--requests", type=int, help="requests per step")
+    aff.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+
     base = one_model(sub.add_parser("baseline", help="HF transformers batch 1 vs our stack"))
     base.add_argument("--concurrency", type=_ints, help="stack levels (default 1,16)")
     base.add_argument("--min-requests", type=int, help="requests per stack level at least")
@@ -198,17 +220,17 @@ DEFAULTS = {
               "ceiling_levels": [1, 4], "ceiling_requests": 8,
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
               "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4], "cpu_requests": 8,
-              "idle_s": 3},
+              "idle_s": 3, "affinity_requests": 10},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
             "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
-            "idle_s": 15},
+            "idle_s": 15, "affinity_requests": 60},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
             "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
-            "idle_s": 15},
+            "idle_s": 15, "affinity_requests": 256},
 }
 
 
@@ -371,6 +393,18 @@ def _run_other(args, device: str, out: Path, label: str):
                            requests_per_level=args.requests or d["ceiling_requests"], out=out,
                            title=f"Serving-path ceiling: {what}", settings=settings,
                            idle_s=d["idle_s"])
+    if args.scenario == "affinity":
+        from .scenarios import affinity
+
+        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out, image_fraction=1.0,
+                     image_size=args.image_size or d["image_size"])
+        stacks = {policy: deploy.stack(c, out / f"deploy-{policy}", name=policy)
+                  for policy, c in affinity.policy_configs(data, args.replicas).items()}
+        return affinity.run(deployments=stacks, repeats=args.repeats or [0.0, 0.9], workload=w,
+                            concurrency=_opt(args, "concurrency", d),
+                            requests=args.requests or d["affinity_requests"], out=out,
+                            title=f"Image affinity vs default routing, {args.replicas} replicas: "
+                                  f"{what}", settings=settings, idle_s=d["idle_s"])
     from .scenarios import baseline
     from .scenarios.common import hf_dtype
 

@@ -1,12 +1,16 @@
 """What the load tests send: exact-length token prompts, text chats and random-pixel images.
 
 Every request is built from ``(workload, index)`` with its own random stream, so prompts differ
-from request to request (no prefix or multimodal cache can help) and a run is reproducible.
+from request to request (no prefix or multimodal cache can help) and a run is reproducible. With
+``image_repeat_fraction``, that share of the image requests sends again the images of an earlier
+request (one of the ``repeat_window`` before it), with a question of its own: the traffic that
+vLLM's multimodal and prefix caches, and the image-affinity router, are for.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import random
 from typing import Literal
@@ -37,6 +41,8 @@ class Workload(BaseModel):
     image_fraction: float = Field(0.0, ge=0.0, le=1.0)
     images_per_request: int = Field(1, ge=1)
     image_size: tuple[int, int] = (448, 448)
+    image_repeat_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    repeat_window: int = Field(32, ge=1)
     ignore_eos: bool = True
     seed: int = 0
 
@@ -45,6 +51,8 @@ class Workload(BaseModel):
             return f"{self.input_tokens} prompt tokens -> {self.output_tokens} tokens"
         img = (f", {self.image_fraction:.0%} with {self.images_per_request}x"
                f"{self.image_size[0]}x{self.image_size[1]} image(s)") if self.image_fraction else ""
+        if self.image_fraction and self.image_repeat_fraction:
+            img += f" ({self.image_repeat_fraction:.0%} of them sent before)"
         return f"chat ~{self.input_tokens} words{img} -> {self.output_tokens} tokens"
 
 
@@ -72,10 +80,27 @@ def build_request(w: Workload, model: str, index: int) -> tuple[str, dict, str, 
     kind = "text"
     if rng.random() < w.image_fraction:
         kind = "image"
-        for _ in range(w.images_per_request):
-            jpeg = base64.b64encode(random_jpeg(*w.image_size, rng)).decode()
-            content.append({"type": "image_url",
-                            "image_url": {"url": f"data:image/jpeg;base64,{jpeg}"}})
+        for url in image_urls(w.seed, w.image_size, w.images_per_request, image_source(w, index)):
+            content.append({"type": "image_url", "image_url": {"url": url}})
     content.append({"type": "text", "text": text})
     return ("/v1/chat/completions",
             {**common, "messages": [{"role": "user", "content": content}]}, kind, None)
+
+
+def image_source(w: Workload, index: int) -> int:
+    """The request whose images request ``index`` sends: itself, or for a repeat, the source
+    of a request up to ``repeat_window`` before it (so an image is sent again while recent)."""
+    while index > 0:
+        rng = random.Random(f"{w.seed}:{index}:repeat")
+        if rng.random() >= w.image_repeat_fraction:
+            return index
+        index = rng.randrange(max(0, index - w.repeat_window), index)
+    return index
+
+
+@functools.lru_cache(maxsize=256)
+def image_urls(seed: int, size: tuple[int, int], count: int, source: int) -> tuple[str, ...]:
+    """The data URLs of the images request ``source`` sends first (the same for a repeat)."""
+    rng = random.Random(f"{seed}:{source}:images")
+    return tuple("data:image/jpeg;base64," + base64.b64encode(random_jpeg(*size, rng)).decode()
+                 for _ in range(count))

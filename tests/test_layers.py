@@ -42,6 +42,8 @@ def test_the_tree_keeps_its_layers():
      "launch.cluster.zz_layer_probe -> launch.api.usage"),
     ("launch/api", "import launch.generate.chart",
      "launch.api.zz_layer_probe -> launch.generate.chart"),
+    ("launch/router", "import launch.api.front_door",
+     "launch.router.zz_layer_probe -> launch.api.front_door"),
 ])
 def test_a_wrong_import_is_caught(package, line, broken, tmp_path):
     """A copy of the tree with one module whose import is deliberately wrong: the source tree

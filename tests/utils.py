@@ -721,9 +721,9 @@ def stack_metric_names() -> set[str]:
     them (``ray_`` prefixed; counters with ``_total``)."""
     names = set()
     for path in (ROOT / "launch").rglob("*.py"):
-        for kind, name in re.findall(r"(inc_counter|set_gauge)\(\s*\"(qwen_vl_\w+)\"",
+        for kind, name in re.findall(r"(inc_counter|set_gauge|Counter)\(\s*\"(qwen_vl_\w+)\"",
                                      path.read_text()):
-            names.add(f"ray_{name}{'_total' if kind == 'inc_counter' else ''}")
+            names.add(f"ray_{name}{'_total' if kind in ('inc_counter', 'Counter') else ''}")
     return names
 
 

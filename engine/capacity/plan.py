@@ -11,7 +11,7 @@ from ..architecture import Architecture, DTYPE_BYTES
 from ..devices import Device
 from .kv_cache import kv_cache_plan
 from .media import workload_images, workload_videos
-from .speed import speed_plan
+from .speed import cached_image_share, speed_plan
 from .weights import weight_bytes
 from .workload import Workload
 
@@ -64,9 +64,12 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
         warnings.append("not one request of this workload fits in the KV cache")
 
     bandwidth = device.bandwidth_gbs if device is not None else cpu_bandwidth_gbs
+    cached = cached_image_share(workload.image_repeat, d.most_replicas,
+                                d.routing.image_affinity)
     speed = speed_plan(arch, device, bandwidth, DTYPE_BYTES[dtype], tp,
                        kv.bytes_per_token_per_gpu, workload, prompt, fit, image_flops,
-                       video_flops)
+                       images["prompt_tokens"], video_flops, cached)
+    images["cached_share"] = cached
     load = {"request_tokens": seq, "prompt_tokens": prompt, "fit_concurrency": fit,
             "fit_limited_by": "KV cache" if fit_by_kv < e.max_num_seqs else "engine.max_num_seqs",
             **_replicas_needed(workload, fit, speed, tp if device is not None else 0, warnings)}

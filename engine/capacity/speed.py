@@ -19,12 +19,21 @@ def decode_bound(speed: dict[str, Any], batch: int) -> float:
     return batch * speed["bandwidth_gbs"] * 1e9 / step_bytes
 
 
+def cached_image_share(image_repeat: float, replicas: int, affinity: bool) -> float:
+    """The share of a workload's images that reach a replica whose caches hold them: of the
+    repeats, all with the image-affinity router (or one replica), else one in ``replicas`` (a
+    repeat lands on any replica alike)."""
+    return image_repeat * (1.0 if affinity or replicas <= 1 else 1.0 / replicas)
+
+
 def speed_plan(arch: Architecture, device: Device | None, bandwidth_gbs: float | None,
                dtype_bytes: int, tp: int, kv_bytes_per_token: int, workload: Workload,
-               prompt_tokens: int, fit: int, image_flops: float,
-               video_flops: float) -> dict[str, Any]:
+               prompt_tokens: int, fit: int, image_flops: float, image_prompt_tokens: int,
+               video_flops: float, cached_images: float) -> dict[str, Any]:
     """The plan's ``speed`` section: decode bounds when the bandwidth is known (batch 1 and the
-    batch that fits), prefill and vision bounds on a GPU (its peak BF16 compute)."""
+    batch that fits), prefill and vision bounds on a GPU (its peak BF16 compute).
+    ``cached_images``: the share of the workload's images the engine finds in its caches
+    (``cached_image_share``), whose vision encoder and prefill it skips."""
     speed: dict[str, Any] = {
         "bandwidth_gbs": bandwidth_gbs,
         "decode_read_bytes_per_step": int(decode_read_bytes(arch, dtype_bytes) / tp),
@@ -38,7 +47,9 @@ def speed_plan(arch: Architecture, device: Device | None, bandwidth_gbs: float |
     if device is not None:
         flops = device.bf16_tflops * 1e12 * tp
         lm_params = sum(language_weight_bytes(arch, 2).values()) / 2
-        prefill = (2 * lm_params * prompt_tokens + workload.images * image_flops
+        computed = workload.images * (1 - cached_images)  # images the engine encodes
+        text = prompt_tokens - workload.images * cached_images * image_prompt_tokens
+        prefill = (2 * lm_params * text + computed * image_flops
                    + workload.videos * video_flops)
         speed["prefill_ms_min"] = 1000 * prefill / flops
         speed["vision_ms_per_image_min"] = 1000 * image_flops / flops

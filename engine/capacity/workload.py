@@ -27,6 +27,7 @@ class Workload:
     video_seconds: float = 60
     video_fps: float = 30  # the file's own frame rate
     video_size: tuple[int, int] = (640, 360)  # width, height
+    image_repeat: float = 0.0  # share of image requests whose image an earlier request sent
     requests_per_s: float | None = None
     concurrency: int | None = None
     slo_ttft_ms: float | None = None

@@ -14,10 +14,10 @@ from .multimodal import MultimodalSettings, VIDEO_FRAME_CAP
 from .limits import LimitsSettings, SchemaLimits, UrlPolicy
 from .tools import TOOL_USE_TEMPLATE, ToolsSettings
 from .access import AccessSettings, KEY_NAME, NO_KEY, NamedKey, Quota, UNNAMED_KEYS
-from .deployment import Autoscaling, DeploymentSettings
+from .deployment import Autoscaling, DeploymentSettings, RoutingSettings
 from .server import (
     DEREGISTRATION_ENV, HAPROXY_RETRY_ENV, PROXY_CHECK_ENV, RAY_FAST_PATH_ENV, RAY_NODE_ENV,
-    ServerSettings,
+    ROUTER_BODY_ENV, ServerSettings,
 )
 from .alerts import AlertSettings
 from .serving import CPU_BLOCK_MULTIPLE, ServingConfig
@@ -43,6 +43,8 @@ __all__ = [
     "Quota",
     "RAY_FAST_PATH_ENV",
     "RAY_NODE_ENV",
+    "ROUTER_BODY_ENV",
+    "RoutingSettings",
     "SchemaLimits",
     "ServerSettings",
     "ServingConfig",

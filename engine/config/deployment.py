@@ -28,6 +28,26 @@ class Autoscaling(_Strict):
         return self
 
 
+class RoutingSettings(_Strict):
+    """Which replica a request goes to (``launch.router``)."""
+
+    image_affinity: bool = Field(
+        False, description="Send a request whose images or videos a replica handled recently to "
+        "that replica, where vLLM's multimodal and prefix caches already hold them; requests "
+        "without media, and any whose preferred replica is busier than affinity_max_load_gap, "
+        "go to the least-loaded replica. Needs server.ray_ha_proxy (HAProxy asks the router "
+        "for each request's replica, with the request body).")
+    affinity_entries: int = Field(
+        10000, ge=1, description="Media keys the router remembers (each maps to the replica "
+        "that last handled it); the least recently used is dropped past this.")
+    affinity_max_load_gap: int = Field(
+        4, ge=0, description="The preferred replica is passed over when it holds more than this "
+        "many requests beyond the least-loaded one.")
+    load_report_s: float = Field(
+        1.0, gt=0, description="How often each replica reports the requests it holds to the "
+        "router (Ray Serve's request_routing_stats_period_s).")
+
+
 class DeploymentSettings(_Strict):
     """How the engine is replicated by Ray Serve."""
 
@@ -54,6 +74,8 @@ class DeploymentSettings(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for engine processes."
     )
+    routing: RoutingSettings = Field(
+        RoutingSettings(), description="Which replica each request goes to.")
 
     @property
     def most_replicas(self) -> int:

@@ -21,8 +21,11 @@ DEREGISTRATION_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 HAPROXY_RETRY_ENV = {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 # How often the Serve controller checks each node's HTTP proxy (ServerSettings.proxy_check_s).
 PROXY_CHECK_ENV = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
+# HAProxy sends each request's body to the ingress request router, which routes on its media
+# (deployment.routing.image_affinity; ``ServingConfig.ray_env``).
+ROUTER_BODY_ENV = "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"
 RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV,
-                PROXY_CHECK_ENV)
+                PROXY_CHECK_ENV, ROUTER_BODY_ENV)
 
 
 class ServerSettings(_Strict):

@@ -20,7 +20,7 @@ from .engine import EngineSettings
 from .limits import LimitsSettings
 from .model import ModelSource
 from .multimodal import MultimodalSettings, VIDEO_FRAME_CAP
-from .server import ServerSettings
+from .server import ROUTER_BODY_ENV, ServerSettings
 from .tools import ToolsSettings
 
 
@@ -58,8 +58,24 @@ class ServingConfig(_Strict):
                              "need room too")
         return self
 
+    def ray_env(self) -> dict[str, str]:
+        """Environment every Ray node starts with: the server's fast paths
+        (``ServerSettings.ray_env``), and the request body for the ingress request router when
+        it routes on media (``deployment.routing.image_affinity``)."""
+        env = self.server.ray_env()
+        if self.deployment.routing.image_affinity:
+            env[ROUTER_BODY_ENV] = "1"
+        return env
+
     def max_output_tokens(self) -> int:
         return self.limits.max_tokens or self.engine.max_model_len
+
+    @model_validator(mode="after")
+    def _affinity_needs_haproxy(self):
+        if self.deployment.routing.image_affinity and not self.server.ray_ha_proxy:
+            raise ValueError("deployment.routing.image_affinity needs server.ray_ha_proxy: true "
+                             "(HAProxy asks the router for each request's replica)")
+        return self
 
     @model_validator(mode="after")
     def _device_limits(self):

@@ -20,6 +20,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from engine import worker_start
 from engine.config import ServingConfig
+from launch.router.affinity import INFLIGHT_STAT
 
 from . import compact_tools, frames
 from .routes import ApiState, make_api
@@ -50,6 +51,13 @@ class QwenVLServer(LLMServer):
         if getattr(engine, "_oai_serving_tokenization", None) is None:
             state = getattr(engine, "_app_state", None)
             engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
+
+    async def record_routing_stats(self) -> dict:
+        """What Ray Serve's request router reads of this replica (every
+        ``deployment.routing.load_report_s``): the engine's own stats and the requests the API
+        holds (``launch.router.affinity``)."""
+        stats = await super().record_routing_stats() or {}
+        return {**stats, INFLIGHT_STAT: self.api_state.inflight}
 
     async def __serve_build_asgi_app__(self):
         return make_api(self.api_state, await super().__serve_build_asgi_app__())

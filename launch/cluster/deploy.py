@@ -4,6 +4,7 @@ the Ray logs) or that no node can hold (``launch.cluster.scheduling``)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from engine.config import ServingConfig
@@ -53,6 +54,10 @@ def _progress(app_status, elapsed: float, waiting=()) -> str:
 
 
 def deploy(cfg: ServingConfig, state: ClusterState) -> None:
+    # The application is built in this process, and Ray Serve's builder reads the node flags
+    # (HAProxy, which the image-affinity router needs) from this process's environment when
+    # it is first imported, here.
+    os.environ.update(cfg.ray_env())
     from ray import serve
     from ray.serve.config import HTTPOptions
     from ray.serve import RunTarget

@@ -63,10 +63,10 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
                     f"{base_url(state.http_host, state.http_port)}; run `qwen-vl stop` first"
                 )
             running = node_ray_env(state)
-            if running is not None and running != srv.ray_env():
+            if running is not None and running != cfg.ray_env():
                 raise LaunchError(
                     "server.ray_throughput_optimized / ray_ha_proxy / replica_deregistration_s "
-                    "/ proxy_check_s differ from the "
+                    "/ proxy_check_s or deployment.routing.image_affinity differ from the "
                     f"running cluster's ({running or 'none'}); Ray reads them when a node "
                     "starts: `qwen-vl stop`, then serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
@@ -97,7 +97,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
     progress_log.info(f"starting a local Ray head ({num_cpus} logical CPUs)...")
     address, temp_dir = start_head(num_cpus=num_cpus, metrics_port=srv.metrics_port,
                                    node_ip=srv.node_ip_address, port=srv.ray_port,
-                                   env=srv.ray_env())
+                                   env=cfg.ray_env())
     state = ClusterState(
         address=address, temp_dir=temp_dir, started_by_us=True,
         metrics_port=srv.metrics_port, http_host=srv.host, http_port=srv.port,
@@ -108,7 +108,7 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
 
 
 def node_ray_env(state: ClusterState) -> dict[str, str] | None:
-    """The Ray Serve settings (``ServerSettings.ray_env``) a running node's raylet started
+    """The Ray Serve settings (``ServingConfig.ray_env``) a running node's raylet started
     with, or None where it cannot be read."""
     import psutil
 

@@ -9,7 +9,7 @@ sidecar (``make generate`` regenerates the chart's copies; a test keeps them cur
 Every metric named here is one the stack exports (tests/launch/test_monitoring_e2e.py scrapes a
 live stack with a real Prometheus and checks each name): Ray Serve's ``ray_serve_*``, vLLM's
 ``ray_vllm_*`` (``log_engine_metrics``), Ray's ``ray_cluster_active_nodes``, and ours
-(``ray_qwen_vl_*``: ``launch.api.rejections``, ``launch.api.usage``).
+(``ray_qwen_vl_*``: ``launch.api.rejections``, ``launch.api.usage``, ``launch.router.affinity``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ RECORDING: list[tuple[str, str]] = [
     ("qwen_vl:rejections:rate5m",
      'sum by (reason) (rate(ray_qwen_vl_rejected_requests_total{reason!="auth"}[5m]))'),
     ("qwen_vl:ray_nodes:sum", "sum(ray_cluster_active_nodes)"),
+    # The image-affinity router's choices (deployment.routing.image_affinity; none without it)
+    # and how often vLLM's caches found an image or a prompt prefix they already held.
+    ("qwen_vl:router_affinity:rate5m",
+     "sum by (outcome) (rate(ray_qwen_vl_router_affinity_total[5m]))"),
+    ("qwen_vl:mm_cache_hit_ratio:rate5m",
+     "sum by (ReplicaId) (rate(ray_vllm_mm_cache_hits_total[5m])) / "
+     "sum by (ReplicaId) (rate(ray_vllm_mm_cache_queries_total[5m]))"),
+    ("qwen_vl:prefix_cache_hit_ratio:rate5m",
+     "sum by (ReplicaId) (rate(ray_vllm_prefix_cache_hits_total[5m])) / "
+     "sum by (ReplicaId) (rate(ray_vllm_prefix_cache_queries_total[5m]))"),
 ]
 
 
@@ -180,6 +190,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [  # (title, unit, [(lege
      [("draining", "max(ray_qwen_vl_draining)"),
       ("in flight", "sum(ray_qwen_vl_requests_in_flight)"),
       ("Ray nodes", "qwen_vl:ray_nodes:sum")]),
+    ("Image affinity and cache hits", "percentunit",
+     [("router hits", 'sum(qwen_vl:router_affinity:rate5m{outcome="hit"}) / '
+                      "sum(qwen_vl:router_affinity:rate5m)"),
+      ("mm cache {{ReplicaId}}", "qwen_vl:mm_cache_hit_ratio:rate5m"),
+      ("prefix cache {{ReplicaId}}", "qwen_vl:prefix_cache_hit_ratio:rate5m")]),
 ]
 
 

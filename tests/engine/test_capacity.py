@@ -244,3 +244,32 @@ def test_gpu_config_needs_a_device():
 def test_gpu_table():
     assert {"A10G", "L4", "L40S", "A100-40GB", "A100-80GB", "H100", "H200"} == set(GPUS)
     assert gpu("h100").memory_bytes > 80e9
+
+
+def test_repeated_images_skip_the_encoder_and_their_prefill_where_they_are_cached():
+    """--image-repeat: the repeats whose replica's caches hold the image (all of them with the
+    image-affinity router or one replica, one in N replicas without) skip the vision encoder
+    and the prefill of the image's tokens; the prefill bound falls by exactly that."""
+    def plan(repeat, **deployment):
+        cfg = config(model={"source": "embedded:qwen2-vl-2b-random", "served_name": "m"},
+                     deployment=deployment)
+        arch, origin = architecture_for(cfg)
+        return make_plan(cfg, arch, origin, gpu("L4"), Workload(image_repeat=repeat)).to_dict()
+
+    base = plan(0.0, replicas=2)
+    cfg = config(model={"source": "embedded:qwen2-vl-2b-random", "served_name": "m"})
+    text_only = make_plan(cfg, *architecture_for(cfg), gpu("L4"), Workload(images=0)).to_dict()
+    per_token_ms = text_only["speed"]["prefill_ms_min"] / text_only["load"]["prompt_tokens"]
+    image_ms = (base["speed"]["vision_ms_per_image_min"]
+                + per_token_ms * base["images"]["prompt_tokens"])
+    for repeat, deployment, share in [
+            (0.9, {"replicas": 2}, 0.45),
+            (0.9, {"replicas": 2, "routing": {"image_affinity": True}}, 0.9),
+            (0.9, {"replicas": 1}, 0.9), (0.5, {"replicas": 4}, 0.125), (0.0, {}, 0.0)]:
+        p = plan(repeat, **deployment)
+        assert p["images"]["cached_share"] == pytest.approx(share, abs=1e-12), deployment
+        assert p["speed"]["prefill_ms_min"] == pytest.approx(
+            base["speed"]["prefill_ms_min"] - share * image_ms, rel=1e-9), deployment
+    r = run_cli("plan", "--config", str(CONFIGS / "default.yaml"), "--bandwidth-gbs", "10",
+                "--image-repeat", "1.5", timeout=300)
+    assert r.returncode == 1 and "--image-repeat must be between 0 and 1" in r.stderr, r.stderr

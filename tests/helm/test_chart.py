@@ -18,7 +18,7 @@ from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
 from engine.config import AccessSettings, ServerSettings, load_config, parse_config
 from launch.app import serve_application
 from launch.generate.chart import CHART_DIR
-from tests.utils import CONFIGS
+from tests.utils import CONFIGS, config_with
 
 # The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
 # copied from the project's shared/k8s-schemas so a clone tests on its own.
@@ -521,20 +521,25 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
         "-dashboard") for o in off)
 
 
-@pytest.mark.parametrize("server", [{}, {"ray_throughput_optimized": True},
-                                    {"ray_throughput_optimized": True, "ray_ha_proxy": True},
-                                    {"ray_ha_proxy": False},
-                                    {"replica_deregistration_s": 2.5},
-                                    {"replica_deregistration_s": 30},
-                                    {"proxy_check_s": 0.5, "ray_ha_proxy": False}])
-def test_ray_fast_paths_reach_every_ray_pod(chart, server):
-    """server.ray_* become the same environment on the head and every worker pod as
-    `qwen-vl serve` gives every node it starts (ServerSettings.ray_env)."""
-    values = {"serving": {"server": server},
+@pytest.mark.parametrize("server, deployment", [
+    ({}, {}), ({"ray_throughput_optimized": True}, {}),
+    ({"ray_throughput_optimized": True, "ray_ha_proxy": True}, {}),
+    ({"ray_ha_proxy": False}, {}),
+    ({"replica_deregistration_s": 2.5}, {}),
+    ({"replica_deregistration_s": 30}, {}),
+    ({"proxy_check_s": 0.5, "ray_ha_proxy": False}, {}),
+    ({}, {"routing": {"image_affinity": True}}),
+    ({}, {"routing": {"image_affinity": False}, "replicas": 2})])
+def test_ray_fast_paths_reach_every_ray_pod(chart, server, deployment):
+    """server.ray_* (and the router's body, with deployment.routing.image_affinity) become the
+    same environment on the head and every worker pod as `qwen-vl serve` gives every node it
+    starts (ServingConfig.ray_env)."""
+    serving = {"server": server, "deployment": deployment}
+    values = {"serving": serving,
               "workerGroups": [{"name": n, "replicas": 1, "minReplicas": 1, "maxReplicas": 1}
                                for n in ("a", "b")]}
     rs = one(objects(render(chart, values)), "RayService")
-    want = ServerSettings(**server).ray_env()
+    want = parse_config(config_with(**serving)).ray_env()
     seen = 0
     for _, tpl in pod_templates(rs):
         for c in tpl["spec"]["containers"]:

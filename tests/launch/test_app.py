@@ -178,3 +178,39 @@ def test_rays_per_node_model_fetch_is_skipped():
     assert callback.ctx.run_init_node is True  # Ray's default: the task runs
     asyncio.run(callback.run_callback("on_before_node_init"))
     assert callback.ctx.run_init_node is False
+
+
+def test_image_affinity_is_a_request_router_behind_rays_ingress_router():
+    """deployment.routing.image_affinity: the engine deployment's request router is the
+    affinity policy with the configured bounds, replicas report their load every
+    load_report_s, Ray Serve LLM's ingress router is attached (HAProxy asks it), and every node
+    forwards the request body to it."""
+    import ray
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+
+    from engine.config import ROUTER_BODY_ENV
+    from launch.router.affinity import ImageAffinityRouter
+
+    routing = {"image_affinity": True, "affinity_entries": 50, "affinity_max_load_gap": 3,
+               "load_report_s": 0.5}
+    cfg = parse_config(config_with(deployment={"routing": routing}))
+    llm = LLMConfig.model_validate(llm_config_dict(cfg, model_path="/ckpt"))
+    rc = build_llm_deployment(llm)._bound_deployment._deployment_config.request_router_config
+    assert rc.get_request_router_class() is ImageAffinityRouter
+    assert rc.request_router_kwargs == {"entries": 50, "max_load_gap": 3, "load_report_s": 0.5}
+    assert rc.request_routing_stats_period_s == 0.5
+    assert cfg.ray_env()[ROUTER_BODY_ENV] == "1"
+    plain = parse_config(config_with())
+    assert "request_router_config" not in deployment_config(plain)
+    assert ROUTER_BODY_ENV not in plain.ray_env()
+    try:
+        assert build_app(cfg)._ingress_request_router is not None
+        assert build_app(plain)._ingress_request_router is None
+    finally:
+        ray.shutdown()
+
+
+def test_image_affinity_needs_haproxy():
+    with pytest.raises(ConfigError, match="image_affinity needs server.ray_ha_proxy"):
+        parse_config(config_with(deployment={"routing": {"image_affinity": True}},
+                                 server={"ray_ha_proxy": False}))

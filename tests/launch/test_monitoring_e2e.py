@@ -46,7 +46,10 @@ def live(stacks, tmp_path_factory):
     (tmp / "api-keys").write_text(KEYS["default"] + "\n")
     (tmp / "scrape-key").write_text(KEYS["default"])
     info = stacks.get(overrides={
-        "deployment": {"max_ongoing_requests": 4, "max_queued_requests": 8},
+        # The image-affinity router on (one replica: every request goes there), so its metric
+        # is exported too.
+        "deployment": {"max_ongoing_requests": 4, "max_queued_requests": 8,
+                       "routing": {"image_affinity": True}},
         "access": {"api_keys_env": None, "api_keys_file": str(tmp / "api-keys"),
                    "metrics": "key",
                    "keys": {"team-a": {"env": "QWEN_VL_TEAM_A_KEY"},
@@ -215,7 +218,7 @@ def test_every_metric_the_dashboard_and_rules_read_is_exported(live):
     # ... and every metric the README, the docs and the chart's README name
     documented = documented_metrics()
     own = stack_metric_names()
-    assert len(own) == 8 and own <= documented, own - documented  # the stack's own, all named
+    assert len(own) == 9 and own <= documented, own - documented  # the stack's own, all named
 
     # Ray exports vLLM's gauges (running, waiting, KV cache) only while the engine steps, and
     # Prometheus marks a series stale once a scrape lacks it: samples anywhere in the module's

@@ -242,3 +242,39 @@ def test_overhead_quick(tmp_path, running, stacks):
     assert cpu["engine core + workers"]["stack text"] > 0
     assert cpu["engine core + workers"]["vllm-serve text"] > 0
     assert "## CPU per request (ms)" in (out / "report.md").read_text()
+
+
+def test_affinity_quick(tmp_path):
+    """Two stacks of two replicas, Ray Serve's default routing then the image-affinity router,
+    each sent a step without repeats and one where nine in ten images were sent before. The
+    router sees every image request once; it calls the first request of each image new and
+    sends every other one to a replica (hit, or busy when that replica is too loaded), so its
+    counts follow from the workload alone; each engine's multimodal cache is asked once per
+    image. Speed is the benchmark's, not this test's: the targets are judged, not required."""
+    from loadtest.workload import Workload, image_source
+
+    out, data, _ = run_scenario(tmp_path, "affinity")
+    check_folder(out, data, [])
+    rows = data["table"]
+    assert [(r["policy"], r["repeat"]) for r in rows] == [
+        ("default", 0.0), ("default", 0.9), ("affinity", 0.0), ("affinity", 0.9)]
+    n = data["settings"]["requests_per_step"]
+    for i, r in enumerate(rows):
+        c = r["counters"]
+        assert r["failed"] == 0 and r["requests"] == n
+        assert c["mm_queries"] == n, c  # one image per request, each looked up once
+        assert r["engine_cpu_ms"] > 0 and r["core_cpu_ms"] > 0 and r["replica_cpu_ms"] > 0
+        w = Workload(image_repeat_fraction=r["repeat"], seed=100 + i % 2)
+        distinct = len({image_source(w, k) for k in range(n)})
+        if r["policy"] == "default":
+            assert c["router_all"] == 0 and r["router_hit_ratio"] is None, c
+            continue
+        assert c["router_all"] == n and c["router_new"] == distinct, (c, distinct)
+        assert c["router_hit"] + c["router_busy"] == n - distinct, c
+        assert r["router_hit_ratio"] == pytest.approx(c["router_hit"] / n), c
+        if r["repeat"] == 0:
+            assert c["router_hit"] == 0 and distinct == n
+    targets = {t["target"] for t in data["targets"]}
+    assert {"engine-side CPU per request, affinity / default, 90% repeats",
+            "TTFT p50, affinity / default, 90% repeats",
+            "output tokens/s, affinity / default, no repeats"} <= targets, targets

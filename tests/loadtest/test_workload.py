@@ -42,3 +42,29 @@ def test_chat_images_are_random_jpegs_of_the_requested_size():
 def test_image_fraction_zero_sends_text_only():
     w = Workload(endpoint="chat", input_tokens=5)
     assert all(build_request(w, "m", i)[2] == "text" for i in range(10))
+
+
+def images_of(w: Workload, i: int) -> list[str]:
+    parts = build_request(w, "m", i)[1]["messages"][0]["content"]
+    return [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+
+
+def test_repeats_send_an_earlier_requests_images_with_a_question_of_their_own():
+    w = Workload(endpoint="chat", input_tokens=5, image_fraction=1.0, image_size=(32, 32),
+                 image_repeat_fraction=0.9, repeat_window=8)
+    n = 400
+    seen: dict[str, int] = {}
+    repeats = 0
+    for i in range(n):
+        (url,) = images_of(w, i)
+        if url in seen:
+            repeats += 1
+            assert i - seen[url] <= 8 * 50  # recent: within a chain of windows, never far back
+        seen.setdefault(url, i)
+        if i:
+            assert build_request(w, "m", i)[1]["messages"][0]["content"][-1] != \
+                build_request(w, "m", i - 1)[1]["messages"][0]["content"][-1]
+    assert 0.85 * n <= repeats <= 0.95 * n, repeats  # about the share asked for
+    assert images_of(w, 17) == images_of(w, 17)  # reproducible
+    none = w.model_copy(update={"image_repeat_fraction": 0.0})
+    assert len({images_of(none, i)[0] for i in range(50)}) == 50  # every image its own

@@ -111,6 +111,12 @@ each against the pydantic model, so they cannot drift.
 - name: RAY_SERVE_HAPROXY_RETRY_ON
   value: "conn-failure empty-response"
 {{- end }}
+{{- /* HAProxy hands each request body to the ingress request router, which routes on its
+  media (serving.deployment.routing.image_affinity; ServingConfig.ray_env). */}}
+{{- if ((default dict (default dict .Values.serving.deployment).routing).image_affinity) }}
+- name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
+  value: "1"
+{{- end }}
 {{- with include "qwen-vl-serving.secretRef" (dict "root" . "name" "hfToken") }}
 - name: HF_TOKEN
   valueFrom:
