@@ -220,17 +220,17 @@ DEFAULTS = {
               "ceiling_levels": [1, 4], "ceiling_requests": 8,
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
               "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4], "cpu_requests": 8,
-              "idle_s": 3, "affinity_requests": 10},
+              "idle_s": 3, "affinity_requests": 10, "affinity_output_tokens": 4},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
             "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
-            "idle_s": 15, "affinity_requests": 60},
+            "idle_s": 15, "affinity_requests": 120, "affinity_output_tokens": 8},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
             "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
-            "idle_s": 15, "affinity_requests": 256},
+            "idle_s": 15, "affinity_requests": 256, "affinity_output_tokens": 32},
 }
 
 
@@ -396,8 +396,10 @@ def _run_other(args, device: str, out: Path, label: str):
     if args.scenario == "affinity":
         from .scenarios import affinity
 
-        w = Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out, image_fraction=1.0,
-                     image_size=args.image_size or d["image_size"])
+        # Few output tokens by default: what a cached image saves is in the prefill (TTFT).
+        w = Workload(endpoint="chat", input_tokens=n_in,
+                     output_tokens=args.output_tokens or d["affinity_output_tokens"],
+                     image_fraction=1.0, image_size=args.image_size or d["image_size"])
         stacks = {policy: deploy.stack(c, out / f"deploy-{policy}", name=policy)
                   for policy, c in affinity.policy_configs(data, args.replicas).items()}
         return affinity.run(deployments=stacks, repeats=args.repeats or [0.0, 0.9], workload=w,

@@ -7,7 +7,7 @@ request whose images or videos (``media_keys``) a replica handled recently goes 
 whose vLLM processor, encoder and prefix caches already hold them; other requests, and any
 whose preferred replica holds more than ``max_load_gap`` requests beyond the least-loaded one,
 go to the least-loaded replica. What each replica holds is what it reports (its API's requests
-in flight, every ``load_report_s``) plus what this router sent it since.
+in flight, every ``load_report_s``), or what this router sent it within that period if more.
 
 The map from media key to replica is this router's own, bounded (least recently used dropped):
 a second router replica, or a restarted one, starts without it and only loses hits.
@@ -27,7 +27,8 @@ from .media_keys import media_keys
 # The router's one metric, exported by Ray's metrics agent as
 # ray_qwen_vl_router_affinity_total{outcome}, for requests with media: "hit" (sent to the
 # replica that handled an item of it), "new" (no item seen before), "busy" (that replica held
-# too many more requests than the least-loaded one), "gone" (that replica is no longer serving).
+# too many more requests than the least-loaded one), "gone" (that replica has left the
+# deployment).
 OUTCOMES = ("hit", "new", "busy", "gone")
 # What a replica reports in its routing stats (``launch.api.server``): the requests it holds.
 INFLIGHT_STAT = "inflight"
@@ -84,13 +85,14 @@ class ImageAffinityRouter(RequestRouter):
         return "hit", by_id[best]
 
     def _load(self, replica: RunningReplica, now: float) -> int:
-        """The requests a replica holds as it last reported, plus those this router sent it
-        within one report period (the report may not count them yet)."""
+        """The requests a replica holds: as it last reported, or as many as this router sent it
+        within one report period if that is more (a burst the report does not show yet). Not
+        their sum: most of what was sent within the period is in the report already."""
         sent = self._sent.get(replica.replica_id)
         while sent and now - sent[0] > self._window_s:
             sent.popleft()
         reported = (replica.routing_stats or {}).get(INFLIGHT_STAT, 0)
-        return (reported if isinstance(reported, int) else 0) + (len(sent) if sent else 0)
+        return max(reported if isinstance(reported, int) else 0, len(sent) if sent else 0)
 
     def _count(self, outcome: str) -> None:
         try:

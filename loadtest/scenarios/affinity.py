@@ -25,8 +25,8 @@ from pathlib import Path
 
 from ..cpu_usage import ENGINE_GROUPS, CpuMeter
 from ..metrics import summarize
-from ..report import Report, step_result
-from ..runner import Target, run_step, warm_up
+from ..report import Report, plot, step_result
+from ..runner import WARMUP_OFFSET, Target, run_step
 from ..workload import Workload
 
 POLICIES = ("default", "affinity")
@@ -151,8 +151,11 @@ def run(*, deployments: dict[str, AbstractContextManager[Target]], repeats: list
     for policy, deployment in deployments.items():
         with contextlib.ExitStack() as up:
             t = up.enter_context(deployment)
-            warm_up(t, workload.model_copy(update={"seed": 99}), output_tokens=1,
-                    out_dir=out / "steps")
+            # A few rounds of the load first (images of their own): the first requests of a
+            # fresh engine are slow, and would count against whichever step came first.
+            run_step(t, workload.model_copy(update={"seed": 99}), concurrency=concurrency,
+                     num_requests=2 * concurrency, out_dir=out / "steps", tag=f"{policy}-warmup",
+                     index_offset=WARMUP_OFFSET, scrape=False)
             rows += measure(t, policy, repeats, workload, concurrency, requests, out, idle_s)
     for row in rows:
         step, w = row.pop("step"), row.pop("workload")
@@ -161,6 +164,14 @@ def run(*, deployments: dict[str, AbstractContextManager[Target]], repeats: list
                                     w.model_dump()), step.records)
         report.data["table"].append(row)
     judge(report, rows)
+    repeats_seen = sorted({r["repeat"] for r in rows})
+    series = {policy: [next((r["engine_cpu_ms"] for r in rows if r["policy"] == policy
+                             and r["repeat"] == x), float("nan")) for x in repeats_seen]
+              for policy in deployments}
+    plots = [plot(out / "affinity.png", "Engine-side CPU per request by routing",
+                  [f"{x:.0%}" for x in repeats_seen], series, "repeat ratio", "CPU ms/request",
+                  kind="bar")]
+    report.write(COLUMNS, title, plots)
     return report
 
 

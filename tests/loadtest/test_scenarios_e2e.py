@@ -254,7 +254,7 @@ def test_affinity_quick(tmp_path):
     from loadtest.workload import Workload, image_source
 
     out, data, _ = run_scenario(tmp_path, "affinity")
-    check_folder(out, data, [])
+    check_folder(out, data, ["affinity.png"])
     rows = data["table"]
     assert [(r["policy"], r["repeat"]) for r in rows] == [
         ("default", 0.0), ("default", 0.9), ("affinity", 0.0), ("affinity", 0.9)]

@@ -80,6 +80,19 @@ def test_what_this_router_sent_counts_until_the_next_report():
     assert second != first and router.outcomes == ["new", "hit", "busy"]
 
 
+def test_a_report_and_what_was_sent_are_not_added_up():
+    """Most of what was sent within a report period is in the report already: the larger of
+    the two counts, not their sum."""
+    router = make(max_load_gap=2, load_report_s=60)
+    owner = route(router, [replica("a", None), replica("b", None)], "https://e.com/x.png")
+    other = "b" if owner == "a" else "a"
+    # 1 sent, 2 reported: load 2, within the gap of the other's 0
+    assert route(router, [replica(owner, 2), replica(other, 0)], "https://e.com/x.png") == owner
+    # 2 sent, 2 reported: still 2 (a sum would be 4, past the gap)
+    assert route(router, [replica(owner, 2), replica(other, 0)], "https://e.com/x.png") == owner
+    assert router.outcomes == ["new", "hit", "hit"]
+
+
 def test_a_replica_that_is_gone_loses_its_items():
     router = make(load_report_s=0.5)
     owner = route(router, [replica("a"), replica("b")], "https://e.com/x.png")
