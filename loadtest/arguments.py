@@ -22,6 +22,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -166,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     aff.add_argument("--concurrency", type=int)
     aff.add_argument("--requests", type=int, help="requests per step")
     aff.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+    aff.add_argument("--session-turns", type=_positive, default=1,
+                     help="multi-turn chats about one image, each turn with the conversation "
+                          "so far (default 1: single questions)")
 
     base = one_model(sub.add_parser("baseline", help="HF transformers batch 1 vs our stack"))
     base.add_argument("--concurrency", type=_ints, help="stack levels (default 1,16)")

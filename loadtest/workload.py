@@ -3,8 +3,10 @@
 Every request is built from ``(workload, index)`` with its own random stream, so prompts differ
 from request to request (no prefix or multimodal cache can help) and a run is reproducible. With
 ``image_repeat_fraction``, that share of the image requests sends again the images of an earlier
-request (one of the ``repeat_window`` before it), with a question of its own: the traffic that
-vLLM's multimodal and prefix caches, and the image-affinity router, are for.
+request (one of the ``repeat_window`` before it), with a question of its own; with
+``session_turns``, requests come as multi-turn chats about one image, each turn carrying the
+conversation so far: the traffic that vLLM's multimodal and prefix caches, and the
+image-affinity router, are for.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Workload(BaseModel):
     image_size: tuple[int, int] = (448, 448)
     image_repeat_fraction: float = Field(0.0, ge=0.0, le=1.0)
     repeat_window: int = Field(32, ge=1)
+    session_turns: int = Field(1, ge=1)
     ignore_eos: bool = True
     seed: int = 0
 
@@ -53,6 +56,8 @@ class Workload(BaseModel):
                f"{self.image_size[0]}x{self.image_size[1]} image(s)") if self.image_fraction else ""
         if self.image_fraction and self.image_repeat_fraction:
             img += f" ({self.image_repeat_fraction:.0%} of them sent before)"
+        if self.session_turns > 1:
+            img += f", in {self.session_turns}-turn sessions about one image"
         return f"chat ~{self.input_tokens} words{img} -> {self.output_tokens} tokens"
 
 
@@ -75,6 +80,9 @@ def build_request(w: Workload, model: str, index: int) -> tuple[str, dict, str, 
     if w.endpoint == "completions":
         ids = [rng.randrange(*TOKEN_ID_RANGE) for _ in range(w.input_tokens)]
         return "/v1/completions", {**common, "prompt": ids}, "text", w.input_tokens
+    if w.session_turns > 1:
+        return "/v1/chat/completions", {**common, "messages": session_turn(w, index)}, \
+            "image", None
     text = " ".join(rng.choice(WORDS) for _ in range(w.input_tokens))
     content: list[dict] = []
     kind = "text"
@@ -85,6 +93,27 @@ def build_request(w: Workload, model: str, index: int) -> tuple[str, dict, str, 
     content.append({"type": "text", "text": text})
     return ("/v1/chat/completions",
             {**common, "messages": [{"role": "user", "content": content}]}, kind, None)
+
+
+def session_turn(w: Workload, index: int) -> list[dict]:
+    """The messages of turn ``index % session_turns`` of session ``index // session_turns``: the
+    session's first question carries its images (a preceding session's, for a repeat), each
+    earlier turn is its question and a stand-in answer of ``output_tokens`` words, then this
+    turn's question. Sessions always carry images."""
+    session, turn = divmod(index, w.session_turns)
+    messages: list[dict] = []
+    for k in range(turn + 1):
+        rng = random.Random(f"{w.seed}:{session}:turn{k}")
+        content: list[dict] = [{"type": "text", "text": " ".join(
+            rng.choice(WORDS) for _ in range(w.input_tokens))}]
+        if k == 0:
+            content[:0] = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls(
+                w.seed, w.image_size, w.images_per_request, image_source(w, session))]
+        messages.append({"role": "user", "content": content})
+        if k < turn:
+            messages.append({"role": "assistant", "content": " ".join(
+                rng.choice(WORDS) for _ in range(w.output_tokens))})
+    return messages
 
 
 def image_source(w: Workload, index: int) -> int:

@@ -118,9 +118,10 @@ def measure(t: Target, policy: str, repeats: list[float], workload: Workload, co
                "mm_cache_hit_ratio": ratio(d["mm_hits"], d["mm_queries"]),
                "prefix_cache_hit_ratio": ratio(d["prefix_hits"], d["prefix_queries"]),
                "counters": d, "step": step, "workload": w}
+        mm = row["mm_cache_hit_ratio"]
         print(f"  {policy}, repeat {repeat:.0%}: TTFT p50 {row['median_ttft_ms']:.0f} ms, "
-              f"engine CPU {row['engine_cpu_ms']:.0f} ms/request, mm cache hit ratio "
-              f"{row['mm_cache_hit_ratio']}", flush=True)
+              f"engine-side CPU {row['engine_cpu_ms']:.0f} ms/request, mm cache hit ratio "
+              + ("-" if mm is None else f"{mm:.2f}"), flush=True)
         rows.append(row)
     return rows
 

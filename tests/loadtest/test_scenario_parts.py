@@ -122,6 +122,9 @@ def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
     (["sweep", "--image-size", "448"], "expected WIDTHxHEIGHT"),
     (["overhead", "--image-size", "0x448"], "width and height must be >= 1"),
     (["sweep", "--model", "7b"], "invalid choice: '7b'"),
+    (["affinity", "--repeats", "0,1.5"], "each ratio must be between 0 and 1"),
+    (["affinity", "--repeats", "x"], "expected numbers, e.g. 0,0.9"),
+    (["affinity", "--session-turns", "0"], "must be at least 1"),
 ])
 def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
     from loadtest.cli import build_parser

@@ -68,3 +68,22 @@ def test_repeats_send_an_earlier_requests_images_with_a_question_of_their_own():
     assert images_of(w, 17) == images_of(w, 17)  # reproducible
     none = w.model_copy(update={"image_repeat_fraction": 0.0})
     assert len({images_of(none, i)[0] for i in range(50)}) == 50  # every image its own
+
+
+def test_sessions_are_multi_turn_chats_about_one_image():
+    w = Workload(endpoint="chat", input_tokens=4, output_tokens=3, image_size=(32, 32),
+                 session_turns=3)
+    turns = [build_request(w, "m", i) for i in range(6)]  # two sessions of three turns
+    assert [t[2] for t in turns] == ["image"] * 6
+    for i, (_, body, _, _) in enumerate(turns):
+        msgs = body["messages"]
+        turn = i % 3
+        assert [m["role"] for m in msgs] == ["user", "assistant"] * turn + ["user"]
+        images = [p for m in msgs if isinstance(m["content"], list) for p in m["content"]
+                  if p["type"] == "image_url"]
+        assert len(images) == 1 and msgs[0]["content"][0] == images[0]  # first question only
+        assert all(len(m["content"].split()) == 3 for m in msgs if m["role"] == "assistant")
+    first = [t[1]["messages"] for t in turns[:3]]
+    assert first[1][:1] == first[2][:1] == first[0][:1]  # the conversation so far, unchanged
+    assert first[2][:3] == first[1][:3]
+    assert turns[3][1]["messages"][0] != turns[0][1]["messages"][0]  # a new session's image
