@@ -212,7 +212,8 @@ def _run_other(args, device: str, out: Path, label: str):
                      output_tokens=args.output_tokens or d["affinity_output_tokens"],
                      image_fraction=1.0, image_size=args.image_size or d["image_size"],
                      session_turns=args.session_turns)
-        stacks = {policy: deploy.stack(c, out / f"deploy-{policy}", name=policy)
+        stacks = {policy: deploy.stack(c, out / f"deploy-{policy}", name=policy,
+                                       env=affinity.STACK_ENV)
                   for policy, c in affinity.policy_configs(data, args.replicas).items()}
         return affinity.run(deployments=stacks, repeats=args.repeats or [0.0, 0.9], workload=w,
                             concurrency=_opt(args, "concurrency", d),

@@ -84,10 +84,12 @@ def write_config(data: dict, path: Path) -> ServingConfig:
 
 
 @contextlib.contextmanager
-def stack(data: dict, work: Path, name: str = "stack") -> Iterator[Target]:
-    """``qwen-vl serve --detach`` with ``data`` (ports replaced by free ones); stopped after."""
+def stack(data: dict, work: Path, name: str = "stack",
+          env: dict[str, str] | None = None) -> Iterator[Target]:
+    """``qwen-vl serve --detach`` with ``data`` (ports replaced by free ones) and ``env`` on top
+    of this process's environment; stopped after."""
     with _local_cluster(data, work, name, "launch.cli", "serve", "--config", "{config}",
-                        "--detach") as t:
+                        "--detach", env=env) as t:
         yield t
 
 

@@ -30,6 +30,9 @@ from ..runner import WARMUP_OFFSET, Target, run_step
 from ..workload import Workload
 
 POLICIES = ("default", "affinity")
+# Ray's metrics reach its agent every second (its default is 10 s), so the counters read after
+# a step settle within seconds (``settled_counters``); the same for both stacks.
+STACK_ENV = {"RAY_metrics_report_interval_ms": "1000"}
 REPLICA_GROUP = "engine replica (Python)"  # loadtest.cpu_usage's name for it
 # Ray's metrics agent exports vLLM's counters with a ray_ prefix and ":" as "_".
 COUNTERS = {
@@ -73,11 +76,10 @@ def counters(urls: list[str]) -> dict[str, float]:
     return out
 
 
-def settled_counters(urls: list[str], quiet_s: float = 12, limit_s: float = 90
+def settled_counters(urls: list[str], quiet_s: float = 4, limit_s: float = 60
                      ) -> dict[str, float]:
     """COUNTERS once they have stopped changing for ``quiet_s``: Ray's metrics agent takes a
-    worker's counters every few seconds (every 10 by default), so a step's last requests show
-    up late."""
+    worker's counters every ``STACK_ENV`` interval, so a step's last requests show up late."""
     last, changed = counters(urls), time.monotonic()
     deadline = changed + limit_s
     while time.monotonic() - changed < quiet_s and time.monotonic() < deadline:
