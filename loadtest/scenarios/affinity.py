@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 import time
-import urllib.request
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..cpu_usage import ENGINE_GROUPS, CpuMeter
+from ..memory import scrape
 from ..metrics import summarize
 from ..report import Report, plot, step_result
 from ..runner import WARMUP_OFFSET, Target, run_step
@@ -57,23 +56,18 @@ COLUMNS = [
 
 def counters(urls: list[str]) -> dict[str, float]:
     """COUNTERS summed over every series (with the given labels) of every metrics endpoint."""
-    text = ""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = []
     for url in urls:
         try:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                text += r.read().decode() + "\n"
+            text = scrape(url, timeout=30)
         except OSError:
-            pass
-    out = {}
-    for key, (name, want) in COUNTERS.items():
-        total = 0.0
-        for labels, value in re.findall(rf"^{name}(?:\{{([^}}]*)\}})? ([0-9.e+-]+)$", text,
-                                        re.M):
-            tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            if all(tags.get(k) == v for k, v in want.items()):
-                total += float(value)
-        out[key] = total
-    return out
+            continue
+        samples += [s for family in text_string_to_metric_families(text) for s in family.samples]
+    return {key: sum(s.value for s in samples if s.name == name
+                     and all(s.labels.get(k) == v for k, v in want.items()))
+            for key, (name, want) in COUNTERS.items()}
 
 
 def settled_counters(urls: list[str], quiet_s: float = 4, limit_s: float = 60
