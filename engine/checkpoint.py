@@ -1,8 +1,8 @@
 """What a checkpoint is, read without loading it: its ``config.json`` and quantization.
 
 Used by ``engine.checkpoint_fit`` to reject combinations that cannot run (e.g. GPTQ-Int8 on
-CPU) before anything starts. Sources, in order: the embedded model's spec (nothing built), a local
-checkpoint directory, the local Hugging Face cache for a hub id. Nothing is downloaded here; a
+CPU) before anything starts. Sources, in order: the embedded model's spec (nothing built), a
+local checkpoint directory, the local Hugging Face cache for a hub id. Nothing is downloaded here; a
 hub id that is not cached is recognised by the official release names (``…-GPTQ-Int4``,
 ``…-GPTQ-Int8``, ``…-AWQ``), else its quantization is unknown until vLLM reads it.
 """

@@ -1,11 +1,12 @@
 """Whether the configured checkpoint can run as configured: the declared quantization matches
 what the checkpoint holds, and a quantized one runs on the configured device.
 
-These checks read the checkpoint (its ``config.json``, through ``ServingConfig.checkpoint_config``),
-so they are not validators: a replica that rebuilds the config from the application's args reads
-nothing. The deploy step runs them once, before anything starts: ``qwen-vl serve`` before the
-Ray head, the Serve application's builder (``launch.app``) for a deploy that is not ours (the
-chart's RayService), ``qwen-vl plan`` and the capacity check.
+These checks read the checkpoint (its ``config.json``, through
+``ServingConfig.checkpoint_config``), so they are not validators: a replica that rebuilds the
+config from the application's args reads nothing. The deploy step runs them once, before
+anything starts: ``qwen-vl serve`` before the Ray head, the Serve application's builder
+(``launch.app``) for a deploy that is not ours (the chart's RayService), ``qwen-vl plan`` and
+the capacity check.
 """
 
 from __future__ import annotations

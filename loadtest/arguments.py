@@ -32,7 +32,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _floats(text: str) -> list[float]:
+def _ratios(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     aff = one_model(sub.add_parser(
         "affinity", help="repeated images: Ray Serve's default routing vs the image-affinity "
                          "router, on the same replicas"))
-    aff.add_argument("--repeats", type=_floats,
+    aff.add_argument("--repeats", type=_ratios,
                      help="repeat ratios: shares of image requests whose image was sent before "
                           "(default 0,0.9)")
     aff.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")

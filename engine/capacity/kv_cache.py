@@ -19,8 +19,6 @@ GPU_DEFAULT_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens for o
 class KvCache:
     memory: dict[str, Any]  # the plan's "memory" section
     section: dict[str, Any]  # the plan's "kv_cache" section
-    blocks: int
-    bytes_per_token_per_gpu: int
 
 
 def kv_cache_plan(cfg, arch: Architecture, device: Device | None, weights_per_gpu: int,
@@ -67,4 +65,4 @@ def kv_cache_plan(cfg, arch: Architecture, device: Device | None, weights_per_gp
                "blocks": int(blocks), "tokens": int(blocks * e.block_size),
                "tokens_reported_by_vllm": tokens_reported,
                "max_concurrency_at_max_model_len": max_len_concurrency}
-    return KvCache(memory, section, int(blocks), per_token)
+    return KvCache(memory, section)

@@ -58,7 +58,7 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
     if seq > e.max_model_len:
         warnings.append(f"a request of {seq} tokens (prompt {prompt} + output "
                         f"{workload.output_tokens}) exceeds engine.max_model_len {e.max_model_len}")
-    fit_by_kv = int(kv.blocks // math.ceil(seq / e.block_size))
+    fit_by_kv = kv.section["blocks"] // math.ceil(seq / e.block_size)
     fit = min(fit_by_kv, e.max_num_seqs)
     if fit_by_kv == 0:
         warnings.append("not one request of this workload fits in the KV cache")
@@ -67,7 +67,7 @@ def make_plan(cfg, arch: Architecture, origin: str, device: Device | None,
     cached = cached_image_share(workload.image_repeat, d.most_replicas,
                                 d.routing.image_affinity)
     speed = speed_plan(arch, device, bandwidth, DTYPE_BYTES[dtype], tp,
-                       kv.bytes_per_token_per_gpu, workload, prompt, fit, image_flops,
+                       kv.section["bytes_per_token_per_gpu"], workload, prompt, fit, image_flops,
                        images["prompt_tokens"], video_flops, cached)
     images["cached_share"] = cached
     load = {"request_tokens": seq, "prompt_tokens": prompt, "fit_concurrency": fit,

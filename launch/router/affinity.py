@@ -52,6 +52,8 @@ class ImageAffinityRouter(RequestRouter):
             return []
         now = self._clock()
         load = {r.replica_id: self._load(r, now) for r in candidate_replicas}
+        if not self._sent.keys() <= load.keys():  # replicas that have left keep no send times
+            self._sent = {rid: sent for rid, sent in self._sent.items() if rid in load}
         low = min(load.values())
         chosen = random.choice([r for r in candidate_replicas if load[r.replica_id] == low])
         args = pending_request.args if pending_request is not None else None

@@ -98,6 +98,7 @@ def test_a_replica_that_is_gone_loses_its_items():
     owner = route(router, [replica("a"), replica("b")], "https://e.com/x.png")
     assert route(router, [replica("c")], "https://e.com/x.png") == "c"
     assert router.outcomes == ["new", "gone"]
+    assert set(router._sent) == {"c"}  # the send times of replicas that left are dropped
     assert route(router, [replica("c"), replica(owner)], "https://e.com/x.png") == "c"
 
 
