@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed-$(PROFILE)
 
 .PHONY: install serve serve-detached stop status test test-fast clean lock generate docs docs-serve \
         loadtest-quick loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline \
-        loadtest-soak loadtest-affinity
+        loadtest-soak loadtest-affinity loadtest-calibrate
 
 install: $(STAMP)
 
@@ -69,9 +69,10 @@ test-e2e: install
 # ARGS passes flags, e.g. make loadtest-card ARGS="--variants BF16,AWQ --input-lengths 1,4096".
 LOADTEST_MODEL ?= 2b
 loadtest-quick: install
-	for s in card sweep overhead baseline soak affinity; do $(PY) -m loadtest $$s --quick $(ARGS) || exit 1; done
+	for s in card sweep calibrate overhead baseline soak affinity; do $(PY) -m loadtest $$s --quick $(ARGS) || exit 1; done
 
-loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline loadtest-affinity: install
+loadtest-card loadtest-sweep loadtest-overhead loadtest-baseline loadtest-affinity \
+loadtest-calibrate: install
 	$(PY) -m loadtest $(@:loadtest-%=%) --config $(CONFIG) --model $(LOADTEST_MODEL) $(ARGS)
 
 loadtest-soak: install  # the config's own model (the embedded default), 10 minutes

@@ -32,6 +32,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected requests/s, e.g. 2.5") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+    return value
+
+
 def _ratios(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -40,6 +50,13 @@ def _ratios(text: str) -> list[float]:
     if not values or any(not 0 <= v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: each ratio must be between 0 and 1")
     return values
+
+
+def _ratio(text: str) -> float:
+    values = _ratios(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one ratio between 0 and 1")
+    return values[0]
 
 
 def _variants(text: str) -> list[str]:
@@ -114,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     mixed_workload_flags(sweep)
     sweep.add_argument("--slo-ttft-ms", type=float)
     sweep.add_argument("--slo-tpot-ms", type=float)
+
+    cal = one_model(sub.add_parser(
+        "calibrate", help="sweep one replica, write the autoscaler, queue and alert settings "
+                          "it supports (a config overlay and Helm values), then verify them"))
+    cal.add_argument("--url", help="sweep this running deployment (one replica) instead of "
+                                   "deploying one; the verification then needs --verify-url")
+    cal.add_argument("--verify-url", help="verify against this deployment of the calibrated "
+                                          "config (one replica) instead of deploying it")
+    cal.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                     help="with --url or --verify-url (default: $OPENAI_API_KEY)")
+    run_dir_flag(cal)
+    cal.add_argument("--max-concurrency", type=int)
+    cal.add_argument("--min-requests", type=int, help="requests per level at least")
+    mixed_workload_flags(cal)
+    cal.add_argument("--repeats", type=_ratio, default=0.0,
+                     help="share of image requests whose images were sent before (0-1)")
+    cal.add_argument("--slo-ttft-ms", type=float)
+    cal.add_argument("--slo-tpot-ms", type=float)
+    cal.add_argument("--request-rate", type=_rate,
+                     help="peak requests/s the deployment must hold: sets max_replicas "
+                          "(default: the config's own)")
+    cal.add_argument("--min-request-rate", type=_rate,
+                     help="requests/s it holds at all times: sets min_replicas (default 1)")
+    cal.add_argument("--verify-requests", type=_positive,
+                     help="requests sent in the verification (default 4 with --quick, "
+                          "else 32 on CPU, 200 on GPU)")
 
     over = one_model(sub.add_parser("overhead", help="our stack vs bare vllm serve"))
     mixed_workload_flags(over)
@@ -201,15 +244,18 @@ DEFAULTS = {
               "ceiling_levels": [1, 4], "ceiling_requests": 8,
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
               "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4], "cpu_requests": 8,
-              "idle_s": 3, "affinity_requests": 10, "affinity_output_tokens": 4},
+              "idle_s": 3, "affinity_requests": 10, "affinity_output_tokens": 4,
+              "verify_requests": 4},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
             "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
-            "idle_s": 15, "affinity_requests": 120, "affinity_output_tokens": 8},
+            "idle_s": 15, "affinity_requests": 120, "affinity_output_tokens": 8,
+            "verify_requests": 32},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
             "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
-            "idle_s": 15, "affinity_requests": 256, "affinity_output_tokens": 32},
+            "idle_s": 15, "affinity_requests": 256, "affinity_output_tokens": 32,
+            "verify_requests": 200},
 }

@@ -7,6 +7,7 @@ tears it down, shows progress with an ETA and writes a results folder.
     qwen-vl-loadtest baseline  [--model tiny|2b]
     qwen-vl-loadtest ceiling   [--fast-paths]
     qwen-vl-loadtest affinity  [--repeats 0,0.9] [--replicas 2]
+    qwen-vl-loadtest calibrate [--slo-ttft-ms 2000 --slo-tpot-ms 100] [--request-rate 20]
     qwen-vl-loadtest sweep --url http://HOST:8000   # an existing deployment: nothing started
     qwen-vl-loadtest soak --run-dir DIR --config F  # the stack `qwen-vl serve` runs here
 
@@ -133,7 +134,7 @@ def _run_other(args, device: str, out: Path, label: str):
                 **({"run_dir": str(args.run_dir)} if args.run_dir else {})}
     if args.scenario == "baseline":
         data = _scenario_data(args, max_model_len=n_in + n_out + 32, prefix_caching=False)
-    elif args.run_dir:  # the running stack's config, as it serves it
+    elif args.run_dir or args.scenario == "calibrate":  # the config as it is served
         data = _scenario_data(args)
     else:
         data = _scenario_data(args, max_model_len=n_in * 2 + 2048 + n_out)
@@ -141,6 +142,9 @@ def _run_other(args, device: str, out: Path, label: str):
     if reason:
         raise SystemExit(f"cannot run {args.scenario} with this model here: {reason}")
     what = f"{cfg.model.served_name}, {label}"
+
+    if args.scenario == "calibrate":
+        return _calibrate(args, d, data, cfg, out, label, settings, n_in, n_out)
 
     def stack_target(data: dict):
         """The stack to measure: a running one (--url, --run-dir) or one deployed here."""
@@ -228,6 +232,40 @@ def _run_other(args, device: str, out: Path, label: str):
                         concurrencies=args.concurrency or d["levels"],
                         requests_min=_opt(args, "min_requests", d), out=out,
                         title=f"HF transformers vs our stack: {what}", settings=settings)
+
+
+def _calibrate(args, d: dict, data: dict, cfg, out: Path, label: str, settings: dict,
+               n_in: int, n_out: int):
+    from . import deploy
+    from .plan_check import plan_for_sweep
+    from .scenarios import calibrate
+
+    w = mixed_workload(args, d, n_in, n_out).model_copy(
+        update={"image_repeat_fraction": args.repeats})
+    max_c = _opt(args, "max_concurrency", d)
+    if args.url:
+        swept = deploy.remote(args.url, None, args.api_key)
+    elif args.run_dir:  # measured as it runs: its own replicas and queue limits
+        swept = deploy.running(args.run_dir, cfg)
+    else:
+        swept = deploy.stack(calibrate.sweep_config(data, max_c), out / "deploy", name="sweep")
+    if args.verify_url:
+        def verify(_data):
+            return deploy.remote(args.verify_url, None, args.api_key)
+    elif args.url:
+        verify = None
+    else:
+        def verify(v: dict):
+            return deploy.stack(v, out / "deploy", name="calibrated")
+    what = args.url or f"{cfg.model.served_name}, {label}"
+    return calibrate.run(
+        data=data, deployment=swept, verify=verify, workload=w, max_concurrency=max_c,
+        min_requests=_opt(args, "min_requests", d), slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
+        slo_tpot_ms=_opt(args, "slo_tpot_ms", d), request_rate=args.request_rate,
+        min_request_rate=args.min_request_rate,
+        verify_requests=args.verify_requests or d["verify_requests"], out=out,
+        title=f"Calibration of one replica: {what}", settings=settings,
+        capacity_plan=plan_for_sweep(cfg, w, label), most_replicas=cfg.deployment.most_replicas)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ The scenarios (``python -m loadtest``) run this file headless, one Locust run pe
 with a spec in the environment variable ``QWEN_VL_LOADTEST_SPEC`` (a JSON file path)::
 
     {"model": "...", "workload": {...loadtest.workload.Workload...}, "num_requests": 20,
-     "records": "/path/records.jsonl", "tag": "c=4", "api_key": null, "timeout_s": 3600}
+     "records": "/path/records.jsonl", "tag": "c=4", "api_key": null, "timeout_s": 3600,
+     "rate": null}
 
 Each user takes the next request index until ``num_requests`` have been sent, so a run is a fixed
-number of requests and ends when the last one has finished: no request is ever cut off. Every
+number of requests and ends when the last one has finished: no request is ever cut off. With a
+``rate`` (requests/s), request ``i`` is sent ``i / rate`` seconds after the first: an open loop at
+that rate, as long as a user is free. Every
 request is written to ``records`` (JSONL, ``loadtest.metrics.RequestRecord``) as it finishes;
 Locust's own statistics (rounded) are only informative.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import gevent
@@ -35,7 +39,7 @@ from loadtest.workload import Workload, build_request  # noqa: E402
 
 SPEC = json.loads(Path(os.environ["QWEN_VL_LOADTEST_SPEC"]).read_text())
 WORKLOAD = Workload.model_validate(SPEC["workload"])
-STATE = {"next": 0, "done": 0}
+STATE: dict = {"next": 0, "done": 0, "start": None}
 RECORDS = open(SPEC["records"], "a", buffering=1)
 
 
@@ -51,6 +55,10 @@ class OpenAIStreamUser(User):
         if index >= SPEC["num_requests"]:
             raise StopUser()
         STATE["next"] += 1
+        if SPEC.get("rate"):
+            if STATE["start"] is None:
+                STATE["start"] = time.monotonic()
+            gevent.sleep(max(0.0, STATE["start"] + index / SPEC["rate"] - time.monotonic()))
         path, body, kind, expected = build_request(WORKLOAD, SPEC["model"],
                                                    SPEC.get("index_offset", 0) + index)
         rec = post_streaming(self.session, self.host.rstrip("/") + path, body,

@@ -48,7 +48,7 @@ def plan_for_sweep(cfg, workload, gpu_label: str) -> dict | None:
     w, h = workload.image_size
     pw = PlanWorkload(prompt_tokens=workload.input_tokens, output_tokens=workload.output_tokens,
                       images=workload.image_fraction * workload.images_per_request,
-                      image_size=(w, h))
+                      image_size=(w, h), image_repeat=workload.image_repeat_fraction)
     try:
         row = None if cfg.deployment.device == "cpu" else row_for_gpu_name(gpu_label)
         return plan_for(cfg, row, pw).to_dict()

@@ -79,8 +79,12 @@ class Progress:
 
 def run_step(target: Target, workload: Workload, *, concurrency: int, num_requests: int,
              out_dir: Path, tag: str, index_offset: int = 0, timeout_s: float = 3600,
-             progress_every: float = 10.0, scrape: bool = True) -> StepResult:
+             progress_every: float = 10.0, scrape: bool = True,
+             rate: float | None = None) -> StepResult:
     """``num_requests`` requests from ``concurrency`` Locust users; all of them finish.
+    ``rate``: requests/s, request ``i`` sent ``i / rate`` seconds after the first (an open
+    loop, as traffic arrives), by whichever user is free; ``concurrency`` is then the most in
+    flight at once, and the schedule slips only when all of them are busy.
     ``scrape``: read the KV cache usage from the deployment's metrics every second; off where
     the step's CPU is measured, since serving a scrape is the harness's load, not the
     requests' (Ray's metrics endpoint renders every series of the node for each one)."""
@@ -92,7 +96,7 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
     spec_path.write_text(json.dumps({
         "model": target.model, "workload": workload.model_dump(), "num_requests": num_requests,
         "records": str(records_path), "tag": tag, "api_key": target.api_key,
-        "timeout_s": timeout_s, "index_offset": index_offset}))
+        "timeout_s": timeout_s, "index_offset": index_offset, "rate": rate}))
     users = max(1, min(concurrency, num_requests))
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
            "--users", str(users), "--spawn-rate", str(users), "--host", target.base_url,

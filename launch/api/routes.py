@@ -71,6 +71,7 @@ class ApiState:
         self.model = cfg.model.served_name
         self.replica = replica
         self.inflight = 0
+        self.waiting = 0  # of those in flight, waiting for a slot at the engine
         # deployment.max_ongoing_requests at the engine at once, max_queued_requests more
         # waiting for a slot (checked, media loaded); past both, 503 ``overloaded`` at once.
         d = cfg.deployment
@@ -91,6 +92,9 @@ class ApiState:
                           "SIGTERM): new requests get 503.", float(self.draining))
                 set_gauge("qwen_vl_requests_in_flight", "Requests this engine replica "
                           "holds (checked, at the engine, or streaming).", self.inflight)
+                set_gauge("qwen_vl_requests_waiting", "Requests this engine replica "
+                          "holds waiting for a slot at its engine "
+                          "(deployment.max_queued_requests at most).", self.waiting)
                 if self.draining:
                     await asyncio.to_thread(drain.report_inflight, app, self.replica,
                                             self.inflight)
@@ -209,7 +213,11 @@ async def _serve(state: ApiState, body, request: Request, call, check):
             entry.lease = await state.quotas.acquire(
                 entry.key, token_reservation(body, state.cfg, entry.tally),
                 state.cfg.deployment.retry_after_s)
-        await state.slots.acquire()
+        state.waiting += 1
+        try:
+            await state.slots.acquire()
+        finally:
+            state.waiting -= 1
         entry.slot = True
     except RequestRejected as err:
         entry.finish(err.status, state)

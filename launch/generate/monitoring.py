@@ -111,6 +111,11 @@ def _alerts(t: dict[str, str]) -> list[dict[str, Any]]:
          "The KV cache is nearly full and requests wait",
          f"An engine of {{{{ $labels.model_name }}}} has its KV cache over "
          f"{t['kv_cache_usage']} full while requests wait for room."),
+        ("QwenVLQueueBacklog", "warning", slow,
+         f"max by (application) (ray_qwen_vl_requests_waiting) > {t['queue_waiting']}",
+         "Requests queue for an engine slot",
+         f"A replica holds {{{{ $value }}}} requests waiting for a slot at its engine; the "
+         f"threshold (alerts.queue_waiting) is {t['queue_waiting']}."),
         ("QwenVLOverloaded", "warning", fast,
          "qwen_vl:overload_refusals:rate1m > 0",
          "Requests are refused for capacity (503 overloaded)",
@@ -189,6 +194,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [  # (title, unit, [(lege
     ("Drain and in-flight requests", "short",
      [("draining", "max(ray_qwen_vl_draining)"),
       ("in flight", "sum(ray_qwen_vl_requests_in_flight)"),
+      ("waiting for an engine slot", "sum(ray_qwen_vl_requests_waiting)"),
       ("Ray nodes", "qwen_vl:ray_nodes:sum")]),
     ("Image affinity and cache hits", "percentunit",
      [("router hits", 'sum(qwen_vl:router_affinity:rate5m{outcome="hit"}) / '

@@ -46,36 +46,12 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
                                    "max_concurrency": max_concurrency,
                                    "min_requests": min_requests, "slo_ttft_ms": slo_ttft_ms,
                                    "slo_tpot_ms": slo_tpot_ms})
-    slo = {"ttft": slo_ttft_ms, "tpot": slo_tpot_ms}
-    plan = levels(max_concurrency)
-    print(f"sweep: {workload.describe()}; concurrency {plan}; SLO TTFT p99 <= {slo_ttft_ms:g} ms, "
-          f"TPOT p99 <= {slo_tpot_ms:g} ms", flush=True)
-    progress = Progress("sweep", len(plan), every=0, unit="levels")
-    best = 0.0
-    offset = 0
+    print(f"sweep: {workload.describe()}; concurrency {levels(max_concurrency)}; SLO TTFT p99 "
+          f"<= {slo_ttft_ms:g} ms, TPOT p99 <= {slo_tpot_ms:g} ms", flush=True)
     with deployment as target:
-        warm_up(target, workload, output_tokens=min(8, workload.output_tokens),
-                out_dir=out / "steps")
-        for i, c in enumerate(plan):
-            n = max(min_requests, 2 * c)
-            step = run_step(target, workload, concurrency=c, num_requests=n,
-                            out_dir=out / "steps", tag=f"c{c}", index_offset=offset)
-            offset += n
-            res = step_result(f"c{c}", target.name, c, step.records, step.duration, step.memory,
-                              workload.model_dump(), goodput=slo)
-            res["meets_slo"] = (res["failed"] == 0 and res["p99_ttft_ms"] <= slo_ttft_ms
-                                and res["p99_tpot_ms"] <= slo_tpot_ms)
-            report.add_step(res, step.records)
-            report.data["table"].append(res)
-            progress.update(i + 1, force=True)
-            if best and res["output_throughput"] < best * SATURATION_GAIN:
-                report.data["notes"].append(
-                    f"saturated at concurrency {c}: {res['output_throughput']:.1f} output "
-                    f"tokens/s, less than {SATURATION_GAIN:.2f}x the best level before "
-                    f"({best:.1f})")
-                break
-            best = max(best, res["output_throughput"])
-        kv_measured = target.kv_cache_tokens() if target.kv_cache_tokens else None
+        kv_measured = measure(target, workload, report, max_concurrency=max_concurrency,
+                              min_requests=min_requests, slo_ttft_ms=slo_ttft_ms,
+                              slo_tpot_ms=slo_tpot_ms, out=out)
     table = report.data["table"]
     meeting = [r["concurrency"] for r in table if r["meets_slo"]]
     capacity = max(meeting) if meeting else 0
@@ -105,3 +81,43 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
     ]
     report.write(COLUMNS, title, plots)
     return report
+
+
+def meets_slo(row: dict, slo_ttft_ms: float, slo_tpot_ms: float) -> bool:
+    """Every request of the level succeeded, and its TTFT p99 and TPOT p99 are within the SLO."""
+    return (row["failed"] == 0 and row["p99_ttft_ms"] <= slo_ttft_ms
+            and row["p99_tpot_ms"] <= slo_tpot_ms)
+
+
+def measure(target: Target, workload: Workload, report: Report, *, max_concurrency: int,
+            min_requests: int, slo_ttft_ms: float, slo_tpot_ms: float,
+            out: Path) -> int | None:
+    """The levels on a running deployment, into ``report`` (its steps and table), until
+    ``max_concurrency`` or saturation; the KV cache size the engine logged (None if unknown)."""
+    slo = {"ttft": slo_ttft_ms, "tpot": slo_tpot_ms}
+    plan = levels(max_concurrency)
+    progress = Progress("sweep", len(plan), every=0, unit="levels")
+    best = 0.0
+    offset = 0
+    warm_up(target, workload, output_tokens=min(8, workload.output_tokens),
+            out_dir=out / "steps")
+    for i, c in enumerate(plan):
+        n = max(min_requests, 2 * c)
+        step = run_step(target, workload, concurrency=c, num_requests=n,
+                        out_dir=out / "steps", tag=f"c{c}", index_offset=offset)
+        offset += n
+        res = step_result(f"c{c}", target.name, c, step.records, step.duration, step.memory,
+                          workload.model_dump(), goodput=slo)
+        res["meets_slo"] = meets_slo(res, slo_ttft_ms, slo_tpot_ms)
+        report.add_step(res, step.records)
+        report.data["table"].append(res)
+        progress.update(i + 1, force=True)
+        if best and res["output_throughput"] < best * SATURATION_GAIN:
+            report.data["saturated_at"] = c
+            report.data["notes"].append(
+                f"saturated at concurrency {c}: {res['output_throughput']:.1f} output "
+                f"tokens/s, less than {SATURATION_GAIN:.2f}x the best level before "
+                f"({best:.1f})")
+            break
+        best = max(best, res["output_throughput"])
+    return target.kv_cache_tokens() if target.kv_cache_tokens else None

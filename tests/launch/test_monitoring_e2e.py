@@ -220,7 +220,7 @@ def test_every_metric_the_dashboard_and_rules_read_is_exported(live):
     # ... and every metric the README, the docs and the chart's README name
     documented = documented_metrics()
     own = stack_metric_names()
-    assert len(own) == 9 and own <= documented, own - documented  # the stack's own, all named
+    assert len(own) == 10 and own <= documented, own - documented  # the stack's own, all named
 
     # Ray exports vLLM's gauges (running, waiting, KV cache) only while the engine steps, and
     # Prometheus marks a series stale once a scrape lacks it: samples anywhere in the module's

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from loadtest.metrics import read_records
@@ -172,6 +173,67 @@ def test_sweep_quick(tmp_path, running):
     one = rows["decode tokens/s, one stream (bound)"]
     assert one["measured"] and 0 < one["ratio"] < 1.5, one  # a bound (noise allowed)
     assert "## Plan vs measured" in (out / "report.md").read_text()
+
+
+@on_running_stack
+def test_calibrate_quick(tmp_path, running):
+    """The running stack swept, the overlay derived from that sweep's own figures and written
+    three ways, the calibrated config deployed and sent its claimed rate."""
+    import math
+
+    import helm_python as helm
+
+    from engine.checkpoint_fit import check_checkpoint
+    from engine.config import load_config
+    from launch.generate.chart import CHART_DIR
+    from loadtest.scenarios.calibrate import attainment
+
+    out, data, _ = run_scenario(tmp_path, "calibrate", "--request-rate", "100", *running)
+    check_folder(out, data, ["throughput.png"])
+    table = data["table"]
+    assert [r["tag"] for r in table] == ["c1", "c2", "verify"]
+    levels, verify = table[:2], table[2]
+    cal = data["calibration"]
+    at = max((r for r in levels if r["meets_slo"]), key=lambda r: r["concurrency"])
+    assert cal["slo_level"] == at["concurrency"]
+    assert cal["per_replica_requests_per_s"] == at["request_throughput"]
+    settings = {s["key"]: s["value"] for s in cal["settings"]}
+    assert settings["deployment.autoscaling.target_ongoing_requests"] == at["concurrency"]
+    assert settings["deployment.autoscaling.max_replicas"] == math.ceil(
+        100 / at["request_throughput"])
+    # the files hold exactly the settings; the merged config passes the deploy step's checks
+    def flat(d: dict, pre: str = "") -> dict:
+        return {key: value for k, v in d.items() for key, value in (
+            flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
+
+    assert flat(yaml.safe_load((out / "overlay.yaml").read_text())) == settings
+    cfg = load_config(out / "calibrated-config.yaml")
+    check_checkpoint(cfg)
+    assert cfg.deployment.autoscaling.target_ongoing_requests == at["concurrency"]
+    assert cfg.deployment.max_queued_requests == settings["deployment.max_queued_requests"]
+    values = yaml.safe_load((out / "values-overlay.yaml").read_text())
+    manifests = helm.Chart.load(CHART_DIR).render(values, name="q", namespace="ml",
+                                                  is_install=True)
+    service = next(o for path, text in manifests.items() if not path.endswith("NOTES.txt")
+                   for o in yaml.safe_load_all(text) if o and o["kind"] == "RayService")
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["deployment"]["max_ongoing_requests"] == \
+        settings["deployment.max_ongoing_requests"]
+    # the verification: the claimed rate, every request sent, attainment from its own records
+    assert verify["rate"] == cal["per_replica_requests_per_s"]
+    assert verify["completed"] + verify["failed"] == data["settings"]["verify_requests"] == 4
+    records = [r for r in read_records(out / "records.jsonl") if r.tag == "verify"]
+    assert len(records) == 4
+    s = data["settings"]
+    assert verify["slo_attainment"] == attainment(records, s["slo_ttft_ms"], s["slo_tpot_ms"])
+    target = next(t for t in data["targets"] if t["target"].startswith("SLO attainment"))
+    assert target["met"] is (verify["slo_attainment"] >= 0.99)
+    knee = next(r for r in data["plan_vs_measured"] if r["what"].startswith("knee"))
+    assert knee["planned"] == data["plan"]["load"]["fit_concurrency"]
+    benches = json.loads((out / "guidellm.json").read_text())["benchmarks"]
+    assert [b["config"]["strategy"].get("streams") for b in benches] == [1, 2, None]
+    assert [b["metrics"]["request_totals"]["total"] for b in benches] == \
+        [r["completed"] + r["failed"] for r in table]
 
 
 @on_running_stack

@@ -104,6 +104,12 @@ CASES = {
         {**WARN, "model_name": "m"},
         [series("ray_vllm_kv_cache_usage_perc", f'{MODEL},ReplicaId="a"', "0.95x20"),
          series("ray_vllm_num_requests_waiting", f'{MODEL},ReplicaId="a"', "0x20")]),
+    "QwenVLQueueBacklog": (  # the default threshold is 16 waiting on one replica
+        [series("ray_qwen_vl_requests_waiting", 'application="qwen-vl",replica="a"', "17x20"),
+         series("ray_qwen_vl_requests_waiting", 'application="qwen-vl",replica="b"', "0x20")],
+        {**WARN, "application": "qwen-vl"},
+        [series("ray_qwen_vl_requests_waiting", 'application="qwen-vl",replica="a"', "16x20"),
+         series("ray_qwen_vl_requests_waiting", 'application="qwen-vl",replica="b"', "16x20")]),
     "QwenVLOverloaded": (
         [rejected("overloaded", "0+30x20")], WARN,
         [rejected("quota_requests_per_minute", "0+30x20")]),

@@ -1,0 +1,161 @@
+"""From a measured sweep of one replica to the settings production runs with: the autoscaler's
+target and replica range, the per-replica queue limits and the alert thresholds, each with the
+measurement that set it (``qwen-vl-loadtest calibrate``).
+
+Definitions (docs/capacity-planning.md, "Calibrate from a measured sweep"):
+
+- the **SLO level**: the highest concurrency whose requests all succeeded with TTFT p99 and
+  TPOT p99 within the SLO (the sweep's capacity);
+- the **knee**: the best level before the first that gained less than the sweep's saturation
+  margin (10%) in output tokens/s over it (none if every level gained);
+- the **per-replica rate**: the requests/s one replica completed at the SLO level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .scenarios.sweep import SATURATION_GAIN
+
+
+# The KV cache alert's lowest threshold: a cache less than half full is not what makes requests
+# wait, whatever the calibrated mix used of it.
+KV_FLOOR = 0.5
+
+
+class CalibrationError(ValueError):
+    """The sweep cannot calibrate anything (no level met the SLO); the message says why."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One calibrated config key: its path under the config's top level, value, and why."""
+
+    path: tuple[str, ...]
+    value: int | float
+    why: str
+
+
+@dataclass
+class Calibration:
+    slo_level: dict
+    knee: dict | None
+    per_replica_rps: float
+    settings: list[Setting] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def overlay(self) -> dict:
+        """The settings as a nested config mapping (what the overlay file holds)."""
+        out: dict = {}
+        for s in self.settings:
+            node = out
+            for key in s.path[:-1]:
+                node = node.setdefault(key, {})
+            node[s.path[-1]] = s.value
+        return out
+
+    def value(self, *path: str):
+        return next(s.value for s in self.settings if s.path == path)
+
+
+def slo_level(table: list[dict]) -> dict | None:
+    """The highest level that met the SLO (its row), or None."""
+    meeting = [r for r in table if r["meets_slo"]]
+    return max(meeting, key=lambda r: r["concurrency"]) if meeting else None
+
+
+def knee(table: list[dict]) -> dict | None:
+    """The best level before the first one that gained less than ``SATURATION_GAIN`` over it in
+    output tokens/s (more requests at once from there on buy latency, not throughput); None while
+    every level gained."""
+    best = None
+    for row in sorted(table, key=lambda r: r["concurrency"]):
+        if best is not None and row["output_throughput"] < best["output_throughput"] \
+                * SATURATION_GAIN:
+            return best
+        if best is None or row["output_throughput"] > best["output_throughput"]:
+            best = row
+    return None
+
+
+def _round_up(x: float, step: float) -> float:
+    return round(math.ceil(round(x / step, 6)) * step, 6)
+
+
+def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
+              request_rate: float | None = None, min_request_rate: float | None = None,
+              most_replicas: int = 1) -> Calibration:
+    """The settings for a deployment whose replicas each behave like the swept one.
+
+    ``request_rate``: the peak requests/s the deployment must hold (sets ``max_replicas``;
+    None: ``most_replicas``, the config's own); ``min_request_rate``: what it holds at least at
+    all times (sets ``min_replicas``; None: one replica)."""
+    if not table:
+        raise CalibrationError("the sweep measured no level")
+    at = slo_level(table)
+    if at is None:
+        low = min(table, key=lambda r: r["concurrency"])
+        raise CalibrationError(
+            f"no level met the SLO (TTFT p99 <= {slo_ttft_ms:g} ms, TPOT p99 <= "
+            f"{slo_tpot_ms:g} ms, no failures): at concurrency {low['concurrency']} TTFT p99 was "
+            f"{low['p99_ttft_ms']:.0f} ms, TPOT p99 {low['p99_tpot_ms']:.0f} ms, "
+            f"{low['failed']} failed; relax the SLO or give the replica more hardware")
+    k = knee(table)
+    top = max(table, key=lambda r: r["concurrency"])
+    rps = at["request_throughput"]
+    c = at["concurrency"]
+    cal = Calibration(slo_level=at, knee=k, per_replica_rps=rps)
+    ongoing = max(c, k["concurrency"] if k else top["concurrency"])
+    knee_why = (f"the knee: {k['output_throughput']:.1f} output tokens/s at concurrency "
+                f"{k['concurrency']}; the next level gained less than "
+                f"{SATURATION_GAIN - 1:.0%}" if k else
+                f"the sweep's highest level ({top['concurrency']}); the knee was not reached, "
+                f"so more may run at once (a sweep to a higher --max-concurrency finds it)")
+    if k and k["concurrency"] < c:
+        knee_why += f"; the SLO level ({c}) is higher and sets it"
+    queue_rps = (k or top)["request_throughput"]
+    queued = int(math.floor(queue_rps * slo_ttft_ms / 1000.0))
+    peak = request_rate
+    max_r = (max(1, math.ceil(peak / rps)) if peak else most_replicas)
+    min_r = max(1, math.ceil(min_request_rate / rps)) if min_request_rate else 1
+    if min_r > max_r:
+        max_r = min_r
+    kv_row = k or top
+    kv_peak = kv_row.get("kv_cache_usage_peak")
+    settings = [
+        Setting(("deployment", "autoscaling", "target_ongoing_requests"), c,
+                f"the SLO level: {c} concurrent requests met TTFT p99 {at['p99_ttft_ms']:.0f} ms "
+                f"<= {slo_ttft_ms:g} and TPOT p99 {at['p99_tpot_ms']:.0f} ms <= {slo_tpot_ms:g}, "
+                f"at {rps:.3g} requests/s per replica"),
+        Setting(("deployment", "autoscaling", "min_replicas"), min_r,
+                f"{min_request_rate:g} requests/s at least / {rps:.3g} per replica, rounded up"
+                if min_request_rate else "one replica always up (no --min-request-rate given)"),
+        Setting(("deployment", "autoscaling", "max_replicas"), max_r,
+                f"{peak:g} requests/s at peak / {rps:.3g} per replica, rounded up" if peak else
+                f"the config's own ({most_replicas}); --request-rate sizes it from a peak rate"),
+        Setting(("deployment", "max_ongoing_requests"), ongoing, knee_why),
+        Setting(("deployment", "max_queued_requests"), queued,
+                f"a queued request waits about its place / {queue_rps:.3g} requests/s (the rate "
+                f"at concurrency {(k or top)['concurrency']}) before it starts; past {queued} "
+                f"it would wait longer than the TTFT SLO ({slo_ttft_ms:g} ms), so it gets 503 "
+                f"with Retry-After instead"),
+        Setting(("alerts", "ttft_p99_s"), round(slo_ttft_ms / 1000.0, 6),
+                f"the SLO the sweep was held to; measured p99 at the SLO level "
+                f"{at['p99_ttft_ms']:.0f} ms"),
+        Setting(("alerts", "queue_waiting"), max(1, queued // 2) if queued else 0,
+                f"half of max_queued_requests ({queued}): warned before 503s start"
+                if queued else "no queue (max_queued_requests 0): any wait is worth a warning"),
+    ]
+    if kv_peak is not None:
+        settings.append(Setting(
+            ("alerts", "kv_cache_usage"),
+            min(1.0, max(KV_FLOOR, _round_up(kv_peak + 0.1, 0.05))),
+            f"KV cache usage peaked at {kv_peak:.3f} at concurrency {kv_row['concurrency']} "
+            f"(max_ongoing_requests): fuller means requests heavier than the calibrated mix "
+            f"(0.1 above it, rounded up, and at least {KV_FLOOR:g})"))
+    else:
+        cal.notes.append("no KV cache usage was read (no metrics URL): alerts.kv_cache_usage "
+                         "is left as configured")
+    cal.settings = settings
+    return cal
