@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .scenarios.sweep import SATURATION_GAIN
+
+# A level that adds less than this factor of output tokens/s over the best before it is
+# saturated: the sweep stops there, and the level before is the knee.
+SATURATION_GAIN = 1.10
 
 
 # The KV cache alert's lowest threshold: a cache less than half full is not what makes requests

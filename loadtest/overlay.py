@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from engine.config import ServingConfig
+from engine.checkpoint_fit import check_checkpoint
+from engine.config import ConfigError, parse_config
 
 from .calibration import Calibration
-from .scenarios.common import check
 
 WIDTH = 100
 
@@ -67,10 +67,10 @@ def render(cal: Calibration, header: list[str], under: str | None = None) -> str
 def write(out: Path, base: dict, cal: Calibration, header: list[str]) -> dict[str, Path]:
     """The three files in ``out``; the merged config is checked first (ValueError: why not)."""
     data = merged(base, cal.overlay())
-    cfg, reason = check(data, "calibrated-config.yaml")
-    if reason:
-        raise ValueError(f"the calibrated config does not pass the config check: {reason}")
-    assert isinstance(cfg, ServingConfig)
+    try:
+        check_checkpoint(parse_config(data, "calibrated-config.yaml"))
+    except ConfigError as err:
+        raise ValueError(f"the calibrated config does not pass the config check: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     paths = {"overlay": out / "overlay.yaml", "values": out / "values-overlay.yaml",
              "config": out / "calibrated-config.yaml"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from ..calibration import SATURATION_GAIN
 from ..plan_check import comparison, comparison_table
 from ..report import Report, plot, step_result
 from ..runner import Progress, Target, run_step, warm_up
@@ -26,7 +27,6 @@ COLUMNS = [
     ("request_goodput", "goodput req/s"), ("memory_gib_peak", "memory GiB"),
     ("kv_cache_usage_peak", "KV usage peak"), ("meets_slo", "meets SLO"),
 ]
-SATURATION_GAIN = 1.10
 
 
 def levels(max_concurrency: int) -> list[int]:
