@@ -8,7 +8,10 @@ Definitions (docs/capacity-planning.md, "Calibrate from a measured sweep"):
   TPOT p99 within the SLO (the sweep's capacity);
 - the **knee**: the best level before the first that gained less than the sweep's saturation
   margin (10%) in output tokens/s over it (none if every level gained);
-- the **per-replica rate**: the requests/s one replica completed at the SLO level.
+- the **operating level**: the lower of the two, what the autoscaler aims at (past the knee more
+  requests at once buy latency, not throughput; past the SLO level they break the SLO);
+- the **per-replica rate**: the requests/s one replica completed at the operating level (at
+  most the knee's: an open loop past what a replica sustains only grows its queue).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Setting:
 class Calibration:
     slo_level: dict
     knee: dict | None
+    operating: dict  # the lower of the SLO level and the knee: what the autoscaler aims at
     per_replica_rps: float
     settings: list[Setting] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -105,42 +109,44 @@ def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
             f"{low['p99_ttft_ms']:.0f} ms, TPOT p99 {low['p99_tpot_ms']:.0f} ms, "
             f"{low['failed']} failed; relax the SLO or give the replica more hardware")
     k = knee(table)
-    top = max(table, key=lambda r: r["concurrency"])
-    rps = at["request_throughput"]
+    op = k if k is not None and k["concurrency"] < at["concurrency"] else at
+    rps = op["request_throughput"]
     c = at["concurrency"]
-    cal = Calibration(slo_level=at, knee=k, per_replica_rps=rps)
-    ongoing = max(c, k["concurrency"] if k else top["concurrency"])
-    knee_why = (f"the knee: {k['output_throughput']:.1f} output tokens/s at concurrency "
-                f"{k['concurrency']}; the next level gained less than "
-                f"{SATURATION_GAIN - 1:.0%}" if k else
-                f"the sweep's highest level ({top['concurrency']}); the knee was not reached, "
-                f"so more may run at once (a sweep to a higher --max-concurrency finds it)")
-    if k and k["concurrency"] < c:
-        knee_why += f"; the SLO level ({c}) is higher and sets it"
-    queue_rps = (k or top)["request_throughput"]
-    queued = int(math.floor(queue_rps * slo_ttft_ms / 1000.0))
+    cal = Calibration(slo_level=at, knee=k, operating=op, per_replica_rps=rps)
+    queued = int(math.floor(at["request_throughput"] * slo_ttft_ms / 1000.0))
     peak = request_rate
     max_r = (max(1, math.ceil(peak / rps)) if peak else most_replicas)
     min_r = max(1, math.ceil(min_request_rate / rps)) if min_request_rate else 1
     if min_r > max_r:
         max_r = min_r
-    kv_row = k or top
-    kv_peak = kv_row.get("kv_cache_usage_peak")
+    kv_peak = at.get("kv_cache_usage_peak")
+    met = (f"{c} concurrent requests met TTFT p99 {at['p99_ttft_ms']:.0f} ms <= "
+           f"{slo_ttft_ms:g} and TPOT p99 {at['p99_tpot_ms']:.0f} ms <= {slo_tpot_ms:g}")
+    if op is not at:
+        target_why = (f"the knee: {k['output_throughput']:.1f} output tokens/s at concurrency "
+                      f"{k['concurrency']}, and the next level gained less than "
+                      f"{SATURATION_GAIN - 1:.0%}, so a replica is added before one runs past "
+                      f"it; {rps:.3g} requests/s per replica there")
+    else:
+        target_why = (f"the SLO level: {met}; {rps:.3g} requests/s per replica there" + (
+            " (the knee was not reached: a sweep to a higher --max-concurrency may find more)"
+            if k is None else f"; also the knee (the next level gained less than "
+            f"{SATURATION_GAIN - 1:.0%})" if k is at else ""))
     settings = [
-        Setting(("deployment", "autoscaling", "target_ongoing_requests"), c,
-                f"the SLO level: {c} concurrent requests met TTFT p99 {at['p99_ttft_ms']:.0f} ms "
-                f"<= {slo_ttft_ms:g} and TPOT p99 {at['p99_tpot_ms']:.0f} ms <= {slo_tpot_ms:g}, "
-                f"at {rps:.3g} requests/s per replica"),
+        Setting(("deployment", "autoscaling", "target_ongoing_requests"), op["concurrency"],
+                target_why),
         Setting(("deployment", "autoscaling", "min_replicas"), min_r,
                 f"{min_request_rate:g} requests/s at least / {rps:.3g} per replica, rounded up"
                 if min_request_rate else "one replica always up (no --min-request-rate given)"),
         Setting(("deployment", "autoscaling", "max_replicas"), max_r,
                 f"{peak:g} requests/s at peak / {rps:.3g} per replica, rounded up" if peak else
                 f"the config's own ({most_replicas}); --request-rate sizes it from a peak rate"),
-        Setting(("deployment", "max_ongoing_requests"), ongoing, knee_why),
+        Setting(("deployment", "max_ongoing_requests"), c,
+                f"the SLO level, the most at once that met the SLO: {met}; a replica runs up to "
+                f"this many while the autoscaler's new replicas start"),
         Setting(("deployment", "max_queued_requests"), queued,
-                f"a queued request waits about its place / {queue_rps:.3g} requests/s (the rate "
-                f"at concurrency {(k or top)['concurrency']}) before it starts; past {queued} "
+                f"a queued request waits about its place / {at['request_throughput']:.3g} "
+                f"requests/s (the rate at concurrency {c}) before it starts; past {queued} "
                 f"it would wait longer than the TTFT SLO ({slo_ttft_ms:g} ms), so it gets 503 "
                 f"with Retry-After instead"),
         Setting(("alerts", "ttft_p99_s"), round(slo_ttft_ms / 1000.0, 6),
@@ -154,7 +160,7 @@ def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
         settings.append(Setting(
             ("alerts", "kv_cache_usage"),
             min(1.0, max(KV_FLOOR, _round_up(kv_peak + 0.1, 0.05))),
-            f"KV cache usage peaked at {kv_peak:.3f} at concurrency {kv_row['concurrency']} "
+            f"KV cache usage peaked at {kv_peak:.3f} at concurrency {c} "
             f"(max_ongoing_requests): fuller means requests heavier than the calibrated mix "
             f"(0.1 above it, rounded up, and at least {KV_FLOOR:g})"))
     else:

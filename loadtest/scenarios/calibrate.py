@@ -96,6 +96,7 @@ def run(*, data: dict, deployment: AbstractContextManager[Target],
     report.data["calibration"] = {
         "slo_level": cal.slo_level["concurrency"],
         "knee": cal.knee["concurrency"] if cal.knee else None,
+        "operating_level": cal.operating["concurrency"],
         "per_replica_requests_per_s": cal.per_replica_rps,
         "settings": [{"key": ".".join(s.path), "value": s.value, "why": s.why}
                      for s in cal.settings]}
@@ -133,8 +134,8 @@ def run(*, data: dict, deployment: AbstractContextManager[Target],
                       f">= {ATTAINMENT_GOAL:.0%} of requests within TTFT {slo_ttft_ms:g} ms and "
                       f"TPOT {slo_tpot_ms:g} ms", res["slo_attainment"] >= ATTAINMENT_GOAL,
                       f"{res['completed']} of {verify_requests} completed, sent at "
-                      f"{cal.per_replica_rps:.3g} requests/s (one replica's rate at the SLO "
-                      f"level); TTFT p99 {res['p99_ttft_ms']:.0f} ms, TPOT p99 "
+                      f"{cal.per_replica_rps:.3g} requests/s (one replica's rate at concurrency "
+                      f"{cal.operating['concurrency']}); TTFT p99 {res['p99_ttft_ms']:.0f} ms, TPOT p99 "
                       f"{res['p99_tpot_ms']:.0f} ms")
     (out / "guidellm.json").write_text(_json({"benchmarks": benches}))
     xs = [r["concurrency"] for r in table]
@@ -157,7 +158,7 @@ def _verify(target: Target, workload: Workload, cal: Calibration, n: int, slo_tt
             out_dir=out / "steps", tag="verify-warmup")
     step = run_step(target, workload, concurrency=min(users, n), num_requests=n,
                     out_dir=out / "steps", tag="verify", index_offset=10**5, rate=rate)
-    res = step_result("verify", target.name, cal.slo_level["concurrency"], step.records,
+    res = step_result("verify", target.name, cal.operating["concurrency"], step.records,
                       step.duration, step.memory, workload.model_dump(),
                       goodput={"ttft": slo_ttft_ms, "tpot": slo_tpot_ms})
     res["meets_slo"] = sweep.meets_slo(res, slo_ttft_ms, slo_tpot_ms)

@@ -60,7 +60,8 @@ def test_settings_follow_from_the_measurements():
     whys = {".".join(s.path): s.why for s in cal.settings}
     assert "3 requests/s per replica" in whys["deployment.autoscaling.target_ongoing_requests"]
     assert "10 requests/s at peak / 3 per replica" in whys["deployment.autoscaling.max_replicas"]
-    assert "concurrency 8" in whys["deployment.max_ongoing_requests"]
+    assert "8 concurrent requests met" in whys["deployment.max_ongoing_requests"]
+    assert "also the knee" in whys["deployment.autoscaling.target_ongoing_requests"]
     assert "0.420 at concurrency 8" in whys["alerts.kv_cache_usage"]
 
 
@@ -75,14 +76,21 @@ def test_defaults_without_rates_and_a_knee_never_reached():
     assert o["deployment"]["max_queued_requests"] == 2  # 4 requests/s x 0.5 s
     assert "kv_cache_usage" not in o["alerts"] and "no KV cache usage" in cal.notes[0]
     assert "not reached" in next(s.why for s in cal.settings
-                                 if s.path == ("deployment", "max_ongoing_requests"))
+                                 if s.path == ("deployment", "autoscaling",
+                                               "target_ongoing_requests"))
 
 
-def test_the_slo_level_sets_max_ongoing_when_above_the_knee():
-    table = [row(1, 100, 1.0), row(2, 105, 1.0), row(4, 106, 1.0)]
-    cal = calibrate(table, slo_ttft_ms=10000, slo_tpot_ms=500)
+def test_a_knee_below_the_slo_level_sets_the_target_and_the_rate():
+    """Past the knee more requests at once still meet the SLO but buy no throughput: the
+    autoscaler aims at the knee, and a replica may run up to the SLO level."""
+    table = [row(1, 100, 1.0), row(2, 105, 1.2), row(4, 106, 1.3)]
+    cal = calibrate(table, slo_ttft_ms=10000, slo_tpot_ms=500, request_rate=5)
     assert cal.knee["concurrency"] == 1 and cal.slo_level["concurrency"] == 4
+    assert cal.operating is cal.knee and cal.per_replica_rps == 1.0
+    assert cal.value("deployment", "autoscaling", "target_ongoing_requests") == 1
+    assert cal.value("deployment", "autoscaling", "max_replicas") == 5  # 5 / 1.0
     assert cal.value("deployment", "max_ongoing_requests") == 4
+    assert cal.value("deployment", "max_queued_requests") == 13  # 1.3 requests/s x 10 s
 
 
 def test_a_short_ttft_slo_leaves_no_queue_and_warns_on_any_wait():

@@ -196,11 +196,18 @@ def test_calibrate_quick(tmp_path, running):
     cal = data["calibration"]
     at = max((r for r in levels if r["meets_slo"]), key=lambda r: r["concurrency"])
     assert cal["slo_level"] == at["concurrency"]
-    assert cal["per_replica_requests_per_s"] == at["request_throughput"]
+    tokens = [r["output_throughput"] for r in levels]
+    # the knee: level 1 when level 2 gained under 10% over it, else none (two levels only)
+    assert cal["knee"] == (1 if tokens[1] < 1.1 * tokens[0] else None), tokens
+    op = next(r for r in levels if r["concurrency"] == min(at["concurrency"],
+                                                          cal["knee"] or 2))
+    assert cal["operating_level"] == op["concurrency"]
+    assert cal["per_replica_requests_per_s"] == op["request_throughput"]
     settings = {s["key"]: s["value"] for s in cal["settings"]}
-    assert settings["deployment.autoscaling.target_ongoing_requests"] == at["concurrency"]
+    assert settings["deployment.autoscaling.target_ongoing_requests"] == op["concurrency"]
+    assert settings["deployment.max_ongoing_requests"] == at["concurrency"]
     assert settings["deployment.autoscaling.max_replicas"] == math.ceil(
-        100 / at["request_throughput"])
+        100 / op["request_throughput"])
     # the files hold exactly the settings; the merged config passes the deploy step's checks
     def flat(d: dict, pre: str = "") -> dict:
         return {key: value for k, v in d.items() for key, value in (
