@@ -8,10 +8,10 @@ Definitions (docs/capacity-planning.md, "Calibrate from a measured sweep"):
   TPOT p99 within the SLO (the sweep's capacity);
 - the **knee**: the best level before the first that gained less than the sweep's saturation
   margin (10%) in output tokens/s over it (none if every level gained);
-- the **operating level**: the lower of the two, what the autoscaler aims at (past the knee more
-  requests at once buy latency, not throughput; past the SLO level they break the SLO);
-- the **per-replica rate**: the requests/s one replica completed at the operating level (at
-  most the knee's: an open loop past what a replica sustains only grows its queue).
+- the **operating level**: what the autoscaler aims at, the highest level that met the SLO below
+  the knee (at the knee a replica runs at its peak, and traffic that arrives at that peak rate
+  only grows its queue); the SLO level when there is no knee or it is below it;
+- the **per-replica rate**: the requests/s one replica completed at the operating level.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Setting:
 class Calibration:
     slo_level: dict
     knee: dict | None
-    operating: dict  # the lower of the SLO level and the knee: what the autoscaler aims at
+    operating: dict  # what the autoscaler aims at (``operating_level``)
     per_replica_rps: float
     settings: list[Setting] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -86,6 +86,15 @@ def knee(table: list[dict]) -> dict | None:
     return None
 
 
+def operating_level(table: list[dict], at: dict, k: dict | None) -> dict:
+    """The highest level that met the SLO below the knee (the SLO level itself without a
+    knee, or when it is below the knee); the knee when nothing below it was measured."""
+    if k is None or at["concurrency"] < k["concurrency"]:
+        return at
+    below = [r for r in table if r["meets_slo"] and r["concurrency"] < k["concurrency"]]
+    return max(below, key=lambda r: r["concurrency"]) if below else k
+
+
 def _round_up(x: float, step: float) -> float:
     return round(math.ceil(round(x / step, 6)) * step, 6)
 
@@ -109,7 +118,7 @@ def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
             f"{low['p99_ttft_ms']:.0f} ms, TPOT p99 {low['p99_tpot_ms']:.0f} ms, "
             f"{low['failed']} failed; relax the SLO or give the replica more hardware")
     k = knee(table)
-    op = k if k is not None and k["concurrency"] < at["concurrency"] else at
+    op = operating_level(table, at, k)
     rps = op["request_throughput"]
     c = at["concurrency"]
     cal = Calibration(slo_level=at, knee=k, operating=op, per_replica_rps=rps)
@@ -122,16 +131,20 @@ def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
     kv_peak = at.get("kv_cache_usage_peak")
     met = (f"{c} concurrent requests met TTFT p99 {at['p99_ttft_ms']:.0f} ms <= "
            f"{slo_ttft_ms:g} and TPOT p99 {at['p99_tpot_ms']:.0f} ms <= {slo_tpot_ms:g}")
-    if op is not at:
-        target_why = (f"the knee: {k['output_throughput']:.1f} output tokens/s at concurrency "
-                      f"{k['concurrency']}, and the next level gained less than "
-                      f"{SATURATION_GAIN - 1:.0%}, so a replica is added before one runs past "
-                      f"it; {rps:.3g} requests/s per replica there")
-    else:
+    if op is at:
         target_why = (f"the SLO level: {met}; {rps:.3g} requests/s per replica there" + (
             " (the knee was not reached: a sweep to a higher --max-concurrency may find more)"
-            if k is None else f"; also the knee (the next level gained less than "
-            f"{SATURATION_GAIN - 1:.0%})" if k is at else ""))
+            if k is None else f", below the knee ({k['concurrency']})"))
+    elif op is k:
+        target_why = (f"the knee ({k['concurrency']}: the next level gained less than "
+                      f"{SATURATION_GAIN - 1:.0%} output tokens/s), the lowest level measured; "
+                      f"{rps:.3g} requests/s per replica there is its peak, with no headroom")
+    else:
+        target_why = (f"the level below the knee ({k['concurrency']}, "
+                      f"{k['request_throughput']:.3g} requests/s: the next level gained less "
+                      f"than {SATURATION_GAIN - 1:.0%} output tokens/s): traffic arriving at the "
+                      f"knee's own rate would only grow the queue; {rps:.3g} requests/s per "
+                      f"replica here")
     settings = [
         Setting(("deployment", "autoscaling", "target_ongoing_requests"), op["concurrency"],
                 target_why),

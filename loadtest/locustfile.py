@@ -39,6 +39,11 @@ from loadtest.workload import Workload, build_request  # noqa: E402
 
 SPEC = json.loads(Path(os.environ["QWEN_VL_LOADTEST_SPEC"]).read_text())
 WORKLOAD = Workload.model_validate(SPEC["workload"])
+# Every request is built before the first is sent: building one (a random-pixel JPEG, its
+# base64) is CPU work in this process's one event loop, which would hold up the reading of every
+# stream in flight and show up as their latency.
+REQUESTS = [build_request(WORKLOAD, SPEC["model"], SPEC.get("index_offset", 0) + i)
+            for i in range(SPEC["num_requests"])]
 STATE: dict = {"next": 0, "done": 0, "start": None}
 RECORDS = open(SPEC["records"], "a", buffering=1)
 
@@ -59,8 +64,7 @@ class OpenAIStreamUser(User):
             if STATE["start"] is None:
                 STATE["start"] = time.monotonic()
             gevent.sleep(max(0.0, STATE["start"] + index / SPEC["rate"] - time.monotonic()))
-        path, body, kind, expected = build_request(WORKLOAD, SPEC["model"],
-                                                   SPEC.get("index_offset", 0) + index)
+        path, body, kind, expected = REQUESTS[index]
         rec = post_streaming(self.session, self.host.rstrip("/") + path, body,
                              api_key=SPEC.get("api_key"), timeout=SPEC.get("timeout_s", 3600),
                              kind=kind, tag=SPEC.get("tag", ""), expected_prompt_tokens=expected)

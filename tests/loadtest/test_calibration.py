@@ -44,25 +44,36 @@ def test_slo_level_is_the_highest_level_meeting_it():
 
 
 def test_settings_follow_from_the_measurements():
+    """The knee (8) is the SLO level: the autoscaler aims a level below it, at 1.75 requests/s
+    per replica; a replica may run up to the SLO level."""
     cal = calibrate(TABLE, slo_ttft_ms=1000, slo_tpot_ms=50, request_rate=10,
                     min_request_rate=4)
-    assert cal.per_replica_rps == 3.0
+    assert cal.operating["concurrency"] == 4 and cal.per_replica_rps == 1.75
     assert cal.overlay() == {
         "deployment": {
-            "autoscaling": {"target_ongoing_requests": 8,  # the SLO level
-                            "min_replicas": 2,  # ceil(4 / 3)
-                            "max_replicas": 4},  # ceil(10 / 3)
-            "max_ongoing_requests": 8,  # the knee
-            "max_queued_requests": 3,  # 3.0 requests/s at the knee x 1 s of TTFT SLO
+            "autoscaling": {"target_ongoing_requests": 4,  # the level below the knee
+                            "min_replicas": 3,  # ceil(4 / 1.75)
+                            "max_replicas": 6},  # ceil(10 / 1.75)
+            "max_ongoing_requests": 8,  # the SLO level
+            "max_queued_requests": 3,  # 3.0 requests/s at the SLO level x 1 s of TTFT SLO
         },
         "alerts": {"ttft_p99_s": 1.0, "queue_waiting": 1,
-                   "kv_cache_usage": 0.55}}  # 0.42 at the knee + 0.1, rounded up to 0.05
+                   "kv_cache_usage": 0.55}}  # 0.42 at the SLO level + 0.1, rounded up to 0.05
     whys = {".".join(s.path): s.why for s in cal.settings}
-    assert "3 requests/s per replica" in whys["deployment.autoscaling.target_ongoing_requests"]
-    assert "10 requests/s at peak / 3 per replica" in whys["deployment.autoscaling.max_replicas"]
+    assert "the level below the knee (8, 3 requests/s" in \
+        whys["deployment.autoscaling.target_ongoing_requests"]
+    assert "10 requests/s at peak / 1.75 per replica" in whys["deployment.autoscaling.max_replicas"]
     assert "8 concurrent requests met" in whys["deployment.max_ongoing_requests"]
-    assert "also the knee" in whys["deployment.autoscaling.target_ongoing_requests"]
     assert "0.420 at concurrency 8" in whys["alerts.kv_cache_usage"]
+
+
+def test_an_slo_level_below_the_knee_is_the_operating_level():
+    table = [*TABLE[:4], row(16, 900, 4.5, ttft99=1500, slo=False), row(32, 910, 4.5, slo=False)]
+    cal = calibrate(table, slo_ttft_ms=1000, slo_tpot_ms=50)
+    assert cal.knee["concurrency"] == 16 and cal.slo_level["concurrency"] == 8
+    assert cal.operating is cal.slo_level and cal.per_replica_rps == 3.0
+    assert "below the knee (16)" in next(s.why for s in cal.settings
+                                         if s.path[-1] == "target_ongoing_requests")
 
 
 def test_defaults_without_rates_and_a_knee_never_reached():
@@ -87,6 +98,8 @@ def test_a_knee_below_the_slo_level_sets_the_target_and_the_rate():
     cal = calibrate(table, slo_ttft_ms=10000, slo_tpot_ms=500, request_rate=5)
     assert cal.knee["concurrency"] == 1 and cal.slo_level["concurrency"] == 4
     assert cal.operating is cal.knee and cal.per_replica_rps == 1.0
+    assert "no headroom" in next(s.why for s in cal.settings
+                                 if s.path[-1] == "target_ongoing_requests")
     assert cal.value("deployment", "autoscaling", "target_ongoing_requests") == 1
     assert cal.value("deployment", "autoscaling", "max_replicas") == 5  # 5 / 1.0
     assert cal.value("deployment", "max_ongoing_requests") == 4
@@ -135,7 +148,7 @@ def test_the_calibrated_config_loads_through_the_config_check(written):
     d = cfg.deployment
     assert (d.max_ongoing_requests, d.max_queued_requests) == (8, 3)
     assert (d.autoscaling.target_ongoing_requests, d.autoscaling.min_replicas,
-            d.autoscaling.max_replicas) == (8, 1, 4)
+            d.autoscaling.max_replicas) == (4, 1, 6)
     assert (cfg.alerts.ttft_p99_s, cfg.alerts.queue_waiting, cfg.alerts.kv_cache_usage) == \
         (1.0, 1, 0.55)
     assert cfg.model.source == base["model"]["source"]  # everything else as the base had it
