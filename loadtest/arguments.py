@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --url or --verify-url (default: $OPENAI_API_KEY)")
     run_dir_flag(cal)
     cal.add_argument("--max-concurrency", type=int)
-    cal.add_argument("--min-requests", type=int, help="requests per level at least")
+    cal.add_argument("--min-requests", type=int,
+                     help="requests per level at least (default 24 on CPU, 64 on GPU: a p99 "
+                          "from fewer is one request's luck)")
     mixed_workload_flags(cal)
     cal.add_argument("--repeats", type=_ratio, default=0.0,
                      help="share of image requests whose images were sent before (0-1)")
@@ -245,17 +247,17 @@ DEFAULTS = {
               "max_concurrency": 2, "min_requests": 2, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
               "concurrency": 2, "rounds": 1, "requests": 4, "levels": [1, 4], "cpu_requests": 8,
               "idle_s": 3, "affinity_requests": 10, "affinity_output_tokens": 4,
-              "verify_requests": 4},
+              "verify_requests": 4, "calibrate_min_requests": 2},
     "cpu": {"input_tokens": 128, "output_tokens": 64, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64], "ceiling_requests": 64,
             "max_concurrency": 16, "min_requests": 8, "slo_ttft_ms": 10000, "slo_tpot_ms": 500,
             "concurrency": 4, "rounds": 3, "requests": 16, "levels": [1, 16], "cpu_requests": 32,
             "idle_s": 15, "affinity_requests": 120, "affinity_output_tokens": 8,
-            "verify_requests": 32},
+            "verify_requests": 32, "calibrate_min_requests": 24},
     "gpu": {"input_tokens": 512, "output_tokens": 256, "image_size": (448, 448), "duration": 600,
             "ceiling_levels": [1, 2, 4, 8, 16, 32, 64, 128, 256], "ceiling_requests": 256,
             "max_concurrency": 128, "min_requests": 32, "slo_ttft_ms": 2000, "slo_tpot_ms": 100,
             "concurrency": 16, "rounds": 3, "requests": 64, "levels": [1, 16], "cpu_requests": 64,
             "idle_s": 15, "affinity_requests": 256, "affinity_output_tokens": 32,
-            "verify_requests": 200},
+            "verify_requests": 200, "calibrate_min_requests": 64},
 }

@@ -5,7 +5,7 @@ measurement that set it (``qwen-vl-loadtest calibrate``).
 Definitions (docs/capacity-planning.md, "Calibrate from a measured sweep"):
 
 - the **SLO level**: the highest concurrency whose requests all succeeded with TTFT p99 and
-  TPOT p99 within the SLO (the sweep's capacity);
+  TPOT p99 within the SLO, as did every level below it;
 - the **knee**: the best level before the first that gained less than the sweep's saturation
   margin (10%) in output tokens/s over it (none if every level gained);
 - the **operating level**: what the autoscaler aims at, the highest level that met the SLO below
@@ -67,9 +67,14 @@ class Calibration:
 
 
 def slo_level(table: list[dict]) -> dict | None:
-    """The highest level that met the SLO (its row), or None."""
-    meeting = [r for r in table if r["meets_slo"]]
-    return max(meeting, key=lambda r: r["concurrency"]) if meeting else None
+    """The highest level that met the SLO with every level below it meeting it too (a level
+    above a failed one that passes is taken as luck, not capacity), or None."""
+    out = None
+    for row in sorted(table, key=lambda r: r["concurrency"]):
+        if not row["meets_slo"]:
+            break
+        out = row
+    return out
 
 
 def knee(table: list[dict]) -> dict | None:
@@ -91,7 +96,8 @@ def operating_level(table: list[dict], at: dict, k: dict | None) -> dict:
     knee, or when it is below the knee); the knee when nothing below it was measured."""
     if k is None or at["concurrency"] < k["concurrency"]:
         return at
-    below = [r for r in table if r["meets_slo"] and r["concurrency"] < k["concurrency"]]
+    below = [r for r in table if r["concurrency"] < k["concurrency"]
+                                 and r["concurrency"] <= at["concurrency"]]
     return max(below, key=lambda r: r["concurrency"]) if below else k
 
 
@@ -113,7 +119,7 @@ def calibrate(table: list[dict], *, slo_ttft_ms: float, slo_tpot_ms: float,
     if at is None:
         low = min(table, key=lambda r: r["concurrency"])
         raise CalibrationError(
-            f"no level met the SLO (TTFT p99 <= {slo_ttft_ms:g} ms, TPOT p99 <= "
+            f"the first level did not meet the SLO (TTFT p99 <= {slo_ttft_ms:g} ms, TPOT p99 <= "
             f"{slo_tpot_ms:g} ms, no failures): at concurrency {low['concurrency']} TTFT p99 was "
             f"{low['p99_ttft_ms']:.0f} ms, TPOT p99 {low['p99_tpot_ms']:.0f} ms, "
             f"{low['failed']} failed; relax the SLO or give the replica more hardware")

@@ -260,7 +260,8 @@ def _calibrate(args, d: dict, data: dict, cfg, out: Path, label: str, settings: 
     what = args.url or f"{cfg.model.served_name}, {label}"
     return calibrate.run(
         data=data, deployment=swept, verify=verify, workload=w, max_concurrency=max_c,
-        min_requests=_opt(args, "min_requests", d), slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
+        min_requests=args.min_requests or d["calibrate_min_requests"],
+        slo_ttft_ms=_opt(args, "slo_ttft_ms", d),
         slo_tpot_ms=_opt(args, "slo_tpot_ms", d), request_rate=args.request_rate,
         min_request_rate=args.min_request_rate,
         verify_requests=args.verify_requests or d["verify_requests"], out=out,

@@ -38,9 +38,12 @@ def test_knee_is_the_best_level_before_the_first_that_gained_under_ten_percent()
     assert knee([row(1, 100, 1)]) is None
 
 
-def test_slo_level_is_the_highest_level_meeting_it():
+def test_slo_level_is_the_highest_level_meeting_it_with_every_level_below():
     assert slo_level(TABLE)["concurrency"] == 8
     assert slo_level([row(1, 1, 1, slo=False)]) is None
+    # a level that passes above one that failed is not counted
+    assert slo_level([row(1, 1, 1), row(2, 2, 2, slo=False), row(4, 4, 4)])["concurrency"] == 1
+    assert slo_level([row(2, 2, 2, slo=False), row(1, 1, 1)])["concurrency"] == 1  # any order
 
 
 def test_settings_follow_from_the_measurements():
@@ -115,7 +118,7 @@ def test_a_short_ttft_slo_leaves_no_queue_and_warns_on_any_wait():
 def test_no_level_meeting_the_slo_says_what_the_lowest_measured():
     with pytest.raises(CalibrationError, match=r"at concurrency 1 TTFT p99 was 4000 ms"):
         calibrate([row(1, 10, 1, ttft99=4000, slo=False)], slo_ttft_ms=1000, slo_tpot_ms=50)
-    with pytest.raises(CalibrationError, match="no level"):
+    with pytest.raises(CalibrationError, match="no level"):  # nothing measured
         calibrate([], slo_ttft_ms=1000, slo_tpot_ms=50)
 
 
