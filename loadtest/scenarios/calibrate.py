@@ -58,8 +58,8 @@ def knee_row(plan: dict | None, cal: Calibration) -> dict:
     planned = plan["load"]["fit_concurrency"] if plan else None
     measured = cal.knee["concurrency"] if cal.knee else None
     return {"what": "knee: concurrency (plan: what the engine runs at once, "
-                    f"{plan['load']['fit_limited_by'] if plan else '-'}; measured: peak "
-                    "output tokens/s)", "planned": planned, "measured": measured,
+                    f"{plan['load']['fit_limited_by'] if plan else '-'}; measured: the best "
+                    "level before one gained under 10% output tokens/s)", "planned": planned, "measured": measured,
             "ratio": measured / planned if measured and planned else None}
 
 
@@ -117,9 +117,7 @@ def run(*, data: dict, deployment: AbstractContextManager[Target],
         report.data["plan"] = capacity_plan
     report.data["plan_vs_measured"] = rows
     print("plan vs measured:\n" + comparison_table(rows), flush=True)
-    benches = [guidellm_keys.benchmark(
-        [r for r in report.records if r.tag == s["tag"]],
-        {"type_": "concurrent", "streams": s["concurrency"]}) for s in table]
+    benches = guidellm_keys.levels(report.records, table)
     if verify is None:
         report.skip("verification", "it deploys the calibrated config, which needs a local "
                     "deployment; deploy calibrated-config.yaml and give its URL as --verify-url")

@@ -10,9 +10,11 @@ TPOT p99 both meet the SLO.
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from .. import guidellm_keys
 from ..calibration import SATURATION_GAIN
 from ..plan_check import comparison, comparison_table
 from ..report import Report, plot, step_result
@@ -69,6 +71,8 @@ def run(*, deployment: AbstractContextManager[Target], workload: Workload, max_c
         report.data["plan"] = capacity_plan
         report.data["plan_vs_measured"] = rows
         print("plan vs measured:\n" + comparison_table(rows), flush=True)
+    (out / "guidellm.json").write_text(json.dumps(
+        {"benchmarks": guidellm_keys.levels(report.records, table)}, indent=1))
     xs = [r["concurrency"] for r in table]
     plots = [
         plot(out / "throughput.png", "Output tokens/s per concurrency", xs,

@@ -245,3 +245,44 @@ def test_guidellm_keys_name_our_figures_as_guidellm_does():
                                                                       "p99"}
     assert guidellm_keys.benchmark([], {"type_": "constant", "rate": 1.0})["metrics"][
         "time_to_first_token_ms"] == {"successful": {"count": 0}}
+
+
+def test_compare_sets_our_figures_beside_guidellms_by_concurrency(capsys, tmp_path):
+    """Ours from records, GuideLLM's as its report holds them (with fields we do not write)."""
+    import json
+
+    recs = [RequestRecord(start_time=0.0, success=True, ttft=0.1, latency=1.1, prompt_tokens=10,
+                          output_tokens=11, tag="c1"),
+            RequestRecord(start_time=1.1, success=True, ttft=0.1, latency=0.9, prompt_tokens=10,
+                          output_tokens=9, tag="c1"),
+            RequestRecord(start_time=0.0, success=True, ttft=0.2, latency=1.0, prompt_tokens=10,
+                          output_tokens=5, tag="c4")]
+    ours = {"benchmarks": guidellm_keys.levels(recs, [{"tag": "c1", "concurrency": 1},
+                                                      {"tag": "c4", "concurrency": 4}])}
+
+    def theirs_bench(streams: int, rps: float, ttft_p50: float) -> dict:
+        return {"config": {"strategy": {"type_": "concurrent", "streams": streams,
+                                        "worker_count": 1}},
+                "metrics": {"requests_per_second": {"successful": {"mean": rps, "mode": 0}},
+                            "output_tokens_per_second": {"successful": {"mean": 40.0}},
+                            "time_to_first_token_ms": {"successful": {
+                                "median": ttft_p50, "percentiles": {"p99": 400.0}}},
+                            "inter_token_latency_ms": {"successful": {"median": 100.0}}}}
+
+    theirs = {"metadata": {}, "benchmarks": [theirs_bench(1, 0.5, 50.0),
+                                             theirs_bench(2, 1.0, 60.0)]}
+    rows = guidellm_keys.compare(ours, theirs)
+    assert [r["concurrency"] for r in rows] == [1]  # the one level both measured
+    r = rows[0]
+    assert r["requests/s"] == (pytest.approx(1.0), 0.5, pytest.approx(2.0))  # 2 in 2.0 s
+    assert r["output tokens/s"] == (pytest.approx(10.0), 40.0, pytest.approx(0.25))
+    assert r["TTFT p50 ms"] == (pytest.approx(100.0), 50.0, pytest.approx(2.0))
+    assert r["ITL p50 ms"] == (pytest.approx(100.0), 100.0, pytest.approx(1.0))
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    (tmp_path / "theirs.json").write_text(json.dumps(theirs))
+    assert guidellm_keys.main([str(tmp_path / "ours.json"), str(tmp_path / "theirs.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 / 0.5 (2.00x) | 10 / 40 (0.25x) | 100 / 50 (2.00x) | 100 / 400 (0.25x) |" \
+        in out, out
+    (tmp_path / "none.json").write_text(json.dumps({"benchmarks": [theirs_bench(8, 1, 1)]}))
+    assert guidellm_keys.main([str(tmp_path / "ours.json"), str(tmp_path / "none.json")]) == 1
