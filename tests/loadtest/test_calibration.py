@@ -286,3 +286,25 @@ def test_compare_sets_our_figures_beside_guidellms_by_concurrency(capsys, tmp_pa
         in out, out
     (tmp_path / "none.json").write_text(json.dumps({"benchmarks": [theirs_bench(8, 1, 1)]}))
     assert guidellm_keys.main([str(tmp_path / "ours.json"), str(tmp_path / "none.json")]) == 1
+
+
+def test_compare_reads_a_real_guidellm_report():
+    """GuideLLM 0.8.1's own JSON of a run against the stack (``guidellm run --output
+    kind=json``; only the fields compared are kept), read where ``compare`` reads it."""
+    import json
+    from pathlib import Path
+
+    theirs = json.loads((Path(__file__).parent / "data" / "guidellm-0.8.1-benchmarks.json")
+                        .read_text())
+    recs = [RequestRecord(start_time=0.0, success=True, ttft=0.02, latency=0.65,
+                          prompt_tokens=147, output_tokens=64, tag="c4")]
+    ours = {"benchmarks": guidellm_keys.levels(recs, [{"tag": "c4", "concurrency": 4}])}
+    (row,) = guidellm_keys.compare(ours, theirs)
+    real = next(b["metrics"] for b in theirs["benchmarks"]
+                if b["config"]["strategy"]["streams"] == 4)
+    assert row["concurrency"] == 4
+    assert row["output tokens/s"][1] == real["output_tokens_per_second"]["successful"]["mean"]
+    assert row["TTFT p99 ms"][1] == real["time_to_first_token_ms"]["successful"]["percentiles"][
+        "p99"]
+    assert row["ITL p50 ms"][1] == real["inter_token_latency_ms"]["successful"]["median"]
+    assert all(value[1] > 0 for name, value in row.items() if name != "concurrency")
