@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--image-fraction", type=float, default=0.5)
         sp.add_argument("--images-per-request", type=int, default=1)
         sp.add_argument("--image-size", type=_size, help="WIDTHxHEIGHT (default 448x448)")
+        sp.add_argument("--video-fraction", type=_ratio, default=0.0,
+                        help="share of requests with a video: a frame list of random-pixel "
+                             "JPEGs (default 0)")
+        sp.add_argument("--video-frames", type=_positive, default=8,
+                        help="frames per video (default 8; at most the config's "
+                             "multimodal.video_max_frames)")
+        sp.add_argument("--video-size", type=_size, default=(224, 224),
+                        help="WIDTHxHEIGHT of each frame (default 224x224)")
 
     def run_dir_flag(sp):  # scenarios that can measure a stack already running here
         sp.add_argument("--run-dir", type=Path,

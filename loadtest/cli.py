@@ -120,7 +120,9 @@ def mixed_workload(args, d: dict, n_in: int, n_out: int):
 
     return Workload(endpoint="chat", input_tokens=n_in, output_tokens=n_out,
                     image_fraction=args.image_fraction, images_per_request=args.images_per_request,
-                    image_size=args.image_size or d["image_size"])
+                    image_size=args.image_size or d["image_size"],
+                    video_fraction=args.video_fraction, video_frames=args.video_frames,
+                    video_size=args.video_size)
 
 
 def _run_other(args, device: str, out: Path, label: str):

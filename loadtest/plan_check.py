@@ -46,9 +46,14 @@ def plan_for_sweep(cfg, workload, gpu_label: str) -> dict | None:
     from launch.plan import plan_for
 
     w, h = workload.image_size
+    # A frame list is a video whose every frame the front door keeps: one of video_frames
+    # frames at the config's own sampling rate.
+    fps = cfg.multimodal.video_fps
     pw = PlanWorkload(prompt_tokens=workload.input_tokens, output_tokens=workload.output_tokens,
                       images=workload.image_fraction * workload.images_per_request,
-                      image_size=(w, h), image_repeat=workload.image_repeat_fraction)
+                      image_size=(w, h), image_repeat=workload.image_repeat_fraction,
+                      videos=workload.video_fraction, video_size=workload.video_size,
+                      video_seconds=workload.video_frames / fps, video_fps=fps)
     try:
         row = None if cfg.deployment.device == "cpu" else row_for_gpu_name(gpu_label)
         return plan_for(cfg, row, pw).to_dict()

@@ -1,4 +1,5 @@
-"""What the load tests send: exact-length token prompts, text chats and random-pixel images.
+"""What the load tests send: exact-length token prompts, text chats, random-pixel images and
+videos (frame lists of random-pixel JPEGs).
 
 Every request is built from ``(workload, index)`` with its own random stream, so prompts differ
 from request to request (no prefix or multimodal cache can help) and a run is reproducible. With
@@ -33,7 +34,8 @@ WORDS = ("time year people way day man thing woman life child world school state
 class Workload(BaseModel):
     """One kind of request. ``completions`` sends exactly ``input_tokens`` token ids;
     ``chat`` sends about ``input_tokens`` words of text and, for ``image_fraction`` of the
-    requests, ``images_per_request`` random-pixel JPEGs of ``image_size``."""
+    requests, ``images_per_request`` random-pixel JPEGs of ``image_size``; for
+    ``video_fraction`` of them, a video of ``video_frames`` such frames of ``video_size``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +45,9 @@ class Workload(BaseModel):
     image_fraction: float = Field(0.0, ge=0.0, le=1.0)
     images_per_request: int = Field(1, ge=1)
     image_size: tuple[int, int] = (448, 448)
+    video_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    video_frames: int = Field(8, ge=2)
+    video_size: tuple[int, int] = (224, 224)
     image_repeat_fraction: float = Field(0.0, ge=0.0, le=1.0)
     repeat_window: int = Field(32, ge=1)
     session_turns: int = Field(1, ge=1)
@@ -56,6 +61,9 @@ class Workload(BaseModel):
                f"{self.image_size[0]}x{self.image_size[1]} image(s)") if self.image_fraction else ""
         if self.image_fraction and self.image_repeat_fraction:
             img += f" ({self.image_repeat_fraction:.0%} of them sent before)"
+        if self.video_fraction:
+            img += (f", {self.video_fraction:.0%} with a {self.video_frames}-frame "
+                    f"{self.video_size[0]}x{self.video_size[1]} video")
         if self.session_turns > 1:
             img += f", in {self.session_turns}-turn sessions about one image"
         return f"chat ~{self.input_tokens} words{img} -> {self.output_tokens} tokens"
@@ -90,6 +98,9 @@ def build_request(w: Workload, model: str, index: int) -> tuple[str, dict, str, 
         kind = "image"
         for url in image_urls(w.seed, w.image_size, w.images_per_request, image_source(w, index)):
             content.append({"type": "image_url", "image_url": {"url": url}})
+    if w.video_fraction and rng.random() < w.video_fraction:
+        kind = "video"
+        content.append({"type": "video_url", "video_url": {"url": video_url(w, rng)}})
     content.append({"type": "text", "text": text})
     return ("/v1/chat/completions",
             {**common, "messages": [{"role": "user", "content": content}]}, kind, None)
@@ -133,3 +144,11 @@ def image_urls(seed: int, size: tuple[int, int], count: int, source: int) -> tup
     rng = random.Random(f"{seed}:{source}:images")
     return tuple("data:image/jpeg;base64," + base64.b64encode(random_jpeg(*size, rng)).decode()
                  for _ in range(count))
+
+
+def video_url(w: Workload, rng: random.Random) -> str:
+    """A frame list of ``video_frames`` random-pixel JPEGs of ``video_size``, as the API takes
+    one (``data:video/jpeg;base64,<frame>,<frame>,...``)."""
+    frames = [base64.b64encode(random_jpeg(*w.video_size, rng)).decode()
+              for _ in range(w.video_frames)]
+    return "data:video/jpeg;base64," + ",".join(frames)

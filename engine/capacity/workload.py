@@ -23,7 +23,7 @@ class Workload:
     output_tokens: int = 128
     images: float = 1  # per request (an average: the load tests send images on a share)
     image_size: tuple[int, int] = (1024, 768)  # width, height
-    videos: int = 0  # video files per request
+    videos: float = 0  # per request (an average, like images)
     video_seconds: float = 60
     video_fps: float = 30  # the file's own frame rate
     video_size: tuple[int, int] = (640, 360)  # width, height

@@ -308,3 +308,18 @@ def test_compare_reads_a_real_guidellm_report():
         "p99"]
     assert row["ITL p50 ms"][1] == real["inter_token_latency_ms"]["successful"]["median"]
     assert all(value[1] > 0 for name, value in row.items() if name != "concurrency")
+
+
+def test_the_plan_counts_a_frame_list_video_as_the_front_door_keeps_it():
+    from loadtest.plan_check import plan_for_sweep
+    from loadtest.workload import Workload
+
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    w = Workload(endpoint="chat", input_tokens=64, output_tokens=8, video_fraction=0.5,
+                 video_frames=8, video_size=(224, 224))
+    plan = plan_for_sweep(cfg, w, "cpu")
+    video = plan["videos"]
+    assert video["frames"] == 8 and video["size"] == "224x224"
+    without = plan_for_sweep(cfg, w.model_copy(update={"video_fraction": 0.0}), "cpu")
+    assert plan["load"]["prompt_tokens"] - without["load"]["prompt_tokens"] == \
+        pytest.approx(0.5 * video["prompt_tokens"], abs=1)

@@ -188,7 +188,9 @@ def test_calibrate_quick(tmp_path, running):
     from launch.generate.chart import CHART_DIR
     from loadtest.scenarios.calibrate import attainment
 
-    out, data, _ = run_scenario(tmp_path, "calibrate", "--request-rate", "100", *running)
+    out, data, _ = run_scenario(tmp_path, "calibrate", "--request-rate", "100",
+                                "--video-fraction", "0.5", "--video-frames", "4",
+                                "--video-size", "112x112", *running)
     check_folder(out, data, ["throughput.png"])
     table = data["table"]
     assert [r["tag"] for r in table] == ["c1", "c2", "verify"]
@@ -230,6 +232,8 @@ def test_calibrate_quick(tmp_path, running):
     # the verification: the claimed rate, every request sent, attainment from its own records
     assert verify["rate"] == cal["per_replica_requests_per_s"]
     assert verify["completed"] + verify["failed"] == data["settings"]["verify_requests"] == 4
+    # the configured mix, videos included, reached the engine (every record succeeded)
+    assert {r.kind for r in read_records(out / "records.jsonl")} == {"text", "image", "video"}
     records = [r for r in read_records(out / "records.jsonl") if r.tag == "verify"]
     assert len(records) == 4
     s = data["settings"]

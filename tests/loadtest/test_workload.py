@@ -87,3 +87,30 @@ def test_sessions_are_multi_turn_chats_about_one_image():
     assert first[1][:1] == first[2][:1] == first[0][:1]  # the conversation so far, unchanged
     assert first[2][:3] == first[1][:3]
     assert turns[3][1]["messages"][0] != turns[0][1]["messages"][0]  # a new session's image
+
+
+def test_videos_are_frame_lists_of_random_jpegs_on_their_share_of_requests():
+    w = Workload(endpoint="chat", input_tokens=5, video_fraction=0.5, video_frames=4,
+                 video_size=(56, 84))
+    kinds = [build_request(w, "m", i)[2] for i in range(200)]
+    assert set(kinds) == {"text", "video"}
+    assert 0.4 * 200 <= kinds.count("video") <= 0.6 * 200, kinds.count("video")
+    i = kinds.index("video")
+    parts = build_request(w, "m", i)[1]["messages"][0]["content"]
+    (video,) = [p["video_url"]["url"] for p in parts if p["type"] == "video_url"]
+    assert video.startswith("data:video/jpeg;base64,")
+    frames = video.removeprefix("data:video/jpeg;base64,").split(",")
+    assert len(frames) == 4 and len(set(frames)) == 4
+    img = Image.open(io.BytesIO(base64.b64decode(frames[0])))
+    assert img.format == "JPEG" and img.size == (56, 84)
+    assert parts[-1]["type"] == "text"
+    assert "50% with a 4-frame 56x84 video" in w.describe()
+
+
+def test_no_video_share_leaves_every_other_request_as_it_was():
+    """The video draw is made only when there is a share to draw for: runs without videos send
+    the same requests as before videos existed."""
+    w = Workload(endpoint="chat", input_tokens=5, image_fraction=0.5, image_size=(32, 32))
+    assert [build_request(w, "m", i)[2] for i in range(8)] == [
+        build_request(w.model_copy(update={"video_frames": 3}), "m", i)[2] for i in range(8)]
+    assert "video" not in w.describe()
