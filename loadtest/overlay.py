@@ -75,11 +75,12 @@ def write(out: Path, base: dict, cal: Calibration, header: list[str]) -> dict[st
     paths = {"overlay": out / "overlay.yaml", "values": out / "values-overlay.yaml",
              "config": out / "calibrated-config.yaml"}
     paths["overlay"].write_text(render(cal, header))
+    most = cal.value("deployment", "autoscaling", "max_replicas")
     paths["values"].write_text(render(cal, header + [
         "Helm merges these over the chart's values. Worker pods are a list, which Helm does "
         "not merge: give workerGroups[].maxReplicas room for "
-        f"deployment.autoscaling.max_replicas ({cal.value('deployment', 'autoscaling', 'max_replicas')}) "
-        "engine replicas yourself."], under="serving"))
+        f"deployment.autoscaling.max_replicas ({most}) engine replicas yourself."],
+        under="serving"))
     paths["config"].write_text("\n".join(
         line for h in header + ["The base config with overlay.yaml merged in (its comments say "
                                 "where each value comes from)."]

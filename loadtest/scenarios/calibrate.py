@@ -11,6 +11,7 @@ workload (plan, measured, ratio) and writes every step in GuideLLM's key names
 from __future__ import annotations
 
 import copy
+import json
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,8 @@ from ..runner import Target, run_step, warm_up
 from ..workload import Workload
 from . import sweep
 
-COLUMNS = [("tag", "step"), *sweep.COLUMNS[:-1], ("rate", "sent req/s"), ("slo_attainment", "within SLO"),
-           sweep.COLUMNS[-1]]
+COLUMNS = [("tag", "step"), *sweep.COLUMNS[:-1], ("rate", "sent req/s"),
+           ("slo_attainment", "within SLO"), sweep.COLUMNS[-1]]
 ATTAINMENT_GOAL = 0.99  # the SLO is on p99: 99% of requests within it
 
 
@@ -57,9 +58,10 @@ def attainment(records, slo_ttft_ms: float, slo_tpot_ms: float) -> float:
 def knee_row(plan: dict | None, cal: Calibration) -> dict:
     planned = plan["load"]["fit_concurrency"] if plan else None
     measured = cal.knee["concurrency"] if cal.knee else None
-    return {"what": "knee: concurrency (plan: what the engine runs at once, "
-                    f"{plan['load']['fit_limited_by'] if plan else '-'}; measured: the best "
-                    "level before one gained under 10% output tokens/s)", "planned": planned, "measured": measured,
+    limit = plan["load"]["fit_limited_by"] if plan else "-"
+    return {"what": f"knee: concurrency (plan: what the engine runs at once, {limit}; measured: "
+                    "the best level before one gained under 10% output tokens/s)",
+            "planned": planned, "measured": measured,
             "ratio": measured / planned if measured and planned else None}
 
 
@@ -104,7 +106,12 @@ def run(*, data: dict, deployment: AbstractContextManager[Target],
               f"({report.data['machine']}).",
               f"Workload: {workload.describe()}. SLO: TTFT p99 <= {slo_ttft_ms:g} ms, "
               f"TPOT p99 <= {slo_tpot_ms:g} ms. The sweep: results.json beside this file."]
-    paths = overlay.write(out, data, cal, header)
+    try:
+        paths = overlay.write(out, data, cal, header)
+    except ValueError as err:  # the calibrated config fails the deploy step's checks
+        report.data["notes"].append(str(err))
+        report.write(COLUMNS, title)
+        raise RuntimeError(str(err)) from None
     report.data["files"] = {k: str(v) for k, v in paths.items()}
     report.section("Calibrated settings", f"Written to `{paths['overlay'].name}`, "
                    f"`{paths['values'].name}` (Helm) and `{paths['config'].name}` (the base "
@@ -132,10 +139,10 @@ def run(*, data: dict, deployment: AbstractContextManager[Target],
                       f">= {ATTAINMENT_GOAL:.0%} of requests within TTFT {slo_ttft_ms:g} ms and "
                       f"TPOT {slo_tpot_ms:g} ms", res["slo_attainment"] >= ATTAINMENT_GOAL,
                       f"{res['completed']} of {verify_requests} completed, sent at "
-                      f"{cal.per_replica_rps:.3g} requests/s (one replica's rate at concurrency "
-                      f"{cal.operating['concurrency']}); TTFT p99 {res['p99_ttft_ms']:.0f} ms, TPOT p99 "
-                      f"{res['p99_tpot_ms']:.0f} ms")
-    (out / "guidellm.json").write_text(_json({"benchmarks": benches}))
+                      f"{cal.per_replica_rps:.3g} requests/s (one replica's rate at "
+                      f"concurrency {cal.operating['concurrency']}); TTFT p99 "
+                      f"{res['p99_ttft_ms']:.0f} ms, TPOT p99 {res['p99_tpot_ms']:.0f} ms")
+    (out / "guidellm.json").write_text(json.dumps({"benchmarks": benches}, indent=1))
     xs = [r["concurrency"] for r in table]
     plots = [plot(out / "throughput.png", "Output tokens/s per concurrency (one replica)", xs,
                   {"output tokens/s": [r["output_throughput"] for r in table]},
@@ -165,9 +172,3 @@ def _verify(target: Target, workload: Workload, cal: Calibration, n: int, slo_tt
     report.add_step(res, step.records)
     report.data["table"].append(res)
     return res
-
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=1)
