@@ -10,9 +10,9 @@ with a spec in the environment variable ``QWEN_VL_LOADTEST_SPEC`` (a JSON file p
 Each user takes the next request index until ``num_requests`` have been sent, so a run is a fixed
 number of requests and ends when the last one has finished: no request is ever cut off. With a
 ``rate`` (requests/s), request ``i`` is sent ``i / rate`` seconds after the first: an open loop at
-that rate, as long as a user is free. Every
-request is written to ``records`` (JSONL, ``loadtest.metrics.RequestRecord``) as it finishes;
-Locust's own statistics (rounded) are only informative.
+that rate, as long as a user is free. Every request is written to ``records`` (JSONL,
+``loadtest.metrics.RequestRecord``) as it finishes; Locust's own statistics (rounded) are only
+informative.
 
 Interactively, against any deployment (web UI on :8089)::
 

@@ -117,7 +117,6 @@ def measure(target: Target, workload: Workload, report: Report, *, max_concurren
         report.data["table"].append(res)
         progress.update(i + 1, force=True)
         if best and res["output_throughput"] < best * SATURATION_GAIN:
-            report.data["saturated_at"] = c
             report.data["notes"].append(
                 f"saturated at concurrency {c}: {res['output_throughput']:.1f} output "
                 f"tokens/s, less than {SATURATION_GAIN:.2f}x the best level before "
