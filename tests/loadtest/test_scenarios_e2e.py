@@ -236,6 +236,9 @@ def test_calibrate_quick(tmp_path, running):
     assert {r.kind for r in read_records(out / "records.jsonl")} == {"text", "image", "video"}
     records = [r for r in read_records(out / "records.jsonl") if r.tag == "verify"]
     assert len(records) == 4
+    # an open loop: request i is sent no sooner than i / rate after the first
+    starts = sorted(r.start_time for r in records)
+    assert starts[-1] - starts[0] >= 3 / verify["rate"] - 0.01, (starts, verify["rate"])
     s = data["settings"]
     assert verify["slo_attainment"] == attainment(records, s["slo_ttft_ms"], s["slo_tpot_ms"])
     target = next(t for t in data["targets"] if t["target"].startswith("SLO attainment"))
