@@ -219,7 +219,7 @@ def test_calibrate_quick(tmp_path, running):
     assert flat(yaml.safe_load((out / "overlay.yaml").read_text())) == settings
     cfg = load_config(out / "calibrated-config.yaml")
     check_checkpoint(cfg)
-    assert cfg.deployment.autoscaling.target_ongoing_requests == at["concurrency"]
+    assert cfg.deployment.autoscaling.target_ongoing_requests == op["concurrency"]
     assert cfg.deployment.max_queued_requests == settings["deployment.max_queued_requests"]
     values = yaml.safe_load((out / "values-overlay.yaml").read_text())
     manifests = helm.Chart.load(CHART_DIR).render(values, name="q", namespace="ml",
