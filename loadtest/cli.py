@@ -225,7 +225,8 @@ def _run_other(args, device: str, out: Path, label: str):
                             concurrency=_opt(args, "concurrency", d),
                             requests=args.requests or d["affinity_requests"], out=out,
                             title=f"Image affinity vs default routing, {args.replicas} replicas: "
-                                  f"{what}", settings=settings, idle_s=d["idle_s"])
+                                  f"{what}", settings=settings, idle_s=d["idle_s"],
+                            replicas=args.replicas)
     from .scenarios import baseline
     from .scenarios.common import hf_dtype
 

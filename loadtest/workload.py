@@ -152,3 +152,31 @@ def video_url(w: Workload, rng: random.Random) -> str:
     frames = [base64.b64encode(random_jpeg(*w.video_size, rng)).decode()
               for _ in range(w.video_frames)]
     return "data:video/jpeg;base64," + ",".join(frames)
+
+
+def replayed_hit_ratio(w: Workload, requests: int, replicas: int, sticky: bool,
+                       cache_images: int | None = None, seed: int = 0) -> float:
+    """The share of ``requests`` image requests (one image each) whose image the replica they
+    reach already holds, replaying the workload's own sequence: each replica an LRU cache of
+    ``cache_images`` images (None: unbounded); a request goes to a random replica, or with
+    ``sticky`` to the one its image last reached (what the image-affinity router does when no
+    replica is too busy). What routing alone can reach for this traffic, beside what a run
+    measures."""
+    from collections import OrderedDict
+
+    rng = random.Random(seed)
+    caches: list[OrderedDict] = [OrderedDict() for _ in range(replicas)]
+    last: dict[int, int] = {}
+    hits = 0
+    for i in range(requests):
+        src = image_source(w, i // w.session_turns)  # a session's turns carry its image
+        r = last[src] if sticky and src in last else rng.randrange(replicas)
+        last[src] = r
+        if src in caches[r]:
+            hits += 1
+            caches[r].move_to_end(src)
+        else:
+            caches[r][src] = True
+            if cache_images is not None and len(caches[r]) > cache_images:
+                caches[r].popitem(last=False)
+    return hits / requests if requests else 0.0

@@ -26,7 +26,7 @@ from ..memory import scrape
 from ..metrics import summarize
 from ..report import Report, plot, step_result
 from ..runner import WARMUP_OFFSET, Target, run_step
-from ..workload import Workload
+from ..workload import Workload, replayed_hit_ratio
 
 POLICIES = ("default", "affinity")
 # Ray's metrics reach its agent every second (its default is 10 s), so the counters read after
@@ -51,6 +51,7 @@ COLUMNS = [
     ("core_cpu_ms", "engine core CPU ms/request"), ("engine_cpu_ms", "engine-side CPU ms/request"),
     ("router_hit_ratio", "router hit ratio"), ("mm_cache_hit_ratio", "mm cache hit ratio"),
     ("prefix_cache_hit_ratio", "prefix cache hit ratio"),
+    ("replayed_hit_ratio", "replayed hit ratio"),
 ]
 
 
@@ -89,8 +90,10 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def measure(t: Target, policy: str, repeats: list[float], workload: Workload, concurrency: int,
-            requests: int, out: Path, idle_s: float) -> list[dict]:
-    """One row per repeat ratio on the deployment ``t``."""
+            requests: int, out: Path, idle_s: float, replicas: int) -> list[dict]:
+    """One row per repeat ratio on the deployment ``t``; beside the measured hit ratios, what
+    routing alone reaches for the step's own requests (``replayed_hit_ratio``: unbounded
+    caches, a random replica or the image's last one)."""
     meter = CpuMeter(t.stack_pids or t.engine_pids, idle_s=idle_s)
     urls = [t.metrics_url] if t.metrics_url else []
     rows = []
@@ -113,6 +116,8 @@ def measure(t: Target, policy: str, repeats: list[float], workload: Workload, co
                "router_hit_ratio": ratio(d["router_hit"], d["router_all"]),
                "mm_cache_hit_ratio": ratio(d["mm_hits"], d["mm_queries"]),
                "prefix_cache_hit_ratio": ratio(d["prefix_hits"], d["prefix_queries"]),
+               "replayed_hit_ratio": replayed_hit_ratio(w, requests, replicas,
+                                                        sticky=policy == "affinity"),
                "counters": d, "step": step, "workload": w}
         mm = row["mm_cache_hit_ratio"]
         print(f"  {policy}, repeat {repeat:.0%}: TTFT p50 {row['median_ttft_ms']:.0f} ms, "
@@ -138,8 +143,9 @@ def policy_configs(data: dict, replicas: int) -> dict[str, dict]:
 
 def run(*, deployments: dict[str, AbstractContextManager[Target]], repeats: list[float],
         workload: Workload, concurrency: int, requests: int, out: Path, title: str,
-        settings: dict, idle_s: float) -> Report:
-    """``deployments``: policy -> the stack that routes by it (deployed in turn)."""
+        settings: dict, idle_s: float, replicas: int) -> Report:
+    """``deployments``: policy -> the stack that routes by it (deployed in turn), each with
+    ``replicas`` engine replicas."""
     report = Report("affinity", out, {**settings, "repeats": repeats, "concurrency": concurrency,
                                       "requests_per_step": requests})
     print(f"affinity: {workload.describe()}, concurrency {concurrency}, {requests} requests per "
@@ -153,7 +159,8 @@ def run(*, deployments: dict[str, AbstractContextManager[Target]], repeats: list
             run_step(t, workload.model_copy(update={"seed": 99}), concurrency=concurrency,
                      num_requests=2 * concurrency, out_dir=out / "steps", tag=f"{policy}-warmup",
                      index_offset=WARMUP_OFFSET, scrape=False)
-            rows += measure(t, policy, repeats, workload, concurrency, requests, out, idle_s)
+            rows += measure(t, policy, repeats, workload, concurrency, requests, out, idle_s,
+                            replicas)
     for row in rows:
         step, w = row.pop("step"), row.pop("workload")
         report.add_step(step_result(f"{row['policy']}-r{row['repeat']:g}", row["policy"],

@@ -343,6 +343,11 @@ def test_affinity_quick(tmp_path):
         assert r["engine_cpu_ms"] > 0 and r["core_cpu_ms"] > 0 and r["replica_cpu_ms"] > 0
         w = Workload(image_repeat_fraction=r["repeat"], seed=100 + i % 2)
         distinct = len({image_source(w, k) for k in range(n)})
+        # what routing alone reaches: every repeat when sticky, at most that when spread
+        if r["policy"] == "affinity":
+            assert r["replayed_hit_ratio"] == (n - distinct) / n, r
+        else:
+            assert r["replayed_hit_ratio"] <= (n - distinct) / n, r
         if r["policy"] == "default":
             assert c["router_all"] == 0 and r["router_hit_ratio"] is None, c
             continue

@@ -114,3 +114,24 @@ def test_no_video_share_leaves_every_other_request_as_it_was():
     assert [build_request(w, "m", i)[2] for i in range(8)] == [
         build_request(w.model_copy(update={"video_frames": 3}), "m", i)[2] for i in range(8)]
     assert "video" not in w.describe()
+
+
+def test_replayed_hit_ratio_is_what_routing_alone_reaches():
+    from loadtest.workload import image_source, replayed_hit_ratio
+
+    w = Workload(endpoint="chat", image_fraction=1.0, image_repeat_fraction=0.9, seed=7)
+    n = 200
+    repeats = n - len({image_source(w, i) for i in range(n)})
+    # sticky and unbounded: every repeat finds its image; one replica: the same
+    assert replayed_hit_ratio(w, n, 4, sticky=True) == repeats / n
+    assert replayed_hit_ratio(w, n, 1, sticky=False) == repeats / n
+    # spread at random, a repeat misses on a replica the image has not reached yet
+    spread = [replayed_hit_ratio(w, n, k, sticky=False) for k in (2, 4, 8)]
+    assert spread[0] < repeats / n and spread == sorted(spread, reverse=True), spread
+    # a cache of one image per replica loses most of what an unbounded one holds
+    assert replayed_hit_ratio(w, n, 2, sticky=True, cache_images=1) < repeats / n
+    assert replayed_hit_ratio(w.model_copy(update={"image_repeat_fraction": 0.0}), n, 2,
+                              sticky=True) == 0.0
+    # sessions: every turn after a session's first carries an image it already sent
+    s = Workload(endpoint="chat", image_fraction=1.0, session_turns=3, seed=7)
+    assert replayed_hit_ratio(s, 30, 2, sticky=True) == 20 / 30
