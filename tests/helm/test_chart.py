@@ -18,6 +18,7 @@ from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
 from engine.config import AccessSettings, ServerSettings, load_config, parse_config
 from launch.app import serve_application
 from launch.generate.chart import CHART_DIR
+from loadtest.overlay import merged
 from tests.utils import CONFIGS, config_with
 
 # The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
@@ -580,7 +581,7 @@ def _values_of(words: list[str]) -> tuple[str, str, dict]:
         if flag in ("-n", "--namespace"):
             namespace = arg
         elif flag in ("-f", "--values"):
-            values = _merge(values, yaml.safe_load((ROOT / arg).read_text()))
+            values = merged(values, yaml.safe_load((ROOT / arg).read_text()))
         elif flag == "--set":
             for assignment in arg.split(","):
                 key, value = assignment.split("=", 1)
@@ -596,13 +597,6 @@ def _values_of(words: list[str]) -> tuple[str, str, dict]:
             raise AssertionError(f"flag the test does not know: {flag}")
         i += 2
     return release, namespace, values
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def test_the_helm_commands_the_pages_show_render_and_validate(chart):
