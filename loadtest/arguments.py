@@ -32,6 +32,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _frames(text: str) -> int:
+    value = _positive(text)
+    if value < 2:  # Workload.video_frames: Qwen2-VL encodes frames in pairs
+        raise argparse.ArgumentTypeError(f"{text!r}: a video needs at least 2 frames")
+    return value
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -107,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--video-fraction", type=_ratio, default=0.0,
                         help="share of requests with a video: a frame list of random-pixel "
                              "JPEGs (default 0)")
-        sp.add_argument("--video-frames", type=_positive, default=8,
+        sp.add_argument("--video-frames", type=_frames, default=8,
                         help="frames per video (default 8; at most the config's "
                              "multimodal.video_max_frames)")
         sp.add_argument("--video-size", type=_size, default=(224, 224),

@@ -125,6 +125,11 @@ def test_hf_baseline_names_why_quantized_checkpoints_are_skipped(tmp_path):
     (["affinity", "--repeats", "0,1.5"], "each ratio must be between 0 and 1"),
     (["affinity", "--repeats", "x"], "expected numbers, e.g. 0,0.9"),
     (["affinity", "--session-turns", "0"], "must be at least 1"),
+    (["sweep", "--video-frames", "1"], "a video needs at least 2 frames"),
+    (["calibrate", "--video-fraction", "1.5"], "each ratio must be between 0 and 1"),
+    (["calibrate", "--repeats", "0.5,0.9"], "expected one ratio between 0 and 1"),
+    (["calibrate", "--request-rate", "0"], "must be above 0"),
+    (["calibrate", "--min-request-rate", "x"], "expected requests/s"),
 ])
 def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
     from loadtest.cli import build_parser
