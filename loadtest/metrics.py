@@ -82,6 +82,13 @@ def _stats(values: list[float], name: str) -> dict[str, float]:
     return out
 
 
+def within_slo(r: RequestRecord, slo: dict[str, float]) -> bool:
+    """A request that succeeded within every SLO of ``slo`` (``ttft``/``tpot``/``e2el`` in ms;
+    a single-token request has no TPOT to miss)."""
+    got = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2el": r.latency}
+    return r.success and all(got[k] * 1000.0 <= limit for k, limit in slo.items())
+
+
 def summarize(records: Iterable[RequestRecord], duration: float | None = None,
               goodput: dict[str, float] | None = None) -> dict:
     """The summary of one run, with ``vllm bench serve``'s keys.
@@ -102,12 +109,7 @@ def summarize(records: Iterable[RequestRecord], duration: float | None = None,
         "itl": [gap for r in ok for gap in r.itl],
         "e2el": [r.latency for r in ok],
     }
-    good = 0
-    if goodput:
-        for r in ok:
-            got = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2el": r.latency}
-            if all(got[k] * 1000.0 <= slo for k, slo in goodput.items()):
-                good += 1
+    good = sum(within_slo(r, goodput) for r in ok) if goodput else 0
     out = {
         "duration": duration,
         "completed": len(ok),

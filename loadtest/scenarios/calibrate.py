@@ -18,6 +18,7 @@ from typing import Callable
 
 from .. import guidellm_keys, overlay
 from ..calibration import Calibration, CalibrationError, calibrate
+from ..metrics import within_slo
 from ..plan_check import comparison, comparison_table
 from ..report import Report, plot, step_result
 from ..runner import Target, run_step, warm_up
@@ -50,8 +51,8 @@ def verify_config(calibrated: dict) -> dict:
 
 def attainment(records, slo_ttft_ms: float, slo_tpot_ms: float) -> float:
     """The share of all requests sent that succeeded within both SLOs."""
-    good = sum(1 for r in records if r.success and r.ttft * 1000 <= slo_ttft_ms
-               and (r.tpot or 0.0) * 1000 <= slo_tpot_ms)
+    slo = {"ttft": slo_ttft_ms, "tpot": slo_tpot_ms}
+    good = sum(within_slo(r, slo) for r in records)
     return good / len(records) if records else 0.0
 
 
