@@ -30,7 +30,8 @@ COPY engine engine
 COPY launch launch
 COPY loadtest loadtest
 RUN pip install -c requirements/gpu.lock ".[gpu]" \
-    && qwen-vl --help > /dev/null
+    && qwen-vl --help > /dev/null \
+    && test -x /usr/local/bin/qwen-vl-haproxy
 
 # Non-root, matching the chart's securityContext (runAsUser 1000).
 USER 1000

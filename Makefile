@@ -87,6 +87,7 @@ generate: install
 	$(PY) -m launch.generate.chart monitoring
 	$(PY) -m launch.generate.config_reference
 	$(PY) -m launch.generate.benchmark_index
+	$(PY) -m launch.generate.proxy_pages
 
 clean:
 	rm -rf $(VENV) *.egg-info

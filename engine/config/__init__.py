@@ -16,8 +16,9 @@ from .tools import TOOL_USE_TEMPLATE, ToolsSettings
 from .access import AccessSettings, KEY_NAME, NO_KEY, NamedKey, Quota, UNNAMED_KEYS
 from .deployment import Autoscaling, DeploymentSettings, RoutingSettings
 from .server import (
-    DEREGISTRATION_ENV, HAPROXY_RETRY_ENV, PROXY_CHECK_ENV, RAY_FAST_PATH_ENV, RAY_NODE_ENV,
-    ROUTER_BODY_ENV, ServerSettings,
+    DEREGISTRATION_ENV, HAPROXY_BINARY_ENV, HAPROXY_PAGES_SCRIPT, HAPROXY_RETRY_ENV,
+    PROXY_CHECK_ENV, RAY_FAST_PATH_ENV, RAY_NODE_ENV, ROUTER_BODY_ENV, ServerSettings,
+    haproxy_pages_binary,
 )
 from .alerts import AlertSettings
 from .serving import CPU_BLOCK_MULTIPLE, ServingConfig
@@ -32,6 +33,8 @@ __all__ = [
     "DEREGISTRATION_ENV",
     "DeploymentSettings",
     "EngineSettings",
+    "HAPROXY_BINARY_ENV",
+    "HAPROXY_PAGES_SCRIPT",
     "HAPROXY_RETRY_ENV",
     "KEY_NAME",
     "LimitsSettings",
@@ -53,6 +56,7 @@ __all__ = [
     "UNNAMED_KEYS",
     "UrlPolicy",
     "VIDEO_FRAME_CAP",
+    "haproxy_pages_binary",
     "load_config",
     "parse_config",
 ]

@@ -65,7 +65,9 @@ class DeploymentSettings(_Strict):
         64, ge=0, description="Requests each replica holds waiting beyond max_ongoing_requests; "
         "past both, the client gets 503 overloaded with Retry-After at once.")
     retry_after_s: int = Field(
-        5, ge=1, description="Retry-After (seconds) on 503s: overloaded, draining, engine lost.")
+        5, ge=1, description="Retry-After (seconds) on the replicas' 503s: overloaded, "
+        "draining, engine lost. HAProxy's own 503s, answered with no replica to ask, say 1 s "
+        "(5 s before the application's routes exist).")
     drain_timeout_s: float = Field(
         60, ge=0, description="On stop/redeploy/SIGTERM: how long running requests may finish.")
     health_check_period_s: float = Field(

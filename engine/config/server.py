@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from typing import Literal
 
 from pydantic import Field
@@ -24,8 +26,19 @@ PROXY_CHECK_ENV = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
 # HAProxy sends each request's body to the ingress request router, which routes on its media
 # (deployment.routing.image_affinity; ``ServingConfig.ray_env``).
 ROUTER_BODY_ENV = "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"
+# With HAProxy: Ray starts ``qwen-vl-haproxy`` (``launch.proxy.pages``, a console script of this
+# package) in place of HAProxy; it gives HAProxy's own answers the API's error JSON, then runs the
+# real binary.
+HAPROXY_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+HAPROXY_PAGES_SCRIPT = "qwen-vl-haproxy"
 RAY_NODE_ENV = (*RAY_FAST_PATH_ENV.values(), DEREGISTRATION_ENV, *HAPROXY_RETRY_ENV,
-                PROXY_CHECK_ENV, ROUTER_BODY_ENV)
+                PROXY_CHECK_ENV, ROUTER_BODY_ENV, HAPROXY_BINARY_ENV)
+
+
+def haproxy_pages_binary() -> str:
+    """Where this interpreter's installation keeps ``qwen-vl-haproxy`` (its scripts directory:
+    a virtual environment's ``bin``, ``/usr/local/bin`` in the image)."""
+    return os.path.join(sysconfig.get_path("scripts"), HAPROXY_PAGES_SCRIPT)
 
 
 class ServerSettings(_Strict):
@@ -82,4 +95,5 @@ class ServerSettings(_Strict):
         if self.ray_ha_proxy:
             env[DEREGISTRATION_ENV] = f"{self.replica_deregistration_s:g}"
             env.update(HAPROXY_RETRY_ENV)
+            env[HAPROXY_BINARY_ENV] = haproxy_pages_binary()
         return env

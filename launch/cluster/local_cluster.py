@@ -210,6 +210,14 @@ def _node_args(metrics_port: int, temp_dir: str, node_ip: str,
 def _ray_start(cmd: list[str], env: dict[str, str] | None = None) -> None:
     # Own session: Ctrl-C in the terminal reaches the CLI (which shuts down in order), not the
     # Ray daemons directly. The daemons, and every worker process they start, inherit ``env``.
+    from engine.config import HAPROXY_BINARY_ENV
+
+    binary = (env or {}).get(HAPROXY_BINARY_ENV)
+    if binary and not os.access(binary, os.X_OK):
+        # Ray would start the node and fail each HAProxy start later, in its own log only.
+        raise ClusterError(f"{binary} (the HAProxy Ray Serve starts, {HAPROXY_BINARY_ENV}) is "
+                           "not an executable file: install this package into the environment "
+                           "that runs qwen-vl (`make install`, or `pip install -e .`)")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
                           start_new_session=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:

@@ -15,11 +15,14 @@ import yaml
 from jsonschema import Draft7Validator
 
 from engine.checkpoint import LOCAL_PATH_PREFIXES, is_local_path
-from engine.config import AccessSettings, ServerSettings, load_config, parse_config
+from engine.config import (
+    HAPROXY_BINARY_ENV, HAPROXY_PAGES_SCRIPT, AccessSettings, ServerSettings, load_config,
+    parse_config,
+)
 from launch.app import serve_application
 from launch.generate.chart import CHART_DIR
 from loadtest.overlay import merged
-from tests.utils import CONFIGS, config_with
+from tests.utils import CONFIGS, ROOT, config_with
 
 # The CRDs (KubeRay v1.7.0 RayService, prometheus-operator v0.93.0 ServiceMonitor; Apache-2.0),
 # copied from the project's shared/k8s-schemas so a clone tests on its own.
@@ -522,6 +525,16 @@ def test_dashboard_configmap_carries_the_dashboard_for_grafanas_sidecar(chart):
         "-dashboard") for o in off)
 
 
+# Where the image (the Dockerfile: pip into python:3.11-slim) installs the console scripts.
+IMAGE_HAPROXY_PAGES = f"/usr/local/bin/{HAPROXY_PAGES_SCRIPT}"
+
+
+def test_image_has_the_haproxy_the_chart_names():
+    """The chart's RAY_SERVE_HAPROXY_BINARY_PATH (checked below) is the file the image's build
+    checks for: a pod whose Ray cannot start HAProxy would serve nothing."""
+    assert f"test -x {IMAGE_HAPROXY_PAGES}" in (ROOT / "Dockerfile").read_text()
+
+
 @pytest.mark.parametrize("server, deployment", [
     ({}, {}), ({"ray_throughput_optimized": True}, {}),
     ({"ray_throughput_optimized": True, "ray_ha_proxy": True}, {}),
@@ -541,6 +554,8 @@ def test_ray_fast_paths_reach_every_ray_pod(chart, server, deployment):
                                for n in ("a", "b")]}
     rs = one(objects(render(chart, values)), "RayService")
     want = parse_config(config_with(**serving)).ray_env()
+    if HAPROXY_BINARY_ENV in want:  # where the image installs it, not where this test runs
+        want[HAPROXY_BINARY_ENV] = IMAGE_HAPROXY_PAGES
     seen = 0
     for _, tpl in pod_templates(rs):
         for c in tpl["spec"]["containers"]:

@@ -1,8 +1,10 @@
 """The Ray Serve application derived from the config, built but not started."""
 
+import os
+
 import pytest
 
-from engine.config import ConfigError, load_config, parse_config
+from engine.config import ConfigError, haproxy_pages_binary, load_config, parse_config
 from launch.app import build_app, build_from_args, deployment_config, llm_config_dict
 from tests.utils import CONFIGS, config_with
 
@@ -143,11 +145,14 @@ def test_ray_fast_paths_become_node_environment():
     srv = parse_config(config_with()).server
     # The one-hop path's default; a stopping replica stays reachable 5 s for HAProxy to learn.
     # A connection that closed before any response byte is retried on another replica.
-    # The controller checks each node's proxy every 2 s (Ray's default: 10 s).
+    # The controller checks each node's proxy every 2 s (Ray's default: 10 s). Ray starts
+    # HAProxy through the package's qwen-vl-haproxy (launch.proxy.pages), an executable file.
     assert srv.ray_env() == {"RAY_SERVE_ENABLE_HA_PROXY": "1",
                              "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
-                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+                             "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_pages_binary()}
+    assert os.access(haproxy_pages_binary(), os.X_OK), haproxy_pages_binary()
     srv = parse_config(config_with(server={"ray_ha_proxy": False})).server
     assert srv.ray_env() == {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2"}
     srv = parse_config(config_with(server={
@@ -157,7 +162,8 @@ def test_ray_fast_paths_become_node_environment():
                              "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "0.5",
                              "RAY_SERVE_ENABLE_HA_PROXY": "1",
                              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.5",
-                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+                             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+                             "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_pages_binary()}
 
 
 def test_rays_per_node_model_fetch_is_skipped():

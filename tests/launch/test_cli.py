@@ -5,6 +5,7 @@ import socket
 import pytest
 import yaml
 
+from engine.config import haproxy_pages_binary
 from launch.cluster.local_cluster import cluster_processes, read_state
 from launch.cluster.local_cluster import free_port
 from tests.utils import CONFIGS, run_cli, write_config
@@ -149,7 +150,8 @@ def test_join_takes_the_heads_fast_paths_from_its_config(tmp_path, monkeypatch):
     assert cli.main(["join", "--address", "h:1"]) == 0
     assert cli.main(["join", "--address", "h:1", "--config", str(off)]) == 0
     ha = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
-          "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+          "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+          "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_pages_binary()}
     check = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2"}
     assert calls == [{"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **ha, **check}, {**ha, **check},
                      check]
@@ -163,3 +165,19 @@ def test_ray_start_gets_the_node_environment():
                {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
     with pytest.raises(ClusterError):
         _ray_start(["sh", "-c", 'test "$RAY_SERVE_THROUGHPUT_OPTIMIZED" = 1 || exit 3'], {})
+
+
+def test_a_node_is_not_started_without_the_haproxy_it_names(tmp_path):
+    """A node's HAProxy is ``qwen-vl-haproxy`` (ServerSettings.ray_env): where that file is not
+    an executable (the package not installed in this environment), no node starts, and the
+    error says what to install; Ray would start and then fail each HAProxy start in its log."""
+    from launch.cluster.local_cluster import ClusterError, _ray_start
+
+    started = tmp_path / "started"
+    missing = str(tmp_path / "bin" / "qwen-vl-haproxy")
+    with pytest.raises(ClusterError, match=f"{missing} .*RAY_SERVE_HAPROXY_BINARY_PATH.*not an "
+                                           "executable file: install this package"):
+        _ray_start(["touch", str(started)], {"RAY_SERVE_HAPROXY_BINARY_PATH": missing})
+    assert not started.exists()
+    _ray_start(["touch", str(started)], {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_pages_binary()})
+    assert started.exists()

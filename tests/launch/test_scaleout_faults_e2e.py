@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.proxy.pages import SUFFIX
 from tests.utils import (MediaServer, call, chat, outcome, png, replica_lines, run_cli, stream,
                          stop_cluster, two_healthy, wait_until)
 
@@ -163,9 +164,13 @@ def test_killing_a_serving_process(cluster, victim):
     elif victim == "haproxy":
         # HAProxy holds every client connection: those open are cut (streams) or end without
         # an answer; new ones are refused until the controller has Ray's HAProxy manager
-        # started again (server.proxy_check_s), and the new HAProxy answers its plain-text 404
-        # until the controller has sent it the application's routes.
-        assert set(seen) <= {"ok", "cut", "dropped", "refused", "plain:404"}, seen
+        # started again (server.proxy_check_s), and the new HAProxy answers 503 not_ready (the
+        # API's error JSON, launch.proxy.pages) until the controller has sent it the
+        # application's routes.
+        assert set(seen) <= {"ok", "cut", "dropped", "refused", "error:not_ready"}, seen
+        # The HAProxy Ray started again went through qwen-vl-haproxy too.
+        cmd = psutil.Process(serving_pid(cluster, "haproxy")).cmdline()
+        assert cmd[cmd.index("-f") + 1].endswith(SUFFIX), cmd
     else:
         # The replica process holds its requests: a request that has had no answer yet is
         # retried on the other replica by HAProxy (nothing reached the client), a stream that

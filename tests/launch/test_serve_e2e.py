@@ -371,6 +371,29 @@ def test_status_cli(server):
     assert "health:  ok" in r.stdout
 
 
+def test_haproxy_runs_with_the_apis_error_pages(server):
+    """Ray started the node's HAProxy through ``qwen-vl-haproxy``: every HAProxy process of the
+    cluster runs the configuration rewritten with the API's pages (``launch.proxy.pages``; what
+    they answer is tested on a real HAProxy in tests/launch/proxy)."""
+    if server["env"] is None:
+        pytest.skip("external server")
+    import psutil
+
+    from launch.cluster.local_cluster import cluster_processes, read_state
+    from launch.proxy.pages import ERROR_PAGES, SUFFIX
+
+    state = read_state(Path(server["env"]["QWEN_VL_RUN_DIR"]))
+    commands = [p.cmdline() for p in map(psutil.Process, cluster_processes(state))
+                if p.name() == "haproxy"]
+    assert commands, "no HAProxy process"
+    for cmd in commands:
+        config = Path(cmd[cmd.index("-f") + 1])
+        assert config.name.endswith(SUFFIX), cmd
+        text = config.read_text()
+        assert text.count("\n    errorfile ") == len(ERROR_PAGES), text
+        assert '\\"code\\": \\"not_ready\\"' in text, text
+
+
 def test_engine_worker_is_bound_as_vllm_binds_it(server):
     """vLLM binds its CPU worker's threads to the cores it computes for it
     (``VLLM_CPU_OMP_THREADS_BIND=auto``, a core kept for the engine core); the stack's worker,

@@ -110,6 +110,10 @@ each against the pydantic model, so they cannot drift.
 {{- /* A connection that closed before any response byte is retried on another replica. */}}
 - name: RAY_SERVE_HAPROXY_RETRY_ON
   value: "conn-failure empty-response"
+{{- /* Ray starts HAProxy through this package's qwen-vl-haproxy (the image installs it in
+  /usr/local/bin): HAProxy's own answers become the API's error JSON (launch.proxy.pages). */}}
+- name: RAY_SERVE_HAPROXY_BINARY_PATH
+  value: "/usr/local/bin/qwen-vl-haproxy"
 {{- end }}
 {{- /* HAProxy hands each request body to the ingress request router, which routes on its
   media (serving.deployment.routing.image_affinity; ServingConfig.ray_env). */}}
