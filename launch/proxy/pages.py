@@ -3,19 +3,24 @@
 
 Ray generates HAProxy's configuration with plain-text pages for what HAProxy answers itself: a
 500 for every 502/503/504, a 404 before the routes have come, a 503 when the image-affinity
-router fails, and HAProxy's HTML for a request it cannot parse. A client of an OpenAI API reads
+router fails, and HAProxy's own HTML for its other errors. A client of an OpenAI API reads
 ``{"error": {...}}``. This program rewrites Ray's configuration so each of those answers is the
 API's error JSON (``launch.api.errors.error_body``, the one place errors are shaped), writes it
-beside Ray's, and then becomes the real HAProxy (``exec``: the same process id, which Ray
-signals on reloads). Ray passes the configuration as ``-f <file>`` on every start and reload.
+in place of Ray's, and then becomes the real HAProxy (``exec``: the same process id and command
+line, by which Ray finds and signals its HAProxy processes on reloads). Ray writes the whole
+configuration before every start and reload, under the lock this program takes too, and passes
+it as ``-f <file>``.
 
 A page it does not find in Ray's configuration (another Ray version) stays Ray's, and it says so
 on stderr (Ray's HAProxy log); HAProxy starts either way, so serving never depends on it.
+HAProxy 2.8 answers a request it cannot parse at all from its HTTP/1 layer, without the error
+files (haproxy/haproxy#3032, fixed in 3.2): that 400 stays its HTML.
 Stdlib only, besides the error shape: it runs on every HAProxy start and reload.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,7 +33,9 @@ from pathlib import Path
 from launch.api.errors import error_body
 
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
-SUFFIX = ".qwen-vl.cfg"
+# The first line of a configuration this program has rewritten: a second start on the same
+# file leaves it as it is.
+MARKER = "# qwen-vl-haproxy: HAProxy's own answers are the API's error JSON (launch.proxy.pages)"
 
 
 @dataclass(frozen=True)
@@ -151,19 +158,30 @@ def real_binary() -> str:
     return path
 
 
+def rewrite_file(config: Path) -> list[str]:
+    """Rewrite Ray's configuration file in place, under Ray's lock for it; what of Ray's it did
+    not find."""
+    with open(f"{config}.lock", "w") as lock:  # Ray's lock: it writes the file under it
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            text = config.read_text()
+            if text.startswith(MARKER):
+                return []
+            text, missing = rewrite(text, config.parent)
+            write_if_changed(config, f"{MARKER}\n{text}".encode())
+            return missing
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     real = real_binary()
     try:
-        at = args.index("-f") + 1
-        source = Path(args[at])
-        text, missing = rewrite(source.read_text(), source.parent)
-        for what in missing:
+        config = Path(args[args.index("-f") + 1])
+        for what in rewrite_file(config):
             print(f"qwen-vl-haproxy: {what} is not in Ray's HAProxy configuration "
-                  f"{source}; HAProxy's own answer stays there", file=sys.stderr)
-        target = source.with_name(source.name + SUFFIX)
-        write_if_changed(target, text.encode())
-        args[at] = str(target)
+                  f"{config}; HAProxy's own answer stays there", file=sys.stderr)
     except (ValueError, IndexError, OSError) as err:
         print(f"qwen-vl-haproxy: Ray's configuration not rewritten ({err}); HAProxy starts "
               "with it as it is", file=sys.stderr)

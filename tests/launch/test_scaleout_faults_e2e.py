@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.proxy.pages import SUFFIX
+from launch.proxy.pages import MARKER
 from tests.utils import (MediaServer, call, chat, outcome, png, replica_lines, run_cli, stream,
                          stop_cluster, two_healthy, wait_until)
 
@@ -126,7 +126,7 @@ def test_killing_a_serving_process(cluster, victim):
     try:
         assert all(e.wait(300) for e in first), f"the load did not start: {results}"
         psutil.Process(pid).kill()
-        killed = time.monotonic()
+        killed, killed_at = time.monotonic(), time.time()
         while time.monotonic() - killed < LOAD_AFTER_KILL_S:
             try:
                 code = call(base, path="/health", timeout=30)[0]
@@ -168,9 +168,12 @@ def test_killing_a_serving_process(cluster, victim):
         # API's error JSON, launch.proxy.pages) until the controller has sent it the
         # application's routes.
         assert set(seen) <= {"ok", "cut", "dropped", "refused", "error:not_ready"}, seen
-        # The HAProxy Ray started again went through qwen-vl-haproxy too.
+        # The HAProxy Ray started again went through qwen-vl-haproxy too: Ray wrote the
+        # configuration anew for it (after the kill), and it is rewritten.
         cmd = psutil.Process(serving_pid(cluster, "haproxy")).cmdline()
-        assert cmd[cmd.index("-f") + 1].endswith(SUFFIX), cmd
+        config = Path(cmd[cmd.index("-f") + 1])
+        assert config.stat().st_mtime > killed_at, (config, config.stat().st_mtime, killed_at)
+        assert config.read_text().startswith(MARKER), cmd
     else:
         # The replica process holds its requests: a request that has had no answer yet is
         # retried on the other replica by HAProxy (nothing reached the client), a stream that

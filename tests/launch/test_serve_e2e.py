@@ -380,18 +380,20 @@ def test_haproxy_runs_with_the_apis_error_pages(server):
     import psutil
 
     from launch.cluster.local_cluster import cluster_processes, read_state
-    from launch.proxy.pages import ERROR_PAGES, SUFFIX
+    from launch.proxy.pages import ERROR_PAGES, MARKER
 
     state = read_state(Path(server["env"]["QWEN_VL_RUN_DIR"]))
     commands = [p.cmdline() for p in map(psutil.Process, cluster_processes(state))
                 if p.name() == "haproxy"]
     assert commands, "no HAProxy process"
-    for cmd in commands:
-        config = Path(cmd[cmd.index("-f") + 1])
-        assert config.name.endswith(SUFFIX), cmd
-        text = config.read_text()
-        assert text.count("\n    errorfile ") == len(ERROR_PAGES), text
-        assert '\\"code\\": \\"not_ready\\"' in text, text
+    # One configuration file, rewritten in place: Ray finds its HAProxy processes by its path
+    # on their command line.
+    configs = {Path(cmd[cmd.index("-f") + 1]) for cmd in commands}
+    assert len(configs) == 1, commands
+    text = configs.pop().read_text()
+    assert text.startswith(MARKER + "\n"), text[:300]
+    assert text.count("\n    errorfile ") == len(ERROR_PAGES), text
+    assert '\\"code\\": \\"not_ready\\"' in text, text
 
 
 def test_engine_worker_is_bound_as_vllm_binds_it(server):

@@ -68,6 +68,10 @@ def haproxy():
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
         wait_until(listening, 30, interval=0.1, what="HAProxy listening")
+        # Ray finds its HAProxy processes by its configuration's path among their arguments
+        # (HAProxyApi._is_our_haproxy): the process is HAProxy itself, with that path.
+        args = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert Path(args[0].decode()).name == "haproxy" and str(config).encode() in args, args
         return proc
 
     yield start
@@ -148,6 +152,17 @@ def test_every_page_is_found_in_rays_configuration(tmp_path, what):
                          "healthcheck backend_" in line for line in plain), plain
     assert text.count('\\"code\\": \\"not_ready\\"') == 1
     assert text.count('\\"code\\": \\"router_failed\\"') == (what == "routes and router")
+
+
+def test_the_file_is_rewritten_in_place_once(tmp_path):
+    """The configuration is rewritten where Ray wrote it, marked; a second start on the same
+    file (no new one from Ray) leaves it as it is and finds nothing missing."""
+    config, _ = ray_config(tmp_path)
+    assert pages.rewrite_file(config) == []
+    once = config.read_text()
+    assert once.startswith(pages.MARKER + "\n") and "text/plain lf-string \"Path" not in once
+    assert pages.rewrite_file(config) == []
+    assert config.read_text() == once
 
 
 def test_error_files_are_whole_responses_with_the_apis_error_json(tmp_path):
