@@ -127,7 +127,7 @@ def mixed_workload(args, d: dict, n_in: int, n_out: int):
 
 def _run_other(args, device: str, out: Path, label: str):
     from . import deploy
-    from .scenarios.common import check
+    from .config_check import check
     from .workload import Workload
 
     d = DEFAULTS["quick" if args.quick else device]

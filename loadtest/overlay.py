@@ -16,10 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.checkpoint_fit import check_checkpoint
-from engine.config import ConfigError, parse_config
-
 from .calibration import Calibration
+from .config_check import check
 
 WIDTH = 100
 
@@ -67,10 +65,9 @@ def render(cal: Calibration, header: list[str], under: str | None = None) -> str
 def write(out: Path, base: dict, cal: Calibration, header: list[str]) -> dict[str, Path]:
     """The three files in ``out``; the merged config is checked first (ValueError: why not)."""
     data = merged(base, cal.overlay())
-    try:
-        check_checkpoint(parse_config(data, "calibrated-config.yaml"))
-    except ConfigError as err:
-        raise ValueError(f"the calibrated config does not pass the config check: {err}") from None
+    _, reason = check(data, "calibrated-config.yaml")
+    if reason:
+        raise ValueError(f"the calibrated config does not pass the config check: {reason}")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"overlay": out / "overlay.yaml", "values": out / "values-overlay.yaml",
              "config": out / "calibrated-config.yaml"}

@@ -24,10 +24,11 @@ from engine.embedded_model import VARIANTS, variant_source
 
 from .. import deploy, hf_baseline
 from ..bandwidth import measure_bandwidth, weight_bytes_per_token
+from ..config_check import check
 from ..report import Report, plot, step_result
 from ..runner import Progress, run_step, warm_up
 from ..workload import Workload
-from .common import Grid, card_row, check, derive, hf_dtype, load_base
+from .common import Grid, card_row, derive, hf_dtype, load_base
 
 COLUMNS = [
     ("quantization", "quantization"), ("dtype", "runs in"), ("input_length", "input"),

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.checkpoint_fit import check_checkpoint
-from engine.config import RAY_FAST_PATH_ENV, ConfigError, ServingConfig, parse_config
+from engine.config import RAY_FAST_PATH_ENV, ServingConfig
 from engine.embedded_model import EMBEDDED_PREFIX, is_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,17 +88,6 @@ def hf_dtype(cfg: ServingConfig) -> str:
     (``auto``, which leaves it to vLLM: bfloat16, the Qwen2-VL releases' dtype)."""
     dtype = cfg.engine_dtype()
     return "bfloat16" if dtype == "auto" else dtype
-
-
-def check(data: dict, origin: str) -> tuple[ServingConfig | None, str | None]:
-    """The project's own validation, the config's and the deploy step's checkpoint check:
-    (config, None), or (None, why it cannot run here)."""
-    try:
-        cfg = parse_config(data, origin)
-        check_checkpoint(cfg)
-        return cfg, None
-    except ConfigError as err:
-        return None, str(err).strip().removeprefix(f"invalid config {origin}:").strip()
 
 
 def with_fast_paths(data: dict) -> dict:

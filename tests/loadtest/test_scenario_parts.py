@@ -12,8 +12,8 @@ from loadtest import hf_baseline
 from loadtest.bandwidth import tensor_bytes, weight_bytes_per_token
 from loadtest.deploy import vllm_serve_argv
 from engine.embedded_model import VARIANTS, variant_source
-from loadtest.scenarios.common import (CARD_GRID, ROOT, card_row, card_rows, check,
-                                       derive, load_base)
+from loadtest.config_check import check
+from loadtest.scenarios.common import CARD_GRID, ROOT, card_row, card_rows, derive, load_base
 from loadtest.scenarios.sweep import levels
 
 
