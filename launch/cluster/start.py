@@ -63,12 +63,17 @@ def ensure_cluster(cfg: ServingConfig) -> tuple[ClusterState, bool]:
                     f"{base_url(state.http_host, state.http_port)}; run `qwen-vl stop` first"
                 )
             running = node_ray_env(state)
-            if running is not None and running != cfg.ray_env():
+            want = cfg.ray_env()
+            if running is not None and running != want:
+                differ = "; ".join(f"{k}: running {running.get(k, 'unset')}, wanted "
+                                   f"{want.get(k, 'unset')}" for k in sorted({*running, *want})
+                                   if running.get(k) != want.get(k))
                 raise LaunchError(
                     "server.ray_throughput_optimized / ray_ha_proxy / replica_deregistration_s "
-                    "/ proxy_check_s or deployment.routing.image_affinity differ from the "
-                    f"running cluster's ({running or 'none'}); Ray reads them when a node "
-                    "starts: `qwen-vl stop`, then serve again")
+                    "/ proxy_check_s or deployment.routing.image_affinity (or where this "
+                    "package's qwen-vl-haproxy is installed) differ from the running cluster's "
+                    f"({differ}); Ray reads them when a node starts: `qwen-vl stop`, then "
+                    "serve again")
             state.drain_timeout_s = cfg.deployment.drain_timeout_s  # a redeploy may change it
             state.stopping = False  # a stop that was cut short left it running
             write_state(state)

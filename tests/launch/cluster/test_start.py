@@ -42,8 +42,10 @@ def test_a_redeploy_that_switches_image_affinity_asks_for_a_stop(tmp_path, monke
     monkeypatch.setattr(start, "cluster_processes", lambda state: [1])
     monkeypatch.setattr(start, "node_ray_env", lambda state: running)
     if refused:
-        with pytest.raises(LaunchError, match="deployment.routing.image_affinity differ from the "
-                                              "running cluster's.*qwen-vl stop"):
+        with pytest.raises(LaunchError, match=r"deployment.routing.image_affinity \(or where .*"
+                                              r"\) differ from the running cluster's \("
+                                              r"RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY: "
+                                              r"running .*, wanted .*\).*qwen-vl stop"):
             start.ensure_cluster(cfg)
     else:
         state, redeploy = start.ensure_cluster(cfg)
