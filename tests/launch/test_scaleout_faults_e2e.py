@@ -31,13 +31,15 @@ USERS = 4  # half of them stream
 MAX_TOKENS = 32
 LOAD_AFTER_KILL_S = 20  # how long the users go on after the kill
 REQUEST_TIMEOUT_S = 120  # a request still open after this is a hang
+NOT_ANSWERED: list[str] = []  # what a whole answer's client saw instead of one, for the report
 
 
 def one_request(base: str, i: int) -> tuple[str, float, float]:
     """(what the client saw, start, end): 'ok'; 'error:<code>' (an OpenAI error: a shaped 503
-    with Retry-After, or a stream's error event); 'cut' (a stream whose response had begun,
-    status 200 and headers, that ended without [DONE] or an error event, with or without
-    events before); 'dropped' (the connection closed before any answer); 'refused' (no
+    with Retry-After, or a stream's error event); 'cut' (a response that had begun, status and
+    headers, and ended early: a stream without [DONE] or an error event, with or without
+    events before, or a whole answer short of its length); 'dropped' (the connection closed
+    before any answer); 'refused' (no
     connection); 'plain:<status>' (an error page that is not OpenAI JSON); 'BAD: ...' (a hang,
     anything else)."""
     t0 = time.monotonic()
@@ -59,6 +61,10 @@ def one_request(base: str, i: int) -> tuple[str, float, float]:
     except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
         what = "refused" if isinstance(reason, ConnectionRefusedError) else "dropped"
+        if isinstance(err, http.client.IncompleteRead):
+            what = "cut"  # the answer had begun (status and headers) and ended early
+        if what != "refused":
+            NOT_ANSWERED.append(f"{what}: {err!r}"[:200])
         if isinstance(reason, TimeoutError):
             what = f"BAD: hung {err!r}"
         return what, t0, time.monotonic()
@@ -106,6 +112,7 @@ def test_killing_a_serving_process(cluster, victim):
     import psutil
 
     base = cluster["base"]
+    NOT_ANSWERED.clear()
     wait_until(lambda: two_healthy(base), 600, interval=3, what="two healthy replicas")
     pid = serving_pid(cluster, victim)
     results: list[tuple[str, float, float, str]] = []  # what, start, end, which kind of request
@@ -153,6 +160,10 @@ def test_killing_a_serving_process(cluster, victim):
           f"{max(gaps):.1f}s; /health: {len(down)} of {len(health)} answers not 200 "
           f"(first {down[0] if down else '-'}, last {down[-1] if down else '-'}); "
           + (f"two healthy replicas again after {back:.0f}s" if back else "nothing to recover"))
+    # Every other outcome, with its kind and its start and end in seconds after the kill.
+    odd = [(r[0], r[3], round(r[1] - killed, 2), round(r[2] - killed, 2))
+           for r in after if r[0] != "ok"]
+    print(f"FAULT {victim}: not ok: {odd[:12]}; whole answers not received: {NOT_ANSWERED[:6]}")
     bad = [r[0] for r in after if r[0].startswith("BAD")]
     assert not bad, bad[:5]
     assert oks, f"nothing succeeded after the kill: {seen}"
@@ -176,8 +187,9 @@ def test_killing_a_serving_process(cluster, victim):
         assert config.read_text().startswith(MARKER), cmd
     else:
         # The replica process holds its requests: a request that has had no answer yet is
-        # retried on the other replica by HAProxy (nothing reached the client), a stream that
-        # has started is cut. Never an error page, never a hang.
+        # retried on the other replica by HAProxy (nothing reached the client), a response
+        # that has begun (a stream, or a whole answer being written) is cut. Never an error
+        # page, never a hang.
         assert set(seen) <= {"ok", "cut"}, seen
         assert seen.get("ok", 0) > seen.get("cut", 0), seen
 
