@@ -66,17 +66,8 @@ def index() -> str:
     return "\n".join(out) + "\n"
 
 
-def write(path: Path = INDEX) -> Path:
-    return generated_blocks.replace(path, BLOCK, index())
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["write"]):
-        print("usage: python -m launch.generate.benchmark_index [write]", file=sys.stderr)
-        return 2
-    print(f"wrote {write()}")
-    return 0
+    return generated_blocks.command(argv, "launch.generate.benchmark_index", INDEX, BLOCK, index)
 
 
 if __name__ == "__main__":

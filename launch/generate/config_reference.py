@@ -107,20 +107,8 @@ def reference() -> str:
     return "\n".join(out)
 
 
-def write(path: Path = PAGE) -> Path:
-    return generated_blocks.replace(path, BLOCK, reference())
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["print"]:
-        sys.stdout.write(reference())
-    elif argv in ([], ["write"]):
-        print(f"wrote {write()}")
-    else:
-        print("usage: python -m launch.generate.config_reference [write|print]", file=sys.stderr)
-        return 2
-    return 0
+    return generated_blocks.command(argv, "launch.generate.config_reference", PAGE, BLOCK, reference)
 
 
 if __name__ == "__main__":

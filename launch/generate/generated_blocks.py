@@ -7,7 +7,9 @@ page). Generators replace the block; tests compare it with what the generator wo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -37,3 +39,18 @@ def markers(name: str) -> str:
     """An empty block, for a new page."""
     begin, end = _markers(name)
     return f"{begin}\n{end}\n"
+
+
+def command(argv: list[str] | None, module: str, path: Path, name: str,
+            body: Callable[[], str]) -> int:
+    """``python -m <module> [write|print]``, the command of each generator of a block: write
+    ``body()`` into block ``name`` of the page at ``path`` (the default), or print it."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["print"]:
+        sys.stdout.write(body())
+    elif argv in ([], ["write"]):
+        print(f"wrote {replace(path, name, body())}")
+    else:
+        print(f"usage: python -m {module} [write|print]", file=sys.stderr)
+        return 2
+    return 0

@@ -32,17 +32,8 @@ def table() -> str:
     return "\n".join(out) + "\n"
 
 
-def write(path: Path = PAGE) -> Path:
-    return generated_blocks.replace(path, BLOCK, table())
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["write"]):
-        print("usage: python -m launch.generate.proxy_pages [write]", file=sys.stderr)
-        return 2
-    print(f"wrote {write()}")
-    return 0
+    return generated_blocks.command(argv, "launch.generate.proxy_pages", PAGE, BLOCK, table)
 
 
 if __name__ == "__main__":

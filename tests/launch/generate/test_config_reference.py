@@ -59,3 +59,17 @@ def test_generated_block_round_trip(tmp_path):
     assert text.startswith("# Title\n\nprose\n\n") and text.endswith("\nmore prose\n")
     with pytest.raises(ValueError, match="no generated block 'y'"):
         generated_blocks.block(text, "y")
+
+
+def test_a_generators_command(tmp_path, capsys):
+    """`python -m launch.generate.<module> [write|print]`, as every block generator runs it:
+    write (the default) fills the page's block, print shows the body, anything else is refused
+    with the usage."""
+    page = tmp_path / "page.md"
+    page.write_text("intro\n" + generated_blocks.markers("b") + "outro\n")
+    assert generated_blocks.command(["print"], "m", page, "b", lambda: "body\n") == 0
+    assert capsys.readouterr().out == "body\n"
+    assert generated_blocks.command([], "m", page, "b", lambda: "body\n") == 0
+    assert generated_blocks.block(page.read_text(), "b") == "body\n"
+    assert generated_blocks.command(["bogus"], "m", page, "b", lambda: "x") == 2
+    assert capsys.readouterr().err == "usage: python -m m [write|print]\n"
