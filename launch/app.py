@@ -18,8 +18,12 @@ from engine.vllm_args import engine_kwargs
 QWEN2_VL_ARCHITECTURE = "Qwen2VLForConditionalGeneration"
 ENGINE_PREFIX = "QwenVLServer:"  # the deployment's name: this prefix and the model's name
 
-# Environment for every engine process (Ray replica, vLLM engine core and workers).
+# Environment for every engine process (Ray replica, vLLM engine core and workers). The
+# replica's user code runs on the event loop that serves HTTP, as ``vllm serve`` runs its app:
+# the replica's server hands API requests to the app itself (``launch.ray_compat.
+# serve_http_in_place``), which needs the app on that loop.
 BASE_ENGINE_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "VLLM_NO_USAGE_STATS": "1",

@@ -105,3 +105,54 @@ def with_ingress_router(app: Any, llm_config: Any) -> Any:
 
     return app._with_ingress_request_router(
         _build_openai_ingress_request_router(server=app, llm_config=llm_config))
+
+
+
+def serve_http_in_place() -> None:
+    """The engine replica's HTTP server hands each API request to the API's ASGI app itself.
+
+    With direct ingress (HAProxy forwards to each replica's own HTTP server), Ray Serve wraps
+    every request before the app sees it: request ids and metadata, a request-context
+    variable, a task that watches for the client's disconnect, the ongoing-request semaphore,
+    per-request metrics and an access-log record, and, with user code on its own event loop,
+    every ASGI message passed between two loops. On short requests that wrapping is a large
+    share of the replica's CPU (the ceiling benchmark), and the API does each part itself: its own limits (``deployment.max_ongoing_requests``,
+    503 ``overloaded``), request metrics and access-log line; vLLM's handlers abort a request
+    whose client disconnects.
+
+    What stays Ray's: the replica's ongoing-request count, raised and lowered around each
+    request, which autoscaling and graceful shutdown (a stopping replica waits for it to reach
+    zero) read; Ray's own routes (``/-/healthz``, ``/-/routes``: HAProxy's health checks),
+    lifespan and websocket scopes; and every request while the app is not built yet or user
+    code runs on a loop of its own (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD`` set to 1 in
+    ``deployment.env``): the app must run on the loop that serves HTTP.
+
+    Replaces ``Replica._direct_ingress_asgi`` for this process (the replica calls it before its
+    HTTP server starts, so the server takes the replacement). Public replacement: none in Ray
+    2.60; a deployment option to serve a raw ASGI app on the direct-ingress server would."""
+    from ray.serve._private.common import RequestMetadata, RequestProtocol
+    from ray.serve._private.replica import Replica
+
+    if getattr(Replica, "_qwen_vl_in_place", False):
+        return
+    wrapped = Replica._direct_ingress_asgi
+    # What the ongoing-request count reads of a request: its protocol and that it came
+    # directly (the count per ingress protocol); the same for every API request.
+    counted = RequestMetadata(request_id="", internal_request_id="",
+                              _request_protocol=RequestProtocol.HTTP, is_direct_ingress=True)
+
+    async def direct_ingress_asgi(self, scope, receive, send):
+        app = self._user_callable_asgi_app
+        if (app is None or scope["type"] != "http" or scope["path"].startswith("/-/")
+                or self._route_prefix not in (None, "", "/")
+                or self._user_callable_wrapper._run_user_code_in_separate_thread):
+            return await wrapped(self, scope, receive, send)
+        metrics = self._metrics_manager
+        metrics.inc_num_ongoing_requests(counted)
+        try:
+            await app(scope, receive, send)
+        finally:
+            metrics.dec_num_ongoing_requests(counted)
+
+    Replica._direct_ingress_asgi = direct_ingress_asgi
+    Replica._qwen_vl_in_place = True

@@ -20,6 +20,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from engine import worker_start
 from engine.config import ServingConfig
+from launch.ray_compat import serve_http_in_place
 from launch.router.affinity import INFLIGHT_STAT
 
 from . import compact_tools, frames
@@ -31,6 +32,7 @@ class QwenVLServer(LLMServer):
 
     async def __init__(self, llm_config, *, serving_config: dict, **kwargs):
         cfg = ServingConfig.model_validate(serving_config)
+        serve_http_in_place()  # before the replica starts its HTTP server (launch.ray_compat)
         frames.install()  # video files reach vLLM decoded (launch.api.frames)
         worker_start.mark_replica()  # the engine core may fork its worker (engine.worker_start)
         if cfg.engine.compact_json and cfg.tools.auto:

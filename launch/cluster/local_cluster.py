@@ -86,6 +86,10 @@ HEAD_WORKER_PORTS, WORKER_NODE_WORKER_PORTS = (20000, 24999), (25000, 29999)
 _PORTS_FROM, _PORTS_TO = max(HEAD_WORKER_PORTS[1], WORKER_NODE_WORKER_PORTS[1]) + 1, 65535
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # a port picked but not yet bound stays picked in this process
+# Ports a parent process picked for the node's HAProxy and passed down in these variables
+# (``loadtest.deploy.haproxy_env``): HAProxy binds them only once the application deploys,
+# after the Ray ports this process picks are taken, so they must not be among them.
+HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
 _random = random.SystemRandom()  # independent of any seed a caller sets
 
 
@@ -113,12 +117,16 @@ def free_port() -> int:
                   *range(max(high + 1, _PORTS_FROM), _PORTS_TO + 1)]
     for _ in range(200 if len(candidates) >= 1000 else 0):
         port = _random.choice(candidates)
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and port not in _ports_in_env() and _bindable(port):
             _handed_out.add(port)
             return port
     with socket.socket() as s:  # no room outside the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ports_in_env() -> set[int]:
+    return {int(v) for v in map(os.environ.get, HAPROXY_PORT_ENV) if v and v.isdigit()}
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -95,6 +95,21 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         assert local_cluster.free_port() == idle
 
 
+def test_free_port_skips_the_haproxy_ports_a_parent_picked(monkeypatch):
+    """A parent (a load scenario) picks HAProxy's metrics and stats ports and passes them in
+    the environment; the Ray ports this process picks never take them, though both are free
+    until HAProxy starts."""
+    from launch.cluster import local_cluster
+
+    metrics, stats, idle = (local_cluster.free_port() for _ in range(3))
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
+    picks = iter([metrics, stats, idle])
+    monkeypatch.setattr(local_cluster._random, "choice", lambda candidates: next(picks))
+    local_cluster._handed_out.difference_update({metrics, stats, idle})
+    assert local_cluster.free_port() == idle
+
+
 def test_a_stop_elsewhere_ends_a_foreground_serve(tmp_path, monkeypatch):
     """What a foreground `serve` reads every few seconds: the state file gone, another
     cluster's, or marked stopping means `qwen-vl stop` ran elsewhere: exit 0, saying so."""
