@@ -87,10 +87,12 @@ def test_only_ray_compat_imports_rays_private_modules():
     found = private_ray_imports(ROOT)
     assert [f for f in found if not f.startswith("launch/ray_compat.py:")] == []
     # ray_compat holds each: the callback base, the key-value store, the controller client,
-    # the autoscaler's flag and Ray Serve LLM's ingress router builder.
+    # the autoscaler's flag, Ray Serve LLM's ingress router builder and the replica's
+    # direct-ingress server with its request metadata.
     assert {f.split(" ")[1] for f in found} == {
         "ray.llm._internal.common.callbacks.base", "ray.experimental", "ray.serve.context",
-        "ray.autoscaler.v2.utils", "ray.llm._internal.serve.core.ingress.builder"}
+        "ray.autoscaler.v2.utils", "ray.llm._internal.serve.core.ingress.builder",
+        "ray.serve._private.common", "ray.serve._private.replica"}
 
 
 def test_a_private_ray_import_elsewhere_is_caught(tmp_path):

@@ -1,7 +1,7 @@
 """End to end: the engine replica's HTTP server hands API requests to the API itself
 (``launch.ray_compat.serve_http_in_place``), on the stack the serve module shares: Ray still
 counts each request as ongoing (autoscaling and graceful shutdown read that count), Ray's
-per-request wrapper no longer sees them, and a client that hangs up on a whole (non-streamed)
+per-request wrapper does not see them, and a client that hangs up on a whole (non-streamed)
 answer still stops its generation."""
 
 from __future__ import annotations
