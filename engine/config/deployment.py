@@ -74,8 +74,11 @@ class DeploymentSettings(_Strict):
         5, gt=0, description="How often Ray Serve checks each engine (3 misses: replaced).")
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per engine replica.")
     env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment variables for engine processes."
-    )
+        default_factory=dict, description="Extra environment variables for engine processes "
+        "(they win over the stack's). The stack runs the replica's code on the loop that serves "
+        "HTTP (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), so that the replica's server "
+        "hands API requests to the API without Ray Serve's per-request wrapper; 1 here gives "
+        "them back to the wrapper.")
     routing: RoutingSettings = Field(
         RoutingSettings(), description="Which replica each request goes to.")
 
