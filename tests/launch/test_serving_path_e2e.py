@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from tests import utils
+from launch.drain import POLL_S
 from tests.utils import SHARED_STACKS, request, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.shares_stack("serve")]
@@ -47,21 +48,22 @@ def generated(server) -> float:
                if line.startswith("ray_vllm_generation_tokens_total"))
 
 
-def settled(server) -> float:
-    """The engine's generated-token count once two reads an export interval apart agree."""
-    last = [None]
-
-    def check():
-        now = generated(server)
-        same, last[0] = now == last[0], now
-        return same and (now,)
-    return wait_until(check, 180, interval=EXPORT_S + 1.5, what="the token counter settled")[0]
-
-
 def api_count(server, code: str) -> float:
     pat = re.compile(r'^ray_qwen_vl_requests_total\{([^}]*)\} ([0-9.e+-]+)$', re.M)
     return sum(float(v) for labels, v in pat.findall(scrape(server))
                if 'route="/v1/chat/completions"' in labels and f'code="{code}"' in labels)
+
+
+def settled(read, what: str) -> float:
+    """A counter once two reads further apart than the replica's flush round plus Ray's export
+    interval agree: what earlier requests added has arrived."""
+    last = [None]
+
+    def check():
+        now = read()
+        same, last[0] = now == last[0], now
+        return same and (now,)
+    return wait_until(check, 180, interval=EXPORT_S + POLL_S + 0.5, what=f"{what} settled")[0]
 
 
 def long_stream(server, done: threading.Event, started: threading.Event) -> threading.Thread:
@@ -89,7 +91,7 @@ def test_api_requests_count_as_ongoing_but_skip_rays_request_wrapper(server):
     autoscaler and a stopping replica's drain wait read), and 0 once it ends; Ray's own
     per-request counter does not count it, the API's counter does (Ray's counts a request of
     its own at start-up, before the API serves)."""
-    before = api_count(server, "200")
+    before = settled(lambda: api_count(server, "200"), "the API's counter")
     wrapped = sum(engine_series(scrape(server), "ray_serve_deployment_request_counter_total"))
     done, started = threading.Event(), threading.Event()
     reader = long_stream(server, done, started)
@@ -103,8 +105,9 @@ def test_api_requests_count_as_ongoing_but_skip_rays_request_wrapper(server):
     assert not reader.is_alive()
     wait_until(lambda: engine_series(scrape(server), "ray_serve_replica_processing_queries")
                == [0.0], 60, interval=0.5, what="Ray's ongoing-request gauge back at 0")
-    wait_until(lambda: api_count(server, "200") == before + 1, 60, interval=0.5,
+    wait_until(lambda: api_count(server, "200") > before, 60, interval=0.5,
                what="the API's counter of the stream")
+    assert settled(lambda: api_count(server, "200"), "the API's counter") == before + 1
     assert sum(engine_series(scrape(server), "ray_serve_deployment_request_counter_total")) \
         == wrapped, "Ray's per-request wrapper counted the stream"
 
@@ -113,7 +116,8 @@ def test_whole_answer_stops_generating_when_the_client_hangs_up(server):
     """A client waiting for a non-streamed LONG-token answer closes its connection once the
     engine generates: vLLM's handler sees the disconnect (the API counts a 499) and the engine
     stops, so far fewer than LONG tokens are generated."""
-    before, hung_up = settled(server), api_count(server, "499")
+    hung_up = settled(lambda: api_count(server, "499"), "the API's counter")
+    before = settled(lambda: generated(server), "the token counter")
     body = json.dumps(utils.chat_body("Tell me a very long story.", max_tokens=LONG,
                                       ignore_eos=True)).encode()
     url = urllib.parse.urlsplit(server["base"])
@@ -126,7 +130,8 @@ def test_whole_answer_stops_generating_when_the_client_hangs_up(server):
                    what="the engine generating the answer")
     finally:
         sock.close()
-    wait_until(lambda: api_count(server, "499") == hung_up + 1, 60, interval=0.5,
+    wait_until(lambda: api_count(server, "499") > hung_up, 60, interval=0.5,
                what="the API counting the hang-up")
-    after = settled(server)
+    assert settled(lambda: api_count(server, "499"), "the API's counter") == hung_up + 1
+    after = settled(lambda: generated(server), "the token counter")
     assert 0 < after - before < LONG / 2, (before, after)
