@@ -107,7 +107,6 @@ def with_ingress_router(app: Any, llm_config: Any) -> Any:
         _build_openai_ingress_request_router(server=app, llm_config=llm_config))
 
 
-
 def serve_http_in_place() -> None:
     """The engine replica's HTTP server hands each API request to the API's ASGI app itself.
 
@@ -116,7 +115,8 @@ def serve_http_in_place() -> None:
     variable, a task that watches for the client's disconnect, the ongoing-request semaphore,
     per-request metrics and an access-log record, and, with user code on its own event loop,
     every ASGI message passed between two loops. On short requests that wrapping is a large
-    share of the replica's CPU (the ceiling benchmark), and the API does each part itself: its own limits (``deployment.max_ongoing_requests``,
+    share of the replica's CPU (docs/benchmarks/2026-12-07-replica-serves-http-in-place.md),
+    and the API does each part itself: its own limits (``deployment.max_ongoing_requests``,
     503 ``overloaded``), request metrics and access-log line; vLLM's handlers abort a request
     whose client disconnects.
 
