@@ -127,6 +127,46 @@ def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.5,
         time.sleep(interval)
 
 
+def settled(read: Callable[[], float], interval: float, what: str) -> float:
+    """A counter Ray exports on an interval, once two reads ``interval`` apart agree: what
+    earlier requests added has arrived."""
+    last = [None]
+
+    def check():
+        now = read()
+        same, last[0] = now == last[0], now
+        return same and (now,)
+    return wait_until(check, 180, interval=interval, what=f"{what} settled")[0]
+
+
+def generated_tokens(metrics_url: str) -> float:
+    """The engine's generated-token counter, summed over its series."""
+    text = request(metrics_url, "", timeout=30)[1]["raw"]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ray_vllm_generation_tokens_total"))
+
+
+def read_stream_until(base: str, body: dict, started: threading.Event,
+                      done: threading.Event) -> threading.Thread:
+    """A thread reading a streamed chat until ``done``, then hanging up; ``started`` is set at
+    its first event (or when it ends without one)."""
+    req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+
+    def read():
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                if line.startswith(b"data: "):
+                    started.set()
+                if done.is_set():
+                    break
+        started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
 def rejected_by(fn: Callable[[], Any], param: str | None, match: str, status: int = 400):
     """``fn()`` raises the front door's ``RequestRejected`` with ``status``, ``param`` and a
     message matching ``match``; returns it."""

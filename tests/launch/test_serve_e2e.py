@@ -26,13 +26,16 @@ from tests.utils import (
     SHARED_STACKS,
     MediaServer,
     frames_part,
+    generated_tokens,
     image_data_part,
     image_from_data_url,
     image_part,
     png,
     png_url,
+    read_stream_until,
     request,
     run_cli,
+    settled,
     stream_chunks,
     stream_events,
     stream_usage,
@@ -214,21 +217,12 @@ def test_stream_reaches_the_client_while_the_engine_generates(server):
     asked = 2000
 
     def generated() -> float:
-        text = request(server["metrics"], "", timeout=30)[1]["raw"]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("ray_vllm_generation_tokens_total"))
+        return generated_tokens(server["metrics"])
 
-    def settled():  # two reads more than an export interval apart agree
-        last = [None]
+    def settled_tokens() -> float:  # two reads more than an export interval apart agree
+        return settled(generated, EXPORT_S + 1.5, "the token counter")
 
-        def check():
-            now = generated()
-            same, last[0] = now == last[0], now
-            return same and (now,)
-        return wait_until(check, 180, interval=EXPORT_S + 1.5,
-                          what="the token counter settled")[0]
-
-    before = settled()
+    before = settled_tokens()
     body = chat_body("Tell me a very long story.", max_tokens=asked, ignore_eos=True,
                      stream=True)
     req = urllib.request.Request(server["base"] + "/v1/chat/completions",
@@ -237,7 +231,7 @@ def test_stream_reaches_the_client_while_the_engine_generates(server):
         first = next(line for line in r if line.startswith(b"data: "))
     assert json.loads(first[6:])["choices"][0]["delta"] is not None
     wait_until(lambda: generated() > before, 60, interval=2, what="the stream's tokens counted")
-    after = settled()
+    after = settled_tokens()
     assert 0 < after - before < asked / 2, (before, after)
 
 
@@ -315,27 +309,13 @@ def test_metrics_include_vllm(server):
     """Ray exports vLLM's metrics as ray_vllm_* (vllm:num_requests_running -> ...). The gauges
     are exported while the engine steps (Ray evicts a gauge not refreshed within two export
     intervals, as docs/operations.md says), so the scrapes run while a long stream generates."""
-    import urllib.request
-
     wanted = {"ray_vllm_num_requests_running", "ray_vllm_kv_cache_usage_perc",
               "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_generation_tokens_total"}
     body = chat_body("Tell me a very long story.", max_tokens=3000, ignore_eos=True, stream=True)
-    req = urllib.request.Request(server["base"] + "/v1/chat/completions",
-                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
     names: set = set()
     streaming, done = threading.Event(), threading.Event()
-
-    def stream():  # reads until the scrapes are done, then hangs up
-        with urllib.request.urlopen(req, timeout=120) as r:
-            for line in r:
-                if line.startswith(b"data: "):
-                    streaming.set()
-                if done.is_set():
-                    break
-        streaming.set()
-
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
+    # reads until the scrapes are done, then hangs up
+    reader = read_stream_until(server["base"], body, streaming, done)
     assert streaming.wait(120), "the stream never began"
 
     def exported():

@@ -11,7 +11,6 @@ import re
 import socket
 import threading
 import urllib.parse
-import urllib.request
 
 import pytest
 
@@ -44,8 +43,7 @@ def engine_series(text: str, name: str) -> list[float]:
 
 
 def generated(server) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in scrape(server).splitlines()
-               if line.startswith("ray_vllm_generation_tokens_total"))
+    return utils.generated_tokens(server["metrics"])
 
 
 def api_count(server, code: str) -> float:
@@ -55,35 +53,15 @@ def api_count(server, code: str) -> float:
 
 
 def settled(read, what: str) -> float:
-    """A counter once two reads further apart than the replica's flush round plus Ray's export
-    interval agree: what earlier requests added has arrived."""
-    last = [None]
-
-    def check():
-        now = read()
-        same, last[0] = now == last[0], now
-        return same and (now,)
-    return wait_until(check, 180, interval=EXPORT_S + POLL_S + 0.5, what=f"{what} settled")[0]
+    """``read`` once it has taken what the replica's flush round and Ray's export added."""
+    return utils.settled(read, EXPORT_S + POLL_S + 0.5, what)
 
 
 def long_stream(server, done: threading.Event, started: threading.Event) -> threading.Thread:
     """A streamed chat of LONG tokens read until ``done``, then hung up on."""
-    body = utils.chat_body("Tell me a very long story.", max_tokens=LONG, ignore_eos=True,
-                           stream=True)
-    req = urllib.request.Request(server["base"] + "/v1/chat/completions",
-                                 json.dumps(body).encode(), {"Content-Type": "application/json"})
-
-    def read():
-        with urllib.request.urlopen(req, timeout=120) as r:
-            for line in r:
-                if line.startswith(b"data: "):
-                    started.set()
-                if done.is_set():
-                    break
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    return reader
+    return utils.read_stream_until(server["base"], utils.chat_body(
+        "Tell me a very long story.", max_tokens=LONG, ignore_eos=True, stream=True),
+        started, done)
 
 
 def test_api_requests_count_as_ongoing_but_skip_rays_request_wrapper(server):
