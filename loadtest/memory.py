@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from typing import Callable
 
@@ -76,23 +77,36 @@ def scrape(url: str, api_key: str | None = None, timeout: float = 5.0) -> str:
 
 
 class MemorySampler:
-    """Samples engine memory and KV cache usage every ``interval`` seconds in a thread."""
+    """Samples engine memory and KV cache usage every ``interval`` seconds in a thread.
+
+    The engine's process list is looked up again only every ``pids_every`` seconds: finding a
+    local stack's engine processes walks every process on the machine, and the sampler shares
+    the cores of the deployment it measures, so it reads memory of a known list in between."""
 
     def __init__(self, engine_pids: Callable[[], list[int]] | None, metrics_url: str | None,
-                 api_key: str | None = None, interval: float = 1.0):
+                 api_key: str | None = None, interval: float = 1.0, pids_every: float = 10.0):
         self.engine_pids = engine_pids
         self.metrics_url = metrics_url
         self.api_key = api_key
         self.interval = interval
+        self.pids_every = pids_every
         self.rss: list[int] = []
         self.gpu: list[int] = []
         self.kv: list[float] = []
+        self._pids: list[int] = []
+        self._pids_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def sample(self) -> None:
+    def _current_pids(self, fresh: bool = False) -> list[int]:
+        now = time.monotonic()
+        if fresh or self._pids_at is None or now - self._pids_at >= self.pids_every:
+            self._pids, self._pids_at = self.engine_pids(), now
+        return self._pids
+
+    def sample(self, fresh_pids: bool = False) -> None:
         if self.engine_pids is not None:
-            pids = self.engine_pids()
+            pids = self._current_pids(fresh_pids)
             if pids:
                 self.rss.append(rss_bytes(pids))
         gpu = gpu_memory_bytes()
@@ -119,7 +133,7 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.sample()
+        self.sample(fresh_pids=True)
 
     def summary(self) -> dict:
         """Peak and mean memory in GiB; KV cache usage peak as a fraction."""

@@ -86,8 +86,9 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
     loop, as traffic arrives), by whichever user is free; ``concurrency`` is then the most in
     flight at once, and the schedule slips only when all of them are busy.
     ``scrape``: read the KV cache usage from the deployment's metrics every second; off where
-    the step's CPU is measured, since serving a scrape is the harness's load, not the
-    requests' (Ray's metrics endpoint renders every series of the node for each one)."""
+    the step's CPU is measured or targets are compared, since serving a scrape is the
+    harness's load, not the requests' (Ray's metrics endpoint renders every series of the node
+    for each one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{target.name}-{tag}")
     records_path = out_dir / f"records-{safe}.jsonl"
@@ -131,11 +132,12 @@ def run_step(target: Target, workload: Workload, *, concurrency: int, num_reques
 
 
 def warm_up(target: Target, workload: Workload, *, output_tokens: int, out_dir: Path,
-            tag: str = "warmup") -> StepResult:
-    """One request of ``workload`` cut to ``output_tokens``, outside any measurement."""
+            tag: str = "warmup", requests: int = 1, concurrency: int = 1) -> StepResult:
+    """``requests`` requests of ``workload`` (their own prompts and images) cut to
+    ``output_tokens``, at ``concurrency``, outside any measurement."""
     return run_step(target, workload.model_copy(update={"output_tokens": output_tokens}),
-                    concurrency=1, num_requests=1, out_dir=out_dir, tag=tag,
-                    index_offset=WARMUP_OFFSET)
+                    concurrency=concurrency, num_requests=requests, out_dir=out_dir, tag=tag,
+                    index_offset=WARMUP_OFFSET, scrape=False)
 
 
 class _RecordTail:

@@ -1,5 +1,7 @@
 """Scenario ``overhead``: our Ray Serve stack against a bare ``vllm serve`` with identical engine
-arguments, started together and up at once, measured in alternating rounds (A B B A ...) of the same workload.
+arguments, started together and up at once, measured in alternating rounds (A B B A ...) of the
+same workload. Each target first serves one unmeasured round of its own requests (its engine's
+warm-up); no round scrapes a target's metrics (the harness's load, not the requests').
 
 Per target, over all its rounds: output tokens/s (total tokens / total round time) and TTFT p50.
 Targets: stack throughput >= 0.95x bare vLLM; stack TTFT p50 within 15 ms of bare vLLM's.
@@ -82,14 +84,23 @@ def run(*, data: dict, stack: AbstractContextManager[Target], workload: Workload
               if direct_streaming else []),
             deploy.bare_vllm(data, out / "deploy", name="vllm-serve")])
         progress = Progress("overhead", len(targets) * rounds, every=0, unit="rounds")
+        # A whole round first, unmeasured: vLLM's CPU matmuls build a oneDNN primitive for
+        # each number of tokens per step they have not met yet, which holds up every request
+        # in flight; the rounds compare serving paths, so each engine meets the workload's
+        # batch shapes before any round is timed.
         for t in targets:
-            warm_up(t, workload, output_tokens=4, out_dir=out / "steps")
+            warm_up(t, workload, output_tokens=workload.output_tokens, out_dir=out / "steps",
+                    requests=requests_per_round, concurrency=concurrency)
         done = 0
         for r in range(rounds):
             for t in targets if r % 2 == 0 else targets[::-1]:
+                # No KV cache scrapes: a scrape of the stack (Ray's metrics agent renders
+                # every series of the node) costs its cores far more than one of `vllm
+                # serve`'s own endpoint, a load of the harness's, not the targets'.
                 step = run_step(t, workload, concurrency=concurrency,
                                 num_requests=requests_per_round, out_dir=out / "steps",
-                                tag=f"round{r + 1}", index_offset=r * requests_per_round)
+                                tag=f"round{r + 1}", index_offset=r * requests_per_round,
+                                scrape=False)
                 report.add_step(step_result(f"round{r + 1}", t.name, concurrency, step.records,
                                             step.duration, step.memory, workload.model_dump()),
                                 step.records)
@@ -225,9 +236,9 @@ def profile_report(report: Report, folder: Path) -> None:
                             for lib in (*LIBRARIES, "other")}})
     report.data["profiles"] = rows
     report.section("Profiles (py-spy, % of samples)", "Samples of threads holding the GIL in the "
-                   "stack's engine replica (the API and the engine's Python side) during its CPU blocks, each counted for "
-                   "the library of its innermost frame outside the standard library. The top "
-                   "functions are in "
+                   "stack's engine replica (the API and the engine's Python side) during its "
+                   "CPU blocks, each counted for the library of its innermost frame outside the "
+                   "standard library. The top functions are in "
                    f"`{folder.name}/*-top.md`, the raw stacks in `{folder.name}/*.txt`.", rows,
                    [("process", "process"), ("samples", "samples")]
                    + [(lib, lib) for lib in (*LIBRARIES, "other")])

@@ -276,6 +276,12 @@ def test_overhead_quick(tmp_path, running, stacks):
     check_folder(out, data, ["overhead.png"])
     assert [r["target"] for r in data["table"]] == ["stack", "ray-serve-llm", "vllm-serve"]
     assert {s["target"] for s in data["steps"]} == {"stack", "ray-serve-llm", "vllm-serve"}
+    # The rounds read every target's memory but scrape none of them: a scrape is the harness's
+    # load on the cores the targets share, heavier on a Ray stack than on `vllm serve`.
+    rounds = [s for s in data["steps"] if s["tag"].startswith("round")]
+    assert len(rounds) == 3 * data["settings"]["rounds"]
+    for step in rounds:
+        assert step["memory_gib_peak"] > 0 and step["kv_cache_usage_peak"] is None, step["target"]
     targets = {t["target"]: t for t in data["targets"]}
     goals = ["stack / bare vllm serve output tokens/s", "stack - bare vllm serve TTFT p50 (ms)",
              "stack serving-path CPU / vllm serve API server CPU, per text request",
