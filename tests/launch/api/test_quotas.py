@@ -4,12 +4,13 @@ the config rules for key names and quotas. The live stack's quotas: test_monitor
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from engine.config import AccessSettings, ConfigError, parse_config
-from launch.api.quotas import STALE_LEASE_S, Quotas, QuotaWindow
+from launch.api.quotas import NAMESPACE, STALE_LEASE_S, Quotas, QuotaWindow
 from launch.api.rejections import RequestRejected
 from tests.utils import wait_until
 
@@ -199,7 +200,21 @@ def test_ingress_replicas_in_other_processes_share_one_ledger_which_restarts_emp
         one, two = replica.remote(access), replica.remote(access)
         answers = [ray.get(r.acquire.remote("a")) for r in (one, two, one, two, one)]
         assert answers == ["admitted"] * 3 + ["429 quota_requests_per_minute"] * 2
+        ledger = ray.get_actor("quotas-shared-app", namespace=NAMESPACE)
+
+        def ledger_pid():
+            return ray.get(ledger.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+
+        before = ledger_pid()
         ray.get(one.kill_ledger.remote())
+
+        def restarted():  # ray.kill returns before the actor dies: a call may still reach it
+            try:
+                return ledger_pid() != before or None
+            except ray.exceptions.RayError:  # dead, not restarted yet
+                return None
+
+        assert wait_until(restarted, 60, interval=0.5, what="the ledger's restart")
 
         def after_restart():
             answer = ray.get(two.acquire.remote("a"))
