@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from loadtest.memory import MemorySampler
 
 
@@ -14,22 +16,16 @@ class CountingPids:
         return [os.getpid()]
 
 
-def test_sampler_reads_memory_every_sample_but_looks_up_processes_once_a_period():
+@pytest.mark.parametrize("every, lookups", [(3600, 1), (0, 5)])
+def test_sampler_reads_memory_every_sample_and_looks_up_processes_once_a_period(every, lookups):
+    """Within the period the known list is read again; once it has passed, looked up again."""
     pids = CountingPids()
-    sampler = MemorySampler(pids, None, pids_every=3600)
+    sampler = MemorySampler(pids, None, pids_every=every)
     for _ in range(5):
         sampler.sample()
-    assert pids.calls == 1
+    assert pids.calls == lookups
     assert len(sampler.rss) == 5
     assert min(sampler.rss) > 0
-
-
-def test_sampler_looks_up_processes_again_once_the_period_has_passed():
-    pids = CountingPids()
-    sampler = MemorySampler(pids, None, pids_every=0)
-    for _ in range(3):
-        sampler.sample()
-    assert pids.calls == 3
 
 
 def test_sampler_looks_up_processes_afresh_for_its_last_sample():
